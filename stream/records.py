@@ -1,0 +1,185 @@
+"""Every message chaincast sends, defined once.
+
+Producers, stream workers and consumers import these classes; no field list is
+written twice. Values travel as JSON (UTF-8) with a ``schema`` version field.
+Validation is strict where bad input is likely: prices must be finite and
+positive, timestamps are integers in milliseconds (blocks: seconds, as on
+chain), and amounts in wei stay exact integers, serialised as decimal strings.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
+
+SCHEMA_VERSION = 1
+
+PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+NonNegFinite = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+# Wei amounts overflow 64-bit JSON numbers: exact int in Python, decimal string on the wire.
+Wei = Annotated[int, Field(ge=0), PlainSerializer(str, return_type=str, when_used="json")]
+
+
+class Record(BaseModel):
+    """Base of every message: frozen, validated, JSON with a ``schema`` field."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+    schema_version: int = Field(SCHEMA_VERSION, alias="schema")
+
+    def dumps(self) -> bytes:
+        return self.model_dump_json(by_alias=True).encode()
+
+    @classmethod
+    def loads(cls, raw: bytes | str) -> Self:
+        return cls.model_validate_json(raw)
+
+
+def market_key(exchange: str, symbol: str) -> str:
+    """The Kafka key of every per-market topic: ``exchange:SYMBOL``.
+
+    >>> market_key("binance", "btcusdt")
+    'binance:BTCUSDT'
+    """
+    return f"{exchange}:{symbol.upper()}"
+
+
+class Trade(Record):
+    exchange: str
+    symbol: str
+    trade_id: int = Field(ge=0)
+    price: PositiveFinite
+    qty: PositiveFinite
+    side: Literal["buy", "sell"]  # the taker's side
+    ts_event: int = Field(ge=0)  # ms, exchange time
+    ts_ingest: int = Field(0, ge=0)  # ms, when chaincast received it
+
+
+class TradeBatch(Record):
+    """Consecutive trades of one symbol in one message (throughput: one
+    Kafka record per batch instead of per trade; every trade intact)."""
+
+    exchange: str
+    symbol: str
+    trades: list[Trade] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_symbol(self) -> Self:
+        for t in self.trades:
+            if t.symbol != self.symbol or t.exchange != self.exchange:
+                raise ValueError(f"batch for {self.exchange}:{self.symbol} holds a trade of {t.exchange}:{t.symbol}")
+        return self
+
+
+class ChainFeatures(Record):
+    """On-chain activity aggregated over one bar's minute."""
+
+    blocks: int = Field(ge=0)
+    base_fee_gwei: NonNegFinite
+    base_fee_change: Finite  # log change of the base fee over the minute
+    gas_utilisation: NonNegFinite  # gas_used / gas_limit, mean over the blocks
+    tx_count: int = Field(ge=0)
+    value_eth: NonNegFinite
+
+
+class Bar(Record):
+    exchange: str
+    symbol: str
+    ts: int = Field(ge=0)  # bar open time, ms
+    interval_ms: int = 60_000
+    open: PositiveFinite
+    high: PositiveFinite
+    low: PositiveFinite
+    close: PositiveFinite
+    volume: NonNegFinite
+    trades: int = Field(ge=0)
+    buy_volume: NonNegFinite = 0.0
+    vwap: PositiveFinite
+    first_trade_id: int = -1
+    last_trade_id: int = -1
+    chain: ChainFeatures | None = None
+
+    @property
+    def close_ts(self) -> int:
+        return self.ts + self.interval_ms
+
+
+class Block(Record):
+    chain_id: int
+    number: int = Field(ge=0)
+    hash: str
+    parent_hash: str
+    timestamp: int = Field(ge=0)  # seconds, as on chain
+    base_fee: Wei | None = None  # absent before London
+    gas_used: int = Field(ge=0)
+    gas_limit: int = Field(gt=0)
+    tx_count: int = Field(ge=0)
+    value_wei_sum: Wei = 0
+    priority_fee_median: Wei | None = None
+    reorged: bool = False
+
+
+class Tx(Record):
+    chain_id: int
+    block: int = Field(ge=0)
+    timestamp: int = Field(ge=0)
+    hash: str
+    from_: str = Field(alias="from")
+    to: str | None  # None for contract creation
+    value: Wei
+    nonce: int = Field(ge=0)
+    type: int = Field(ge=0)
+    gas_price: Wei | None = None
+    max_fee_per_gas: Wei | None = None
+    max_priority_fee_per_gas: Wei | None = None
+
+
+class Prediction(Record):
+    exchange: str
+    symbol: str
+    bar_ts: int  # open time of the last bar the forecast saw, ms
+    horizon: int = Field(ge=1)  # bars ahead
+    target: str = "log_return"
+    y_hat: Finite  # predicted log return of the close over the horizon
+    q10: Finite
+    q50: Finite
+    q90: Finite
+    price: PositiveFinite  # the close the forecast starts from
+    price_hat: PositiveFinite  # price * exp(y_hat)
+    model_name: str
+    model_version: str
+    created_at: int  # ms, wall clock
+    latency_ms: float  # bar close (event) -> prediction made, wall clock
+
+    @property
+    def target_ts(self) -> int:
+        return self.bar_ts + 60_000 * self.horizon
+
+
+class ModelUpdate(Record):
+    name: str
+    version: str
+    uri: str
+    sha256: str
+    family: str = ""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    created_at: int = 0
+    parent: str | None = None
+
+
+class DeadLetter(Record):
+    source: str  # the stage that refused it: "stream.bars", "producer.exchange", ...
+    topic: str | None = None
+    key: str | None = None
+    reason: str
+    raw: str  # the input as received (bytes decoded with backslash escapes)
+    ts: int  # ms, wall clock
+
+    @staticmethod
+    def text(raw: bytes | str | None) -> str:
+        if raw is None:
+            return ""
+        if isinstance(raw, bytes):
+            return raw.decode("utf-8", errors="backslashreplace")
+        return raw
