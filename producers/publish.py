@@ -10,21 +10,11 @@ import logging
 import time
 
 from aiokafka import AIOKafkaProducer
-from prometheus_client import Counter
-
+from stream.metrics import DEADLETTERED, reason_kind
 from stream.records import DeadLetter, Record
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
-
-DEADLETTERED = Counter(
-    "chaincast_deadletter_total", "Messages refused and sent to the dead-letter topic", ["source", "reason"]
-)
-
-
-def reason_kind(reason: str) -> str:
-    """A bounded metric label from a free-text reason (text before the first colon)."""
-    return reason.split(":", 1)[0][:40]
 
 
 class Publisher:

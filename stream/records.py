@@ -123,6 +123,7 @@ class Block(Record):
 class Tx(Record):
     chain_id: int
     block: int = Field(ge=0)
+    block_hash: str | None = None  # joins to a Block retraction (reorged=true) of that hash
     timestamp: int = Field(ge=0)
     hash: str
     from_: str = Field(alias="from")
@@ -150,7 +151,7 @@ class Prediction(Record):
     model_name: str
     model_version: str
     created_at: int  # ms, wall clock
-    latency_ms: float  # bar close (event) -> prediction made, wall clock
+    latency_ms: float  # the bar's arrival at the predict agent -> prediction made
 
     @property
     def target_ts(self) -> int:
@@ -166,6 +167,21 @@ class ModelUpdate(Record):
     metrics: dict[str, float] = Field(default_factory=dict)
     created_at: int = 0
     parent: str | None = None
+
+
+class Gap(Record):
+    """Trades a producer knows it missed: ids after ``after_id`` up to ``before_id``
+    (exclusive) that neither the stream nor a REST backfill delivered."""
+
+    exchange: str
+    symbol: str
+    after_id: int  # the last trade id published before the hole
+    before_id: int  # the first trade id published after it
+    missing: int = Field(ge=1)  # ids in the hole not recovered
+    backfilled: int = Field(0, ge=0)  # ids in the hole recovered over REST
+    ts_after: int = Field(0, ge=0)  # ms, event time of the trade at after_id
+    ts_before: int = Field(0, ge=0)  # ms, event time of the trade at before_id
+    reason: str = ""
 
 
 class DeadLetter(Record):

@@ -7,7 +7,7 @@ Every field names its environment variable; nothing else in chaincast reads
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -46,11 +46,49 @@ class Settings(BaseSettings):
     model_name: str = Field("forecaster", validation_alias="CHAINCAST_MODEL_NAME")
     onnx_threads: int = Field(1, ge=1, validation_alias="CHAINCAST_ONNX_THREADS")
     max_message_bytes: int = Field(1_000_000, ge=1024, validation_alias="CHAINCAST_MAX_MESSAGE_BYTES")
-    late_grace_ms: int = Field(0, ge=0, validation_alias="CHAINCAST_LATE_GRACE_MS")
 
     # Redis layout.
     redis_prefix: str = Field("cc:", validation_alias="CHAINCAST_REDIS_PREFIX")
     history_maxlen: int = Field(10_000, ge=1, validation_alias="CHAINCAST_HISTORY_MAXLEN")
+
+    # Exchange producer.
+    # Unset means "start the local replay exchange"; set it to a Binance-format endpoint
+    # (e.g. wss://stream.binance.com:9443) to use the real one.
+    exchange_url: str | None = Field(None, validation_alias="CHAINCAST_EXCHANGE_URL")
+    # REST base for backfill; unset means "derive it from exchange_url".
+    exchange_rest_url: str | None = Field(None, validation_alias="CHAINCAST_EXCHANGE_REST_URL")
+    exchange_backoff_initial_s: float = Field(0.5, gt=0, validation_alias="CHAINCAST_EXCHANGE_BACKOFF_INITIAL_S")
+    exchange_backoff_max_s: float = Field(30.0, gt=0, validation_alias="CHAINCAST_EXCHANGE_BACKOFF_MAX_S")
+    # The exchange drops a connection at 24 h; roll over on our own terms before that.
+    exchange_max_connection_s: float = Field(
+        23.5 * 3600, gt=0, validation_alias="CHAINCAST_EXCHANGE_MAX_CONNECTION_S"
+    )
+    exchange_batch_max: int = Field(500, ge=1, validation_alias="CHAINCAST_EXCHANGE_BATCH_MAX")
+    exchange_linger_ms: int = Field(20, ge=0, validation_alias="CHAINCAST_EXCHANGE_LINGER_MS")
+    exchange_backfill_max: int = Field(100_000, ge=0, validation_alias="CHAINCAST_EXCHANGE_BACKFILL_MAX")
+    exchange_checkpoint_interval_s: float = Field(
+        0.5, ge=0, validation_alias="CHAINCAST_EXCHANGE_CHECKPOINT_INTERVAL_S"
+    )
+    topic_exchange_klines: str = Field("bars.exchange", validation_alias="CHAINCAST_TOPIC_EXCHANGE_KLINES")
+    topic_gaps: str = Field("ticks.gaps", validation_alias="CHAINCAST_TOPIC_GAPS")
+
+    # Chain producer.
+    # A node URL often embeds an API key: kept out of repr (and out of logs, via producers.chain_node.redact).
+    node_url: str | None = Field(None, validation_alias="CHAINCAST_NODE_URL", repr=False)
+    # Polling fallback when the websocket keeps failing; unset = the node URL with ws(s) -> http(s).
+    node_http_url: str | None = Field(None, validation_alias="CHAINCAST_NODE_HTTP_URL", repr=False)
+    # Blocks behind the head before publishing: 0 = the head (reorgs retracted), N, or "finalized".
+    chain_confirmations: Annotated[int, Field(ge=0)] | Literal["finalized"] = Field(
+        0, validation_alias="CHAINCAST_CHAIN_CONFIRMATIONS"
+    )
+    chain_from_block: int | None = Field(None, ge=0, validation_alias="CHAINCAST_CHAIN_FROM_BLOCK")
+    chain_txs: bool = Field(False, validation_alias="CHAINCAST_CHAIN_TXS")
+    chain_reorg_depth: int = Field(64, ge=2, validation_alias="CHAINCAST_CHAIN_REORG_DEPTH")  # hashes kept
+    chain_rps: float = Field(25.0, ge=0, validation_alias="CHAINCAST_CHAIN_RPS")  # 0 = unlimited
+    chain_concurrency: int = Field(4, ge=1, validation_alias="CHAINCAST_CHAIN_CONCURRENCY")
+    chain_poll_interval: float = Field(2.0, gt=0, validation_alias="CHAINCAST_CHAIN_POLL_INTERVAL")
+    chain_request_timeout: float = Field(10.0, gt=0, validation_alias="CHAINCAST_CHAIN_REQUEST_TIMEOUT")
+    chain_retries: int = Field(5, ge=1, validation_alias="CHAINCAST_CHAIN_RETRIES")
 
     metrics_port: int = Field(9464, ge=0, le=65535, validation_alias="CHAINCAST_METRICS_PORT")
     log_level: str = Field("WARNING", validation_alias="CHAINCAST_LOG_LEVEL")

@@ -1,0 +1,65 @@
+"""Choosing what serves, and announcing it.
+
+The rule everywhere: a model serves only if it beats persistence on data it
+did not train on; otherwise the persistence model (zero return, a volatility
+band) serves. Announcing = the registry's champion pointer, a ModelUpdate on
+the compacted ``models.updates`` topic (key = model name) and the
+``{prefix}model:{name}`` hash in Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+
+from consumers.registry import ModelEntry, Registry
+from models.build import build_model
+from models.train import FitOptions
+from producers.publish import Publisher
+from stream.records import ModelUpdate
+from stream.settings import Settings
+from stream.sink import RedisSink
+
+log = logging.getLogger(__name__)
+
+
+def val_skill(entry: ModelEntry) -> float:
+    return float(entry.card.get("metrics", {}).get("val", {}).get("skill_vs_persistence", float("-inf")))
+
+
+def initial_champion(registry: Registry, name: str, bars_list: list[np.ndarray], window: int, horizon: int,
+                     family: str = "linear", seed: int = 0) -> ModelEntry:
+    """The champion of ``name``; on first start, train ``family`` and gate it against persistence."""
+    if (entry := registry.champion(name)) is not None:
+        return entry
+    options = FitOptions(max_epochs=8, patience=2)
+    fallback = build_model(bars_list, "persistence", window, horizon, registry, seed=seed, name=name)
+    candidate = build_model(bars_list, family, window, horizon, registry, seed=seed, options=options, name=name)
+    chosen = candidate if val_skill(candidate) > 0 else fallback
+    log.warning("initial model for %s: %s (validation skill vs persistence %.4f)",
+                name, chosen.card["family"], val_skill(candidate))
+    return registry.set_champion(name, chosen.version)
+
+
+def model_update(name: str, entry: ModelEntry) -> ModelUpdate:
+    metrics = {f"{split}_{k}": float(v) for split, m in entry.card.get("metrics", {}).items()
+               for k, v in m.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    return ModelUpdate(name=name, version=entry.version, uri=entry.onnx_path.resolve().as_uri(),
+                       sha256=entry.sha256, family=entry.card.get("family", ""), metrics=metrics,
+                       created_at=int(time.time() * 1000), parent=entry.card.get("parent"))
+
+
+async def announce(settings: Settings, name: str, entry: ModelEntry) -> ModelUpdate:
+    update = model_update(name, entry)
+    async with Publisher(settings) as pub:
+        await pub.send_and_wait(settings.topic_models, name, update)
+    if settings.redis_url:
+        sink = RedisSink(settings.redis_url, settings.redis_prefix)
+        try:
+            await sink.write_model(update)
+        finally:
+            await sink.close()
+    return update

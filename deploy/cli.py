@@ -1,0 +1,168 @@
+"""The `chaincast` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from pydantic import ValidationError
+
+from stream.settings import Settings
+
+app = typer.Typer(help="chaincast: streaming crypto forecasts (Kafka + Faust + ONNX, predictions in Redis).",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment plus CLI overrides; a bad value is a one-line error."""
+    env = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        settings = Settings(**env)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        raise typer.BadParameter(f"{where}: {err['msg']}") from None
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return settings
+
+
+def parse_speed(value: str) -> float | None:
+    """`max` or a positive number (market seconds per wall second)."""
+    if value.lower() == "max":
+        return None
+    try:
+        speed = float(value)
+    except ValueError:
+        raise typer.BadParameter(f"--speed must be a positive number or 'max', not {value!r}") from None
+    if not math.isfinite(speed) or speed <= 0:
+        raise typer.BadParameter(f"--speed must be a positive number or 'max', not {value!r}")
+    return speed
+
+
+def check_files(paths: list[Path]) -> list[Path]:
+    for p in paths:
+        if not p.is_file():
+            raise typer.BadParameter(f"no such file: {p}")
+    return paths
+
+
+DataOpt = Annotated[Optional[list[Path]], typer.Option("--data", help="History file(s); repeat the option.")]
+SymbolsOpt = Annotated[Optional[str], typer.Option(help="Comma-separated symbols (env CHAINCAST_SYMBOLS).")]
+
+
+@app.command()
+def up(
+    duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.", min=1)] = None,
+    speed: Annotated[str, typer.Option(help="Replay speed: market seconds per second, or 'max'.")] = "600",
+    symbols: SymbolsOpt = None,
+    data: DataOpt = None,
+) -> None:
+    """Run the whole system on this machine (embedded broker and Redis unless configured)."""
+    from deploy.up import run_up
+
+    settings = load_settings(CHAINCAST_SYMBOLS=symbols)
+    replay_speed = parse_speed(speed)
+    try:
+        code = run_up(settings, check_files(data or []), duration, replay_speed,
+                      echo=lambda s: typer.echo(s, nl=not s.startswith("\r")))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def worker() -> None:
+    """Run one stream worker (bars + predict agents) until stopped."""
+    from deploy.metrics import serve_metrics
+    from stream.app import run_worker
+
+    settings = load_settings()
+    if not settings.kafka_bootstrap_servers or not settings.redis_url:
+        raise typer.BadParameter("a worker needs KAFKA_BOOTSTRAP_SERVERS and REDIS_URL")
+    if settings.metrics_port:
+        serve_metrics(settings.metrics_port)
+    run_worker(settings)
+
+
+@app.command()
+def replay(
+    data: DataOpt = None,
+    speed: Annotated[str, typer.Option(help="Market seconds per second, or 'max'.")] = "max",
+    symbols: SymbolsOpt = None,
+    from_ts: Annotated[Optional[int], typer.Option(help="Skip bars before this open time (ms).")] = None,
+) -> None:
+    """Replay history files into the trades topic as trades."""
+    from deploy.metrics import serve_metrics
+    from deploy.up import files_by_symbol
+    from producers.replay import Market, replay as run_replay
+    from models.history import TS, load_many
+
+    settings = load_settings(CHAINCAST_SYMBOLS=symbols)
+    if not settings.kafka_bootstrap_servers:
+        raise typer.BadParameter("replay needs KAFKA_BOOTSTRAP_SERVERS")
+    try:
+        files = files_by_symbol(check_files(data or []), settings.symbols)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    markets = []
+    for sym, paths in files.items():
+        bars = load_many(paths)
+        markets.append(Market(sym, bars if from_ts is None else bars[bars[:, TS] >= from_ts]))
+    if settings.metrics_port:
+        serve_metrics(settings.metrics_port)
+    sent = asyncio.run(run_replay(settings, markets, parse_speed(speed)))
+    typer.echo(f"replayed {sent} trades")
+
+
+@app.command()
+def predictions(symbol: Annotated[Optional[str], typer.Argument(help="One symbol; all when omitted.")] = None) -> None:
+    """Show the latest forecasts from Redis."""
+    import redis
+
+    settings = load_settings()
+    if not settings.redis_url:
+        raise typer.BadParameter("set REDIS_URL to the Redis that chaincast writes to")
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    symbols = [symbol.upper()] if symbol else settings.symbols
+    try:
+        for sym in symbols:
+            p = client.hgetall(f"{settings.redis_prefix}pred:{sym}")
+            if not p:
+                typer.echo(f"{sym}: no prediction yet")
+                continue
+            price = float(p["price"])
+            typer.echo(f"{sym} bar {p['bar_ts']} h={p['horizon']}: {price:.4f} -> {float(p['price_hat']):.4f} "
+                       f"(80% band {price * math.exp(float(p['q10'])):.4f} .. {price * math.exp(float(p['q90'])):.4f}) "
+                       f"model {p['model_name']} {p['model_version']}")
+    except redis.exceptions.ConnectionError as exc:
+        raise typer.BadParameter(f"cannot reach Redis: {exc}") from None
+    finally:
+        client.close()
+
+
+@app.command()
+def tail(
+    topic: Annotated[str, typer.Argument(help="Topic to follow.")] = "predictions",
+    from_beginning: Annotated[bool, typer.Option(help="Start at the oldest message.")] = False,
+    limit: Annotated[Optional[int], typer.Option(help="Stop after this many messages.", min=1)] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Stop after this many idle seconds.", min=0.1)] = None,
+) -> None:
+    """Print messages from a topic as they arrive (key<TAB>value)."""
+    from deploy.tail import follow
+
+    settings = load_settings()
+    if not settings.kafka_bootstrap_servers:
+        raise typer.BadParameter("set KAFKA_BOOTSTRAP_SERVERS to the broker chaincast uses")
+    asyncio.run(follow(settings, topic, from_beginning, limit, timeout, typer.echo))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""`chaincast up`: the whole system on one machine.
+
+Embedded broker and Redis (unless KAFKA_BOOTSTRAP_SERVERS / REDIS_URL point
+elsewhere), topics, an initial model gated against persistence, a stream
+worker and the history replay as child processes, and a live status line
+built from the children's own metrics endpoints. Everything stops cleanly at
+the end of ``duration`` or on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from consumers.promotion import announce, initial_champion
+from consumers.registry import Registry
+from deploy.embedded import Process, embedded_stack, free_port
+from deploy.metrics import scrape
+from models.history import MINUTE_MS, TS, load_many, symbol_of
+from stream.predict import history_size
+from stream.settings import Settings
+from stream.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+
+DATA_DIR = Path(__file__).parent / "data"
+TRAIN_DAYS = 5  # the bundled week: the initial model learns on days 1-5, the replay plays days 6-7
+
+
+def bundled_files(symbols: list[str]) -> dict[str, list[Path]]:
+    found: dict[str, list[Path]] = {}
+    for path in sorted(DATA_DIR.glob("*.csv.gz")):
+        if (sym := symbol_of(path)) in symbols:
+            found.setdefault(sym, []).append(path)
+    return found
+
+
+def files_by_symbol(paths: list[Path], symbols: list[str]) -> dict[str, list[Path]]:
+    """Group history files by the symbol in their name; every symbol needs one."""
+    if not paths:
+        files = bundled_files(symbols)
+    else:
+        files = {}
+        for p in paths:
+            sym = symbol_of(p)
+            if sym is None:
+                raise ValueError(f"cannot tell the symbol of {p}: name it like BTCUSDT-1m-....csv")
+            files.setdefault(sym, []).append(p)
+    missing = [s for s in symbols if s not in files]
+    if missing:
+        raise ValueError(f"no history file for {', '.join(missing)}")
+    return {s: files[s] for s in symbols}
+
+
+@dataclass
+class Status:
+    started: float = field(default_factory=time.monotonic)
+    first_forecast_s: float | None = None
+    trades: float = 0
+    bars: float = 0
+    predictions: float = 0
+    latest: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def line(self) -> str:
+        parts = [f"t={time.monotonic() - self.started:5.1f}s trades={int(self.trades)} bars={int(self.bars)} "
+                 f"predictions={int(self.predictions)}"]
+        for sym, p in sorted(self.latest.items()):
+            parts.append(f"{sym} {float(p['price']):.2f}->{float(p['price_hat']):.2f} "
+                         f"[{float(p['price']) * math.exp(float(p['q10'])):.2f},"
+                         f"{float(p['price']) * math.exp(float(p['q90'])):.2f}] v{p['model_version']}")
+        return " | ".join(parts)
+
+
+def child(name: str, args: list[str], settings: Settings, log_dir: Path, metrics_port: int) -> Process:
+    env = {**os.environ, **settings.env(), "CHAINCAST_METRICS_PORT": str(metrics_port), "PYTHONUNBUFFERED": "1"}
+    return Process(name, [sys.executable, "-m", "deploy.cli", *args], env=env,
+                   log_path=log_dir / f"{name}.log").start()
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM behaves like Ctrl-C, so `up` always tears down what it started."""
+    def raise_interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_up(settings: Settings, paths: list[Path], duration: float | None, speed: float | None,
+           echo: Callable[[str], None]) -> int:
+    files = files_by_symbol(paths, settings.symbols)
+    log_dir = settings.home / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    want_broker, want_redis = settings.kafka_bootstrap_servers is None, settings.redis_url is None
+    with _stop_on_sigterm(), embedded_stack(log_dir, broker=want_broker, redis=want_redis) as env:
+        if want_broker:
+            settings = settings.model_copy(update={"kafka_bootstrap_servers": env["KAFKA_BOOTSTRAP_SERVERS"],
+                                                   "embedded_broker": True})
+            echo(f"embedded broker (tansu) on {settings.kafka_bootstrap_servers}")
+        if want_redis:
+            settings = settings.model_copy(update={"redis_url": env["REDIS_URL"]})
+            echo(f"embedded Redis on {settings.redis_url}")
+        asyncio.run(ensure_topics(settings))
+
+        bars = {sym: load_many(p) for sym, p in files.items()}
+        train_end = min(b[0, TS] for b in bars.values()) + TRAIN_DAYS * 1440 * MINUTE_MS
+        echo("training the initial model (first start only) ...")
+        entry = initial_champion(Registry(settings.registry_dir), settings.model_name,
+                                 [b[b[:, TS] < train_end] for b in bars.values()], settings.window, settings.horizon)
+        asyncio.run(announce(settings, settings.model_name, entry))
+        echo(f"serving {settings.model_name} {entry.version} ({entry.card['family']}, "
+             f"validation skill vs persistence {entry.card['metrics']['val']['skill_vs_persistence']:+.4f})")
+
+        replay_from = int(train_end - history_size(settings.window) * MINUTE_MS)
+        ports = {"worker": free_port(), "replay": free_port()} if settings.metrics_port == 0 else \
+            {"worker": settings.metrics_port, "replay": settings.metrics_port + 1}
+        procs = [child("worker", ["worker"], settings, log_dir, ports["worker"])]
+        replay_args = ["replay", "--from-ts", str(replay_from), "--speed", "max" if speed is None else str(speed)]
+        for p in files.values():
+            replay_args += [a for path in p for a in ("--data", str(path))]
+        procs.append(child("replay", replay_args, settings, log_dir, ports["replay"]))
+        echo(f"metrics: worker :{ports['worker']}, replay :{ports['replay']}; logs in {log_dir}")
+        status = Status()
+        client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        code = 0
+        try:
+            deadline = None if duration is None else time.monotonic() + duration
+            while deadline is None or time.monotonic() < deadline:
+                time.sleep(1.0)
+                crashed = [p.name for p in procs if p.name == "worker" and not p.alive()]
+                if crashed:
+                    echo(f"\nthe {crashed[0]} stopped unexpectedly; see {log_dir}/{crashed[0]}.log")
+                    code = 1
+                    break
+                _refresh(status, client, settings, ports)
+                echo("\r" + status.line())
+        except KeyboardInterrupt:
+            echo("\nstopping ...")
+        finally:
+            for p in reversed(procs):
+                p.stop(timeout=15)
+            client.close()
+        echo("")
+        if status.first_forecast_s is not None:
+            echo(f"first forecast after {status.first_forecast_s:.1f}s; {int(status.predictions)} predictions")
+        elif code == 0:
+            echo("no forecast was produced")
+            code = 1
+    return code
+
+
+def _refresh(status: Status, client: redis.Redis, settings: Settings, ports: dict[str, int]) -> None:
+    worker = scrape(ports["worker"])
+    if worker:
+        status.trades = worker.get("chaincast_trades_total", status.trades)
+        status.bars = worker.get("chaincast_bars_total", status.bars)
+        status.predictions = worker.get("chaincast_predictions_total", status.predictions)
+    for sym in settings.symbols:
+        latest = client.hgetall(f"{settings.redis_prefix}pred:{sym}")
+        if latest:
+            status.latest[sym] = latest
+            if status.first_forecast_s is None:
+                status.first_forecast_s = time.monotonic() - status.started

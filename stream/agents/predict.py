@@ -1,0 +1,67 @@
+"""The predict agent: ``bars.1m`` -> ONNX forecast -> Redis + ``predictions``.
+
+Bars that arrive together (several symbols closing the same minute, or a
+replay at speed) are forecast in one inference and written in one Redis
+pipeline. The model is read once per batch from the slot, so a hot swap never
+splits a batch between versions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from stream.metrics import BAR_TO_REDIS, FORECAST, INFERENCE, LAST_CLOSE, PREDICTIONS
+from stream.predict import Ready, forecast, history_size, push, ready
+from stream.records import Bar, market_key
+
+if TYPE_CHECKING:
+    from stream.app import Streams
+
+log = logging.getLogger(__name__)
+SOURCE = "stream.predict"
+
+
+def register(s: "Streams") -> None:
+    window = s.settings.window
+    size = history_size(window)
+
+    @s.app.agent(s.bars, name="predict")
+    async def predict(stream):  # noqa: ANN001 - a faust stream
+        await s.slot.ready.wait()  # hold bars (not drop them) until a model serves
+        async for values in stream.take(256, within=0.002):
+            arrived = time.perf_counter()
+            batch: list[Ready] = []
+            for raw in values:
+                try:
+                    bar = Bar.loads(raw)
+                except ValidationError as exc:
+                    await s.dead_letter(SOURCE, raw, f"invalid: {exc.errors()[0]['msg']}",
+                                        topic=s.settings.topic_bars)
+                    continue
+                key = market_key(bar.exchange, bar.symbol).encode()
+                rows = s.windows.get(key) or []
+                if not push(rows, bar, size):
+                    continue  # older than the window: a stale redelivery
+                s.windows[key] = rows
+                LAST_CLOSE.labels(bar.symbol).set(bar.close)
+                if (r := ready(bar, rows, window, arrived)) is not None:
+                    batch.append(r)
+            if not batch:
+                continue
+            model = s.slot.current
+            with INFERENCE.time():
+                preds = forecast(model, batch)
+            await s.sink.write(preds)
+            done = time.perf_counter()
+            for p in preds:
+                BAR_TO_REDIS.observe(done - arrived)
+                PREDICTIONS.labels(p.symbol).inc()
+                FORECAST.labels(p.symbol, "mid").set(p.price_hat)
+                FORECAST.labels(p.symbol, "q10").set(p.price * math.exp(p.q10))
+                FORECAST.labels(p.symbol, "q90").set(p.price * math.exp(p.q90))
+                await s.predictions.send(key=market_key(p.exchange, p.symbol).encode(), value=p.dumps())

@@ -1,0 +1,114 @@
+"""The Faust app of one stream worker: topics, tables and agents, declared once.
+
+``create_app(settings)`` builds it from the settings (no module-level app, so
+tests and workers choose their broker at run time); ``main()`` runs a worker.
+Topics carry raw bytes: the agents decode them with the records of
+``stream.records`` so that anything malformed reaches the dead-letter topic
+with a reason instead of stopping a worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import faust
+
+from stream.metrics import DEADLETTERED, reason_kind
+from stream.models import ModelSlot, watch_models
+from stream.records import DeadLetter
+from stream.settings import Settings
+from stream.sink import RedisSink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Streams:
+    """Everything the agents share in one worker."""
+
+    settings: Settings
+    app: faust.App
+    trades: faust.TopicT
+    bars: faust.TopicT
+    predictions: faust.TopicT
+    deadletter: faust.TopicT
+    bar_state: faust.Table  # market -> BarBuilder dict
+    windows: faust.Table  # market -> recent bar rows
+    slot: ModelSlot
+    sink: RedisSink
+
+    async def dead_letter(self, source: str, raw: bytes | str | None, reason: str, *,
+                          topic: str | None = None, key: bytes | None = None) -> None:
+        DEADLETTERED.labels(source, reason_kind(reason)).inc()
+        letter = DeadLetter(source=source, topic=topic, key=DeadLetter.text(key) or None, reason=reason,
+                            raw=DeadLetter.text(raw), ts=int(time.time() * 1000))
+        await self.deadletter.send(key=source.encode(), value=letter.dumps())
+
+
+def faust_app(settings: Settings) -> faust.App:
+    embedded = settings.embedded_broker
+    return faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        store="memory://",
+        autodiscover=False,
+        web_enabled=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        processing_guarantee="at_least_once",
+        producer_acks=-1,
+        # Tansu: group joins take half the session timeout, and multi-record batches
+        # break ListOffsets(LATEST) and so changelog recovery: one record per batch there.
+        broker_session_timeout=10 if embedded else 30,
+        producer_max_batch_size=1 if embedded else 16_384,
+        producer_linger=0.0 if embedded else 0.005,
+        producer_max_request_size=max(settings.max_message_bytes * 2, 1_048_576),
+        consumer_auto_offset_reset="earliest",
+        logging_config=None,
+    )
+
+
+def create_app(settings: Settings) -> Streams:
+    from stream.agents import bars, predict  # the agents register themselves on this app
+
+    app = faust_app(settings)
+
+    table_schema = faust.Schema(key_serializer="raw", value_serializer="json")
+
+    def topic(name: str, partitions: int | None = None) -> faust.TopicT:
+        return app.topic(name, key_serializer="raw", value_serializer="raw", partitions=partitions)
+
+    streams = Streams(
+        settings=settings,
+        app=app,
+        trades=topic(settings.topic_trades, settings.partitions),
+        bars=topic(settings.topic_bars, settings.partitions),
+        predictions=topic(settings.topic_predictions, settings.partitions),
+        deadletter=topic(settings.topic_deadletter, 1),
+        bar_state=app.Table("bar-state", partitions=settings.partitions, schema=table_schema),
+        # Written from batches (stream.take): the key, not the current event, picks the partition,
+        # which matches the bars topic because both are keyed by market with the default partitioner.
+        windows=app.Table("windows", partitions=settings.partitions, schema=table_schema, use_partitioner=True),
+        slot=ModelSlot(settings.model_name, threads=settings.onnx_threads),
+        sink=RedisSink(settings.redis_url or "", settings.redis_prefix, settings.history_maxlen),
+    )
+    bars.register(streams)
+    predict.register(streams)
+
+    @app.task
+    async def follow_models() -> None:
+        try:
+            await watch_models(settings, streams.slot, on_swap=streams.sink.write_model)
+        finally:  # cancelled at shutdown: the worker's one Redis client goes with it
+            await streams.sink.close()
+
+    return streams
+
+
+def run_worker(settings: Settings) -> None:
+    """Run one stream worker until SIGTERM/SIGINT."""
+    streams = create_app(settings)
+    worker = faust.Worker(streams.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()

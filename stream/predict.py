@@ -1,0 +1,85 @@
+"""From bars to Predictions: the rolling window per market and one batched inference.
+
+The agent is the loop around these; they run without a broker in unit tests.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.features import WARMUP, window_tensor
+from models.serving import Forecaster
+from stream.records import Bar, Prediction
+
+
+def bar_row(bar: Bar) -> list[float]:
+    """A Bar as one row of ``models.history.BAR_COLUMNS``."""
+    return [float(bar.ts), bar.open, bar.high, bar.low, bar.close, bar.volume, float(bar.trades), bar.buy_volume]
+
+
+def history_size(window: int) -> int:
+    """Bars a market must keep so that the feature window is complete."""
+    return window + WARMUP
+
+
+def push(rows: list[list[float]], bar: Bar, size: int) -> bool:
+    """Append a bar to a market's rows (kept at ``size``); False for a bar older than the last.
+
+    The same bar again (a redelivery) replaces the last row and counts as
+    accepted, so its prediction is made again and written idempotently.
+
+    >>> rows = []
+    >>> b = lambda ts: Bar(exchange="x", symbol="X", ts=ts, open=1, high=1, low=1, close=1, volume=1,
+    ...                    trades=1, vwap=1)
+    >>> push(rows, b(0), 2), push(rows, b(60_000), 2), push(rows, b(60_000), 2), push(rows, b(120_000), 2)
+    (True, True, True, True)
+    >>> push(rows, b(0), 2)
+    False
+    >>> [r[0] for r in rows]
+    [60000.0, 120000.0]
+    """
+    if rows and bar.ts < rows[-1][0]:
+        return False
+    if rows and bar.ts == rows[-1][0]:
+        rows.pop()
+    rows.append(bar_row(bar))
+    del rows[:-size]
+    return True
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A bar whose market has a full window: the input of one inference row."""
+
+    bar: Bar
+    x: np.ndarray  # (1, T, F)
+    arrived: float  # time.perf_counter() when the bar reached the predict agent
+
+
+def ready(bar: Bar, rows: Sequence[Sequence[float]], window: int, arrived: float) -> Ready | None:
+    x = window_tensor(np.asarray(rows, dtype=np.float64), window)
+    return None if x is None else Ready(bar, x, arrived)
+
+
+def forecast(model: Forecaster, batch: Sequence[Ready]) -> list[Prediction]:
+    """One inference for all markets whose bars closed together."""
+    if not batch:
+        return []
+    y = model.predict(np.concatenate([r.x for r in batch]))  # (B, 4): y_hat, q10, q50, q90
+    now = time.time()
+    out = []
+    for r, (y_hat, q10, q50, q90) in zip(batch, y.tolist()):
+        bar = r.bar
+        out.append(Prediction(
+            exchange=bar.exchange, symbol=bar.symbol, bar_ts=bar.ts, horizon=model.horizon,
+            target=model.card.get("target", "log_return"), y_hat=y_hat, q10=q10, q50=q50, q90=q90,
+            price=bar.close, price_hat=bar.close * math.exp(y_hat), model_name=model.name,
+            model_version=model.version, created_at=int(now * 1000),
+            latency_ms=(time.perf_counter() - r.arrived) * 1000,
+        ))
+    return out

@@ -1,0 +1,101 @@
+"""Predictions into Redis: one pipeline per batch, idempotent.
+
+Layout (an interface, documented in the README), prefix default ``cc:``:
+- ``{prefix}pred:{SYMBOL}``   hash, the latest prediction (only ever moved forward in bar time);
+- ``{prefix}preds:{SYMBOL}``  stream, the history, entry id ``{bar_ts}-{horizon}``, capped;
+- ``{prefix}model:{name}``    hash, the serving model version and its metrics.
+
+Redelivered predictions (at-least-once) are harmless: the stream refuses an id
+it already holds, and the hash is only replaced by a newer bar.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from stream.records import ModelUpdate, Prediction
+
+log = logging.getLogger(__name__)
+
+# Replace the latest-prediction hash only when the new one is for a later (or the same) bar.
+_SET_IF_NEWER = """
+local cur = redis.call('HGET', KEYS[1], 'bar_ts')
+if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+"""
+
+
+def _fields(pred: Prediction) -> dict[str, str]:
+    return {k: str(v) for k, v in pred.model_dump(by_alias=True).items()}
+
+
+class RedisSink:
+    def __init__(self, url: str, prefix: str = "cc:", maxlen: int = 10_000) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.maxlen = maxlen
+        self._client: aioredis.Redis | None = None
+        self._set_if_newer = None
+
+    @property
+    def client(self) -> aioredis.Redis:
+        if self._client is None:  # lazily: no network work before the first write
+            self._client = aioredis.Redis.from_url(self.url, decode_responses=True)
+            self._set_if_newer = self._client.register_script(_SET_IF_NEWER)
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def latest_key(self, symbol: str) -> str:
+        return f"{self.prefix}pred:{symbol}"
+
+    def history_key(self, symbol: str) -> str:
+        return f"{self.prefix}preds:{symbol}"
+
+    def model_key(self, name: str) -> str:
+        return f"{self.prefix}model:{name}"
+
+    async def write(self, preds: Iterable[Prediction]) -> int:
+        """Write a batch in one round trip; return how many history entries were new."""
+        client = self.client
+        pipe = client.pipeline(transaction=False)
+        count = 0
+        for pred in preds:
+            fields = _fields(pred)
+            flat = [x for kv in fields.items() for x in kv]
+            await self._set_if_newer(keys=[self.latest_key(pred.symbol)], args=[pred.bar_ts, *flat], client=pipe)
+            pipe.xadd(self.history_key(pred.symbol), fields, id=f"{pred.bar_ts}-{pred.horizon}",
+                      maxlen=self.maxlen, approximate=True)
+            count += 1
+        if not count:
+            return 0
+        results = await pipe.execute(raise_on_error=False)
+        new = 0
+        for res in results[1::2]:
+            if isinstance(res, ResponseError):
+                if "equal or smaller" not in str(res):
+                    raise res
+            else:
+                new += 1
+        for res in results[0::2]:
+            if isinstance(res, Exception):
+                raise res
+        return new
+
+    async def write_model(self, update: ModelUpdate) -> None:
+        fields = {"version": update.version, "sha256": update.sha256, "uri": update.uri,
+                  "family": update.family, "created_at": str(update.created_at)}
+        fields.update({f"metric.{k}": repr(v) for k, v in update.metrics.items()})
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self.model_key(update.name))
+        pipe.hset(self.model_key(update.name), mapping=fields)
+        await pipe.execute()

@@ -1,0 +1,59 @@
+"""Shared fixtures: the real embedded broker (Tansu) and Redis server (Valkey), once per session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.embedded import embedded_stack
+from stream.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+PROJECT_DATA = REPO / "deploy" / "data"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Env pointing at a real embedded broker and Redis server for the whole session."""
+    with embedded_stack(tmp_path_factory.mktemp("stack")) as env:
+        yield env
+
+
+@pytest.fixture(scope="session")
+def broker(stack: dict[str, str]) -> str:
+    return stack["KAFKA_BOOTSTRAP_SERVERS"]
+
+
+@pytest.fixture(scope="session")
+def redis_url(stack: dict[str, str]) -> str:
+    return stack["REDIS_URL"]
+
+
+@pytest.fixture
+def settings_for(stack: dict[str, str], tmp_path: Path):
+    """Build Settings against the embedded stack; each test gets its own topic names and app id.
+
+    Topics are per test (a unique suffix) so tests on one broker never see each other's data.
+    """
+    counter = iter(range(1_000_000))
+
+    def build(**env: str) -> Settings:
+        suffix = f"{tmp_path.name}-{next(counter)}".replace("_", "-")
+        base = {
+            **stack,
+            "CHAINCAST_HOME": str(tmp_path / "home"),
+            "CHAINCAST_APP_ID": f"cc-{suffix}",
+            "CHAINCAST_REDIS_PREFIX": f"t{suffix}:",
+            "CHAINCAST_METRICS_PORT": "0",
+        }
+        for name, default in [("TRADES", "ticks.trades"), ("BARS", "bars.1m"), ("BLOCKS", "chain.blocks"),
+                              ("TXS", "chain.txs"), ("PREDICTIONS", "predictions"),
+                              ("MODELS", "models.updates"), ("DEADLETTER", "deadletter")]:
+            base[f"CHAINCAST_TOPIC_{name}"] = f"{default}.{suffix}"
+        base.update(env)
+        return Settings(**base)
+
+    return build
