@@ -160,6 +160,30 @@ def tail(
     asyncio.run(follow(settings, topic, from_beginning, limit, timeout, typer.echo))
 
 
+# Commands that live beside their stage's code.
+from deploy import chain_cli, exchange_cli, models_cli  # noqa: E402
+
+produce_app = typer.Typer(help="Run one producer alone.", no_args_is_help=True)
+
+
+@produce_app.callback()
+def _produce() -> None:
+    """Producers serve their metrics like every chaincast process."""
+    from deploy.metrics import serve_metrics
+
+    settings = load_settings()
+    if settings.metrics_port:
+        serve_metrics(settings.metrics_port)
+
+
+produce_app.command("exchange")(exchange_cli.produce_exchange)
+produce_app.command("chain")(chain_cli.chain)
+app.add_typer(produce_app, name="produce")
+app.add_typer(exchange_cli.serve_app, name="exchange")
+app.command("train", context_settings=models_cli.EXTRA)(models_cli.train)
+app.command("backtest", context_settings=models_cli.EXTRA)(models_cli.backtest)
+
+
 def main() -> None:
     app()
 

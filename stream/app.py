@@ -34,8 +34,8 @@ class Streams:
     bars: faust.TopicT
     predictions: faust.TopicT
     deadletter: faust.TopicT
-    bar_state: faust.Table  # market -> BarBuilder dict
-    windows: faust.Table  # market -> recent bar rows
+    bar_state: faust.Table  # market key (str) -> BarBuilder dict
+    windows: faust.Table  # market key (str) -> recent bar rows
     slot: ModelSlot
     sink: RedisSink
 
@@ -75,8 +75,6 @@ def create_app(settings: Settings) -> Streams:
 
     app = faust_app(settings)
 
-    table_schema = faust.Schema(key_serializer="raw", value_serializer="json")
-
     def topic(name: str, partitions: int | None = None) -> faust.TopicT:
         return app.topic(name, key_serializer="raw", value_serializer="raw", partitions=partitions)
 
@@ -87,10 +85,11 @@ def create_app(settings: Settings) -> Streams:
         bars=topic(settings.topic_bars, settings.partitions),
         predictions=topic(settings.topic_predictions, settings.partitions),
         deadletter=topic(settings.topic_deadletter, 1),
-        bar_state=app.Table("bar-state", partitions=settings.partitions, schema=table_schema),
+        bar_state=app.Table("bar-state", partitions=settings.partitions, key_type=str),
         # Written from batches (stream.take): the key, not the current event, picks the partition,
         # which matches the bars topic because both are keyed by market with the default partitioner.
-        windows=app.Table("windows", partitions=settings.partitions, schema=table_schema, use_partitioner=True),
+        windows=app.Table("windows", partitions=settings.partitions, key_type=str,
+                          use_partitioner=True),
         slot=ModelSlot(settings.model_name, threads=settings.onnx_threads),
         sink=RedisSink(settings.redis_url or "", settings.redis_prefix, settings.history_maxlen),
     )

@@ -28,7 +28,8 @@ def register(s: "Streams") -> None:
             except Refused as exc:
                 await s.dead_letter(SOURCE, raw, str(exc), topic=s.settings.topic_trades, key=key)
                 continue
-            state = s.bar_state.get(key)
+            market = key.decode()  # parse_trades checked it is the market key
+            state = s.bar_state.get(market)
             first = trades[0]
             builder = BarBuilder.from_dict(state) if state else BarBuilder(first.exchange, first.symbol)
             closed = []
@@ -40,7 +41,7 @@ def register(s: "Streams") -> None:
             # Bars go out before the state that consumed them is recorded (see stream.bars on redelivery).
             for bar in closed:
                 await s.bars.send(key=key, value=bar.dumps())
-            s.bar_state[key] = builder.to_dict()
+            s.bar_state[market] = builder.to_dict()
             TRADES.labels(first.symbol).inc(len(trades))
             if closed:
                 BARS.labels(first.symbol).inc(len(closed))

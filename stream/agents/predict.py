@@ -43,7 +43,7 @@ def register(s: "Streams") -> None:
                     await s.dead_letter(SOURCE, raw, f"invalid: {exc.errors()[0]['msg']}",
                                         topic=s.settings.topic_bars)
                     continue
-                key = market_key(bar.exchange, bar.symbol).encode()
+                key = market_key(bar.exchange, bar.symbol)
                 rows = s.windows.get(key) or []
                 if not push(rows, bar, size):
                     continue  # older than the window: a stale redelivery

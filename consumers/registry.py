@@ -1,0 +1,131 @@
+"""The model registry: content-addressed ONNX files with their cards, on a local path.
+
+Layout under ``root``::
+
+    <version>.onnx          the model; version = first 12 hex of its sha256
+    <version>.json          its card (sha256, version, created_at, metrics ...)
+    champions/<name>.json   {"version": ...}: what the predict agents serve
+
+Files are written to a temp file in the same directory and linked into place,
+so a reader never sees half a file and an existing version is never
+overwritten. The card is written after the model: a card's presence means the
+model is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_VERSION = re.compile(r"^[0-9a-f]{12}$")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    version: str
+    sha256: str
+    onnx_path: Path
+    card_path: Path
+    card: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.card.get("name", self.card.get("family", "")))
+
+
+def _write_once(path: Path, data: bytes) -> bool:
+    """Atomically create ``path`` with ``data``; False if it already existed (left untouched)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide models from predict agents running as another user
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)  # unlike os.replace, fails if the target exists
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        os.unlink(tmp)
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Atomically create or replace ``path`` (for the mutable champion pointer)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide models from predict agents running as another user
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+class Registry:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def put(self, onnx_bytes: bytes, card: dict[str, Any]) -> ModelEntry:
+        """Store a model and its card; putting the same bytes again returns the existing entry."""
+        sha = hashlib.sha256(onnx_bytes).hexdigest()
+        version = sha[:12]
+        onnx_path, card_path = self.root / f"{version}.onnx", self.root / f"{version}.json"
+        if card_path.exists():
+            return self.get(version)
+        if not _write_once(onnx_path, onnx_bytes) and hashlib.sha256(onnx_path.read_bytes()).hexdigest() != sha:
+            raise ValueError(f"{onnx_path} exists with other content (a 12-hex prefix collision?)")
+        created = card.get("created_at") or int(time.time() * 1000)
+        full = {**card, "sha256": sha, "version": version, "created_at": created}
+        _write_once(card_path, json.dumps(full, indent=2, sort_keys=True, allow_nan=False).encode())
+        return self.get(version)
+
+    def get(self, version: str) -> ModelEntry:
+        if not _VERSION.match(version):
+            raise KeyError(f"not a model version: {version!r}")
+        card_path = self.root / f"{version}.json"
+        try:
+            card = json.loads(card_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise KeyError(f"no model {version} in {self.root}") from None
+        return ModelEntry(version, str(card["sha256"]), self.root / f"{version}.onnx", card_path, card)
+
+    def list(self) -> list[ModelEntry]:
+        """Every complete model, oldest first."""
+        entries = [self.get(p.stem) for p in self.root.glob("*.json") if _VERSION.match(p.stem)]
+        return sorted(entries, key=lambda e: (e.card.get("created_at", 0), e.version))
+
+    def _champion_path(self, name: str) -> Path:
+        if not _NAME.match(name):
+            raise ValueError(f"bad model name {name!r}")
+        return self.root / "champions" / f"{name}.json"
+
+    def champion(self, name: str) -> ModelEntry | None:
+        """The version served under ``name``, or None before any promotion."""
+        try:
+            pointer = json.loads(self._champion_path(name).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        return self.get(pointer["version"])
+
+    def set_champion(self, name: str, version: str) -> ModelEntry:
+        """Point ``name`` at ``version`` (promotion or rollback), atomically."""
+        entry = self.get(version)  # refuse to point at a model that is not here
+        path = self._champion_path(name)
+        path.parent.mkdir(exist_ok=True)
+        pointer = {"version": version, "sha256": entry.sha256, "set_at": int(time.time() * 1000)}
+        _replace(path, json.dumps(pointer).encode())
+        return entry

@@ -1,0 +1,94 @@
+"""ONNX export (one file, dynamic batch, input ``x`` / output ``y``) and the torch parity check."""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from contextlib import contextmanager
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from models.features import FEATURES
+
+PARITY_LIMIT = 1e-4  # max abs diff torch vs onnxruntime above which an export is refused
+EXAMPLE_BATCH = 4  # >= 2: with a batch-1 example the exporter pins the batch dim to 1
+
+
+class ExportError(RuntimeError):
+    """The exported graph does not reproduce the torch model."""
+
+
+def export_onnx(module: nn.Module, card: dict[str, Any] | None = None, window: int = 32) -> bytes:
+    """Export ``module`` (B, window, F) -> (B, 4) as a single-file ONNX model.
+
+    ``card`` is optional; when given its ``window`` wins over the argument.
+    """
+    window = int((card or {}).get("window", window))
+    module = module.eval()
+    example = torch.randn(EXAMPLE_BATCH, window, len(FEATURES)) * 1e-3
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    with _quiet_exporter():
+        program = _export(module, example, batch)
+    if program is None:  # only the legacy exporter writes to a file and returns None
+        raise ExportError("torch.onnx.export returned no program")
+    buf = io.BytesIO()
+    program.save(buf, external_data=False)
+    return buf.getvalue()
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter logs torchvision-missing and deprecation chatter on every call; none of it is actionable."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _export(module: nn.Module, example: torch.Tensor, batch: object) -> object:
+    return torch.onnx.export(
+        module,
+        (example,),
+        input_names=["x"],
+        output_names=["y"],
+        dynamo=True,  # the default exporter; it needs onnxscript
+        dynamic_shapes={"x": {0: batch}},
+        external_data=False,
+        verbose=False,
+    )
+
+
+def session(onnx_bytes: bytes, threads: int = 1) -> ort.InferenceSession:
+    """One onnxruntime session from bytes (the bytes that were hashed, not a path re-read later)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # warnings from ORT graph rewrites are noise here
+    return ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def parity(module: nn.Module, onnx_bytes: bytes, x: np.ndarray, limit: float | None = PARITY_LIMIT) -> float:
+    """Max abs diff between torch and onnxruntime on ``x`` (B, T, F); raise above ``limit``."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    with torch.no_grad():
+        expected = module.eval()(torch.from_numpy(x)).numpy()
+    got = session(onnx_bytes).run(["y"], {"x": x})[0]
+    if got.shape != expected.shape:
+        raise ExportError(f"onnx output shape {got.shape} != torch {expected.shape}")
+    diff = float(np.max(np.abs(got.astype(np.float64) - expected)))
+    if not np.isfinite(diff) or (limit is not None and diff > limit):
+        raise ExportError(f"parity {diff:.3g} above the {limit:g} limit")
+    return diff

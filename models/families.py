@@ -1,0 +1,48 @@
+"""Every model family by name: build a module and its config from one call."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from typing import Any
+
+from torch import nn
+
+from models.baselines import BASELINES, BaselineConfig, BaselineNet
+from models.features import FEATURES
+from models.nets import ForecastNet, LinearBody, LinearConfig, RNNBody, RNNConfig
+from models.transformer import TransformerBody, TransformerConfig
+
+LEARNED: tuple[str, ...] = ("linear", "gru", "lstm", "transformer")
+FAMILIES: tuple[str, ...] = LEARNED + BASELINES
+
+
+def _config(cls: type, overrides: dict[str, Any] | None, **base: Any) -> Any:
+    known = {f.name for f in fields(cls)}
+    extra = set(overrides or {}) - known
+    if extra:
+        raise ValueError(f"{cls.__name__} has no option(s) {sorted(extra)}")
+    return cls(**{**base, **(overrides or {})})
+
+
+def make_net(
+    family: str,
+    window: int,
+    horizon: int = 1,
+    target: str = "log_return",
+    overrides: dict[str, Any] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Return (module, config as a plain dict) for ``family``."""
+    n = len(FEATURES)
+    if family == "linear":
+        cfg: Any = _config(LinearConfig, overrides, window=window, n_features=n)
+        return ForecastNet(LinearBody(cfg), n), asdict(cfg)
+    if family in ("gru", "lstm"):
+        cfg = _config(RNNConfig, overrides, cell=family, n_features=n)
+        return ForecastNet(RNNBody(cfg), n), asdict(cfg)
+    if family == "transformer":
+        cfg = _config(TransformerConfig, overrides, window=window, n_features=n)
+        return ForecastNet(TransformerBody(cfg), n), asdict(cfg)
+    if family in BASELINES:
+        cfg = _config(BaselineConfig, overrides, kind=family, window=window, horizon=horizon, target=target)
+        return BaselineNet(cfg), asdict(cfg)
+    raise ValueError(f"unknown model family {family!r}; choose from {', '.join(FAMILIES)}")

@@ -1,0 +1,74 @@
+"""Registry: content addressing, write-once files, listing order, champion pointer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from consumers.registry import Registry
+
+
+def test_put_is_content_addressed_and_write_once(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    data = b"not really onnx, the registry does not care"
+    entry = reg.put(data, {"family": "linear", "window": 32})
+    sha = hashlib.sha256(data).hexdigest()
+    assert entry.version == sha[:12] and entry.sha256 == sha
+    assert entry.onnx_path == tmp_path / f"{sha[:12]}.onnx" and entry.onnx_path.read_bytes() == data
+    card = json.loads(entry.card_path.read_text())
+    assert card["sha256"] == sha and card["version"] == entry.version and card["family"] == "linear"
+
+    again = reg.put(data, {"family": "something else"})  # same bytes: the first card stays
+    assert again.card["family"] == "linear"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([entry.onnx_path.name, entry.card_path.name])
+
+
+def test_list_oldest_first_and_get(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    a = reg.put(b"a", {"family": "gru", "created_at": 2})
+    b = reg.put(b"b", {"family": "gru", "created_at": 1})
+    assert [e.version for e in reg.list()] == [b.version, a.version]
+    assert reg.get(a.version) == a
+    with pytest.raises(KeyError):
+        reg.get("0" * 12)
+    with pytest.raises(KeyError):
+        reg.get("../../etc/passwd")
+
+
+def test_half_written_model_is_invisible(tmp_path: Path) -> None:
+    """A model without its card (a crash between the two writes) is not listed; a retry completes it."""
+    reg = Registry(tmp_path)
+    data = b"model"
+    version = hashlib.sha256(data).hexdigest()[:12]
+    (tmp_path / f"{version}.onnx").write_bytes(data)
+    assert reg.list() == []
+    assert reg.put(data, {"family": "lstm"}).version == version
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_refuses_other_content_under_an_existing_version(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    data = b"model"
+    version = hashlib.sha256(data).hexdigest()[:12]
+    (tmp_path / f"{version}.onnx").write_bytes(b"tampered")
+    with pytest.raises(ValueError):
+        reg.put(data, {})
+    assert (tmp_path / f"{version}.onnx").read_bytes() == b"tampered"  # never overwritten
+
+
+def test_champion_pointer(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    assert reg.champion("forecaster") is None
+    a, b = reg.put(b"a", {}), reg.put(b"b", {})
+    reg.set_champion("forecaster", a.version)
+    reg.set_champion("forecaster", b.version)
+    assert reg.champion("forecaster") == b
+    reg.set_champion("forecaster", a.version)  # rollback is one call
+    assert reg.champion("forecaster") == a
+    with pytest.raises(KeyError):
+        reg.set_champion("forecaster", "f" * 12)
+    with pytest.raises(ValueError):
+        reg.set_champion("../x", a.version)

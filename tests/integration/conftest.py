@@ -1,0 +1,84 @@
+"""Helpers for tests that run real processes against the embedded broker and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from consumers.promotion import announce
+from consumers.registry import ModelEntry, Registry
+from deploy.embedded import Process
+from models.build import build_model
+from models.history import load_bars
+from producers.replay import Market
+from stream.settings import Settings
+from stream.topics import ensure_topics
+from tests.conftest import PROJECT_DATA
+
+DAY = 1440
+
+
+def day_of(symbol: str) -> np.ndarray:
+    """The first day of the bundled week of ``symbol``."""
+    return load_bars(next(PROJECT_DATA.glob(f"{symbol}-1m-*.csv.gz")))[:DAY]
+
+
+async def read_topic(settings: Settings, topic: str, until: Callable[[list], bool], timeout: float = 120.0) -> list:
+    """All messages of ``topic`` from the start, until ``until(messages)`` or the timeout."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    out: list = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not until(out):
+            for msgs in (await consumer.getmany(timeout_ms=300)).values():
+                out.extend(msgs)
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def send_raw(settings: Settings, topic: str, items: list[tuple[bytes | None, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, **settings.producer_config())
+    await producer.start()
+    try:
+        for key, value in items:
+            await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
+
+
+def start_worker(settings: Settings, log_dir: Path) -> Process:
+    env = {**os.environ, **settings.env(), "CHAINCAST_METRICS_PORT": "0"}
+    return Process("worker", [sys.executable, "-m", "deploy.cli", "worker"], env=env,
+                   log_path=log_dir / "worker.log").start()
+
+
+@pytest.fixture
+def served(settings_for) -> Callable[..., tuple[Settings, ModelEntry]]:
+    """Settings with topics created and a persistence model announced (fast to fit)."""
+
+    def make(**env: str) -> tuple[Settings, ModelEntry]:
+        settings = settings_for(**env)
+        asyncio.run(ensure_topics(settings))
+        registry = Registry(settings.registry_dir)
+        entry = build_model([day_of("BTCUSDT")], "persistence", settings.window, settings.horizon, registry,
+                            name=settings.model_name)
+        registry.set_champion(settings.model_name, entry.version)
+        asyncio.run(announce(settings, settings.model_name, entry))
+        return settings, entry
+
+    return make
+
+
+def markets() -> list[Market]:
+    return [Market(s, day_of(s)) for s in ("BTCUSDT", "ETHUSDT")]

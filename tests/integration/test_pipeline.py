@@ -1,0 +1,114 @@
+"""The whole path on real parts: replay -> broker -> worker (bars, predict) -> Redis + topics.
+
+A real Tansu broker, a real Valkey server, a real worker process, a real day of
+bars. Bars must equal the OHLCV of the file, predictions must land in Redis and
+on the topic, malformed inputs in the dead-letter topic, and a worker killed
+with SIGKILL mid-replay must, once restarted, finish with the same bars and
+exactly one history entry per prediction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import redis
+
+from models.history import CLOSE, HIGH, LOW, OPEN, TS, VOLUME
+from producers.replay import replay
+from stream.predict import history_size
+from stream.records import Bar, DeadLetter, Prediction, Trade, TradeBatch
+from tests.integration.conftest import DAY, day_of, markets, read_topic, send_raw, start_worker
+
+SYMBOLS = ("BTCUSDT", "ETHUSDT")
+CLOSED_PER_SYMBOL = DAY - 1  # the day's last bar stays open: no later trade closes it
+
+
+def bars_by_symbol(messages) -> dict[str, dict[int, Bar]]:
+    out: dict[str, dict[int, Bar]] = {s: {} for s in SYMBOLS}
+    for m in messages:
+        bar = Bar.loads(m.value)
+        seen = out[bar.symbol].get(bar.ts)
+        assert seen is None or seen == bar, "a re-emitted bar must be identical"
+        out[bar.symbol][bar.ts] = bar
+    return out
+
+
+def all_bars(messages) -> bool:
+    return sum(1 for _ in {(Bar.loads(m.value).symbol, Bar.loads(m.value).ts) for m in messages}) >= \
+        len(SYMBOLS) * CLOSED_PER_SYMBOL
+
+
+def assert_bars_match_file(bars: dict[str, dict[int, Bar]]) -> None:
+    for sym in SYMBOLS:
+        rows = day_of(sym)[:CLOSED_PER_SYMBOL]
+        got = np.array([[b.ts, b.open, b.high, b.low, b.close, b.volume] for _, b in sorted(bars[sym].items())])
+        np.testing.assert_allclose(got, rows[:, [TS, OPEN, HIGH, LOW, CLOSE, VOLUME]], rtol=1e-9)
+
+
+def expected_predictions(settings) -> int:
+    # Every closed bar with a full, gap-free window behind it gets one forecast (the bundled day has no gap).
+    return CLOSED_PER_SYMBOL - history_size(settings.window) + 1
+
+
+def test_replayed_day_becomes_bars_predictions_and_dead_letters(served, tmp_path):
+    settings, entry = served()
+    good = Trade(exchange="binance", symbol="BTCUSDT", trade_id=1, price=1.0, qty=1.0, side="buy", ts_event=0)
+    asyncio.run(send_raw(settings, settings.topic_trades, [
+        (b"binance:BTCUSDT", b"\x00\xffnot json"),
+        (b"binance:BTCUSDT", TradeBatch(exchange="binance", symbol="BTCUSDT", trades=[good]).dumps()
+         .replace(b'"price":1.0', b'"price":NaN')),
+        (b"binance:XRPUSDT", good.model_copy(update={"symbol": "XRPUSDT"}).dumps()),
+    ]))
+    worker = start_worker(settings, tmp_path)
+    try:
+        asyncio.run(replay(settings, markets()))
+        bar_msgs = asyncio.run(read_topic(settings, settings.topic_bars, all_bars))
+        n = expected_predictions(settings)
+        pred_msgs = asyncio.run(read_topic(settings, settings.topic_predictions, lambda m: len(m) >= 2 * n))
+        letters = asyncio.run(read_topic(settings, settings.topic_deadletter, lambda m: len(m) >= 3, timeout=30))
+    finally:
+        assert worker.stop() == 0, (tmp_path / "worker.log").read_text()[-3000:]
+
+    assert_bars_match_file(bars_by_symbol(bar_msgs))
+
+    preds = [Prediction.loads(m.value) for m in pred_msgs]
+    assert len(preds) == 2 * n
+    assert {p.model_version for p in preds} == {entry.version}
+    for p in preds:
+        assert p.q10 <= p.q50 <= p.q90 and np.isfinite(p.y_hat) and p.price_hat > 0
+    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    for sym in SYMBOLS:
+        last_bar_ts = int(day_of(sym)[CLOSED_PER_SYMBOL - 1, TS])
+        latest = r.hgetall(f"{settings.redis_prefix}pred:{sym}")
+        assert int(latest["bar_ts"]) == last_bar_ts and latest["model_version"] == entry.version
+        assert r.xlen(f"{settings.redis_prefix}preds:{sym}") == n
+    assert r.hget(f"{settings.redis_prefix}model:{settings.model_name}", "version") == entry.version
+
+    reasons = sorted(DeadLetter.loads(m.value).reason.split(":")[0] for m in letters)
+    assert reasons == ["invalid", "invalid", "unknown_symbol"]
+    assert all(DeadLetter.loads(m.value).source == "stream.bars" for m in letters)
+
+
+def test_worker_killed_mid_replay_recovers_from_changelogs(served, tmp_path):
+    settings, _ = served()
+    worker = start_worker(settings, tmp_path)
+    try:
+        async def replay_and_crash() -> None:
+            job = asyncio.create_task(replay(settings, markets(), speed=None))
+            await read_topic(settings, settings.topic_bars, lambda m: len(m) >= 400)
+            worker.kill()  # SIGKILL: no clean shutdown, no final commit
+            await job
+
+        asyncio.run(replay_and_crash())
+        worker = start_worker(settings, tmp_path)
+        bar_msgs = asyncio.run(read_topic(settings, settings.topic_bars, all_bars, timeout=180))
+        n = expected_predictions(settings)
+        r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        asyncio.run(read_topic(settings, settings.topic_predictions, lambda m: len(m) >= 2 * n, timeout=120))
+    finally:
+        worker.stop()
+
+    assert_bars_match_file(bars_by_symbol(bar_msgs))
+    for sym in SYMBOLS:  # idempotent history: exactly one entry per forecast bar despite redelivery
+        assert r.xlen(f"{settings.redis_prefix}preds:{sym}") == n

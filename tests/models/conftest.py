@@ -1,0 +1,40 @@
+"""Real market data for the model tests, read in place from ../shared/data/market."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.history import load_bars
+
+MARKET = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "market"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # the machine's two cores are shared
+
+
+@pytest.fixture(scope="session")
+def market() -> Path:
+    if not MARKET.is_dir():
+        pytest.skip(f"shared market data not found at {MARKET}")
+    return MARKET
+
+
+@pytest.fixture(scope="session")
+def btc_2023() -> np.ndarray:
+    """BTCUSDT 1m bars from 2023-03-16 (66k rows, one real 1.3 h gap on 03-24)."""
+    path = MARKET / "binance_BTCUSDT_1m_2023-03.csv.gz"
+    if not path.exists():
+        pytest.skip(f"shared market data not found at {path}")
+    return load_bars(path)
+
+
+@pytest.fixture(scope="session")
+def btc_slice(btc_2023: np.ndarray) -> np.ndarray:
+    """The first 4,000 bars: enough for every split, quick to train on."""
+    return btc_2023[:4000]
