@@ -117,6 +117,7 @@ def backtest(
     target: str = typer.Option("log_return", help=f"Target: {', '.join(TARGETS)}."),
     folds: int = typer.Option(3, min=1, max=50, help="Walk-forward test windows."),
     seed: int = typer.Option(0),
+    min_skill: float = typer.Option(0.0, min=0.0, max=1.0, help="Skill vs persistence the gate demands (> it)."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the results as JSON here."),
     plot: Path | None = typer.Option(None, help="Plot the last test window's forecast band (needs matplotlib)."),
     threads: int = typer.Option(1, min=1, help="Torch threads."),
@@ -131,7 +132,7 @@ def backtest(
     bars = load_series(ctx, data)
     _setup(threads)
     try:
-        report = run_backtest(bars, horizon, chosen, window, target, folds, seed=seed,
+        report = run_backtest(bars, horizon, chosen, window, target, folds, seed=seed, min_skill=min_skill,
                               progress=lambda msg: typer.echo(f"  {msg}", err=True))
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--data") from None

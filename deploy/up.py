@@ -1,8 +1,9 @@
 """`chaincast up`: the whole system on one machine.
 
 Embedded broker and Redis (unless KAFKA_BOOTSTRAP_SERVERS / REDIS_URL point
-elsewhere), topics, an initial model gated against persistence, a stream
-worker and the history replay as child processes, and a live status line
+elsewhere), topics, an initial model gated against persistence, and as child
+processes a stream worker, the local exchange replaying the bundled history
+(unless CHAINCAST_EXCHANGE_URL points at a real one) and the exchange producer, and a live status line
 built from the children's own metrics endpoints. Everything stops cleanly at
 the end of ``duration`` or on Ctrl-C.
 """
@@ -25,7 +26,7 @@ import redis
 
 from consumers.promotion import announce, initial_champion
 from consumers.registry import Registry
-from deploy.embedded import Process, embedded_stack, free_port
+from deploy.embedded import Process, embedded_stack, free_port, wait_for_port
 from deploy.metrics import scrape
 from models.history import MINUTE_MS, TS, load_many, symbol_of
 from stream.predict import history_size
@@ -35,7 +36,7 @@ from stream.topics import ensure_topics
 log = logging.getLogger(__name__)
 
 DATA_DIR = Path(__file__).parent / "data"
-TRAIN_DAYS = 5  # the bundled week: the initial model learns on days 1-5, the replay plays days 6-7
+TRAIN_DAYS = 5  # the bundled week: the initial model learns on days 1-5, the local exchange plays days 6-7
 
 
 def bundled_files(symbols: list[str]) -> dict[str, list[Path]]:
@@ -127,14 +128,8 @@ def run_up(settings: Settings, paths: list[Path], duration: float | None, speed:
              f"validation skill vs persistence {entry.card['metrics']['val']['skill_vs_persistence']:+.4f})")
 
         replay_from = int(train_end - history_size(settings.window) * MINUTE_MS)
-        ports = {"worker": free_port(), "replay": free_port()} if settings.metrics_port == 0 else \
-            {"worker": settings.metrics_port, "replay": settings.metrics_port + 1}
-        procs = [child("worker", ["worker"], settings, log_dir, ports["worker"])]
-        replay_args = ["replay", "--from-ts", str(replay_from), "--speed", "max" if speed is None else str(speed)]
-        for p in files.values():
-            replay_args += [a for path in p for a in ("--data", str(path))]
-        procs.append(child("replay", replay_args, settings, log_dir, ports["replay"]))
-        echo(f"metrics: worker :{ports['worker']}, replay :{ports['replay']}; logs in {log_dir}")
+        procs, ports = start_processes(settings, files, replay_from, speed, log_dir)
+        echo("metrics: " + ", ".join(f"{name} :{port}" for name, port in ports.items()) + f"; logs in {log_dir}")
         status = Status()
         client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
         code = 0
@@ -142,7 +137,7 @@ def run_up(settings: Settings, paths: list[Path], duration: float | None, speed:
             deadline = None if duration is None else time.monotonic() + duration
             while deadline is None or time.monotonic() < deadline:
                 time.sleep(1.0)
-                crashed = [p.name for p in procs if p.name == "worker" and not p.alive()]
+                crashed = [p.name for p in procs if p.name in ("worker", "producer") and not p.alive()]
                 if crashed:
                     echo(f"\nthe {crashed[0]} stopped unexpectedly; see {log_dir}/{crashed[0]}.log")
                     code = 1
@@ -162,6 +157,30 @@ def run_up(settings: Settings, paths: list[Path], duration: float | None, speed:
             echo("no forecast was produced")
             code = 1
     return code
+
+
+def start_processes(settings: Settings, files: dict[str, list[Path]], replay_from: int, speed: float | None,
+                    log_dir: Path) -> tuple[list[Process], dict[str, int]]:
+    """The stream worker, the local exchange (unless CHAINCAST_EXCHANGE_URL is set) and its producer."""
+    names = ["worker", "producer"]
+    if settings.metrics_port == 0:
+        ports = {name: free_port() for name in names}
+    else:
+        ports = {name: settings.metrics_port + i for i, name in enumerate(names)}
+    procs = [child("worker", ["worker"], settings, log_dir, ports["worker"])]
+    url = settings.exchange_url
+    if url is None:
+        port = free_port()
+        args = ["exchange", "serve", "--port", str(port), "--speed", "max" if speed is None else str(speed),
+                "--start", str(replay_from)]
+        args += [a for paths in files.values() for path in paths for a in ("--data", str(path))]
+        procs.append(child("exchange", args, settings, log_dir, 0))
+        wait_for_port(port, procs[-1].popen, 30, "the local exchange")
+        url = f"ws://127.0.0.1:{port}"
+    procs.append(child("producer", ["produce", "exchange", "--url", url, "--streams", "trade",
+                                    "--symbols", ",".join(settings.symbols).lower()], settings, log_dir,
+                       ports["producer"]))
+    return procs, ports
 
 
 def _refresh(status: Status, client: redis.Redis, settings: Settings, ports: dict[str, int]) -> None:

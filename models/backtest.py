@@ -62,15 +62,19 @@ def walk_forward(s: Samples, horizon: int, folds: int, train_frac: float) -> lis
     return out
 
 
-def gate(results: list[dict[str, Any]]) -> str:
-    """The model that would be served: best positive skill, else persistence.
+def gate(results: list[dict[str, Any]], min_skill: float = 0.0) -> str:
+    """The model that would be served: best skill above ``min_skill`` (>= 0), else persistence.
+
+    Skill of a few 1e-4 is within noise on a month of minutes; a margin keeps the
+    gate from serving luck.
 
     >>> gate([{"model": "persistence", "skill_vs_persistence": 0.0}, {"model": "gru", "skill_vs_persistence": -0.1}])
     'persistence'
     >>> gate([{"model": "lstm", "skill_vs_persistence": 0.01}, {"model": "gru", "skill_vs_persistence": 0.02}])
     'gru'
     """
-    winners = [r for r in results if r["model"] != "persistence" and r["skill_vs_persistence"] > 0]
+    floor = max(min_skill, 0.0)  # never below zero: negative skill is never served
+    winners = [r for r in results if r["model"] != "persistence" and r["skill_vs_persistence"] > floor]
     return max(winners, key=lambda r: r["skill_vs_persistence"])["model"] if winners else "persistence"
 
 
@@ -85,6 +89,7 @@ def backtest(
     seed: int = 0,
     options: FitOptions | None = None,
     progress: Callable[[str], None] | None = None,
+    min_skill: float = 0.0,
 ) -> BacktestReport:
     """Run the walk-forward backtest of ``models`` beside the baselines over every series."""
     unknown = [m for m in models if m not in FAMILIES]
@@ -113,7 +118,7 @@ def backtest(
         row = metrics(y, np.concatenate(preds[m]), persistence)
         report.results.append({"model": m, **{k: row[k] for k in METRICS}})
     report.rows = len(y)
-    report.selected = gate(report.results)
+    report.selected = gate(report.results, min_skill)
     return report
 
 

@@ -102,6 +102,7 @@ class ChainFollower:
         delay = 0.5
         while not self._stop.is_set():
             use_ws = self.ws_url is not None and ws_failures < WS_FAILURES_BEFORE_POLLING
+            progress = self.published["canonical"]
             try:
                 if use_ws:
                     await self._follow_ws()
@@ -111,6 +112,8 @@ class ChainFollower:
             except _Stopped:
                 return
             except (RpcError, MalformedPayload, *TRANSIENT) as exc:  # the node, not us: back off, retry
+                if self.published["canonical"] > progress:  # a session that worked: failures start over
+                    ws_failures, delay = 0, 0.5
                 if use_ws:
                     ws_failures += 1
                     if ws_failures == WS_FAILURES_BEFORE_POLLING:

@@ -48,6 +48,8 @@ def test_gate_never_serves_negative_skill() -> None:
             {"model": "gru", "skill_vs_persistence": -1e-9}]
     assert gate(rows) == "persistence"
     assert gate([*rows, {"model": "lstm", "skill_vs_persistence": 1e-9}]) == "lstm"
+    assert gate([*rows, {"model": "lstm", "skill_vs_persistence": 1e-9}], min_skill=1e-3) == "persistence"
+    assert gate(rows, min_skill=-1.0) == "persistence"  # a negative margin cannot let negative skill through
 
 
 def test_cli_backtest_writes_the_schema(tmp_path: Path, market: Path) -> None:
