@@ -84,7 +84,7 @@ def worker() -> None:
     if not settings.kafka_bootstrap_servers or not settings.redis_url:
         raise typer.BadParameter("a worker needs KAFKA_BOOTSTRAP_SERVERS and REDIS_URL")
     if settings.metrics_port:
-        serve_metrics(settings.metrics_port)
+        serve_metrics(settings.metrics_port, settings.metrics_host)
     run_worker(settings)
 
 
@@ -113,7 +113,7 @@ def replay(
         bars = load_many(paths)
         markets.append(Market(sym, bars if from_ts is None else bars[bars[:, TS] >= from_ts]))
     if settings.metrics_port:
-        serve_metrics(settings.metrics_port)
+        serve_metrics(settings.metrics_port, settings.metrics_host)
     sent = asyncio.run(run_replay(settings, markets, parse_speed(speed)))
     typer.echo(f"replayed {sent} trades")
 
@@ -173,7 +173,7 @@ def _produce() -> None:
 
     settings = load_settings()
     if settings.metrics_port:
-        serve_metrics(settings.metrics_port)
+        serve_metrics(settings.metrics_port, settings.metrics_host)
 
 
 produce_app.command("exchange")(exchange_cli.produce_exchange)
@@ -182,6 +182,15 @@ app.add_typer(produce_app, name="produce")
 app.add_typer(exchange_cli.serve_app, name="exchange")
 app.command("train", context_settings=models_cli.EXTRA)(models_cli.train)
 app.command("backtest", context_settings=models_cli.EXTRA)(models_cli.backtest)
+
+from deploy import models_registry_cli  # noqa: E402
+
+app.add_typer(models_registry_cli.models_app, name="models")
+app.command("retrain")(models_registry_cli.retrain)
+
+from deploy import page  # noqa: E402
+
+app.command("page")(page.page_command)
 
 
 def main() -> None:

@@ -10,9 +10,9 @@ from prometheus_client import start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 
-def serve_metrics(port: int) -> int:
-    """Expose this process's metrics; port 0 picks a free one. Returns the port."""
-    server, _thread = start_http_server(port, addr="127.0.0.1")
+def serve_metrics(port: int, host: str = "127.0.0.1") -> int:
+    """Expose this process's metrics on ``host``; port 0 picks a free one. Returns the port."""
+    server, _thread = start_http_server(port, addr=host)
     return server.server_port
 
 

@@ -26,7 +26,8 @@ import redis
 
 from consumers.promotion import announce, initial_champion
 from consumers.registry import Registry
-from deploy.embedded import Process, embedded_stack, free_port, wait_for_port
+from deploy.embedded import EmbeddedError, Process, embedded_stack, free_port, wait_for_port
+from deploy.hardhat import start_hardhat
 from deploy.metrics import scrape
 from models.history import MINUTE_MS, TS, load_many, symbol_of
 from stream.predict import history_size
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 DATA_DIR = Path(__file__).parent / "data"
 TRAIN_DAYS = 5  # the bundled week: the initial model learns on days 1-5, the local exchange plays days 6-7
+PAGE_PORT_OFFSET = 16  # the live page: 9480 beside the default metrics base 9464
 
 
 def bundled_files(symbols: list[str]) -> dict[str, list[Path]]:
@@ -128,7 +130,10 @@ def run_up(settings: Settings, paths: list[Path], duration: float | None, speed:
              f"validation skill vs persistence {entry.card['metrics']['val']['skill_vs_persistence']:+.4f})")
 
         replay_from = int(train_end - history_size(settings.window) * MINUTE_MS)
-        procs, ports = start_processes(settings, files, replay_from, speed, log_dir)
+        procs, ports = start_processes(settings, files, replay_from, speed, log_dir, echo)
+        page_port = settings.metrics_port + PAGE_PORT_OFFSET if settings.metrics_port else free_port()
+        procs.append(child("page", ["page", "--port", str(page_port)], settings, log_dir, 0))
+        echo(f"live page: http://127.0.0.1:{page_port}/")
         echo("metrics: " + ", ".join(f"{name} :{port}" for name, port in ports.items()) + f"; logs in {log_dir}")
         status = Status()
         client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
@@ -137,7 +142,7 @@ def run_up(settings: Settings, paths: list[Path], duration: float | None, speed:
             deadline = None if duration is None else time.monotonic() + duration
             while deadline is None or time.monotonic() < deadline:
                 time.sleep(1.0)
-                crashed = [p.name for p in procs if p.name in ("worker", "producer") and not p.alive()]
+                crashed = [p.name for p in procs if p.name in ("worker", "producer", "chain") and not p.alive()]
                 if crashed:
                     echo(f"\nthe {crashed[0]} stopped unexpectedly; see {log_dir}/{crashed[0]}.log")
                     code = 1
@@ -160,14 +165,17 @@ def run_up(settings: Settings, paths: list[Path], duration: float | None, speed:
 
 
 def start_processes(settings: Settings, files: dict[str, list[Path]], replay_from: int, speed: float | None,
-                    log_dir: Path) -> tuple[list[Process], dict[str, int]]:
-    """The stream worker, the local exchange (unless CHAINCAST_EXCHANGE_URL is set) and its producer."""
-    names = ["worker", "producer"]
+                    log_dir: Path, echo: Callable[[str], None]) -> tuple[list[Process], dict[str, int]]:
+    """The stream worker; the local exchange (unless CHAINCAST_EXCHANGE_URL is set) and its producer;
+    a Hardhat dev chain (unless CHAINCAST_NODE_URL is set) and the block follower."""
+    names = ["worker", "producer", "chain", "retrainer"]
     if settings.metrics_port == 0:
         ports = {name: free_port() for name in names}
     else:
         ports = {name: settings.metrics_port + i for i, name in enumerate(names)}
-    procs = [child("worker", ["worker"], settings, log_dir, ports["worker"])]
+    procs = [child("worker", ["worker"], settings, log_dir, ports["worker"]),
+             # champion/challenger on the bars the worker makes; a promotion swaps the worker's model live
+             child("retrainer", ["retrain"], settings, log_dir, ports["retrainer"])]
     url = settings.exchange_url
     if url is None:
         port = free_port()
@@ -180,6 +188,17 @@ def start_processes(settings: Settings, files: dict[str, list[Path]], replay_fro
     procs.append(child("producer", ["produce", "exchange", "--url", url, "--streams", "trade",
                                     "--symbols", ",".join(settings.symbols).lower()], settings, log_dir,
                        ports["producer"]))
+    node = settings.node_url
+    if node is None:
+        try:
+            hardhat, _http, node = start_hardhat(log_dir, mining_interval_ms=2000)
+        except EmbeddedError as exc:  # the chain is optional in the demo; the market path runs without it
+            echo(f"no local chain: {exc}")
+            del ports["chain"]
+            return procs, ports
+        procs.append(hardhat)
+        echo(f"local chain (hardhat) on {node}")
+    procs.append(child("chain", ["produce", "chain", "--node", node], settings, log_dir, ports["chain"]))
     return procs, ports
 
 

@@ -9,12 +9,15 @@ with a reason instead of stopping a worker.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
 
 import faust
 
+from stream.chain import watch_chain
+from stream.chainfeatures import ChainMinutes
 from stream.metrics import DEADLETTERED, reason_kind
 from stream.models import ModelSlot, watch_models
 from stream.records import DeadLetter
@@ -38,6 +41,8 @@ class Streams:
     windows: faust.Table  # market key (str) -> recent bar rows
     slot: ModelSlot
     sink: RedisSink
+    chain: ChainMinutes
+    chain_ready: asyncio.Event
 
     async def dead_letter(self, source: str, raw: bytes | str | None, reason: str, *,
                           topic: str | None = None, key: bytes | None = None) -> None:
@@ -71,7 +76,8 @@ def faust_app(settings: Settings) -> faust.App:
 
 
 def create_app(settings: Settings) -> Streams:
-    from stream.agents import bars, predict  # the agents register themselves on this app
+    from stream.agents import bars, predict, score  # the agents register themselves on this app
+    from stream import lag
 
     app = faust_app(settings)
 
@@ -90,11 +96,19 @@ def create_app(settings: Settings) -> Streams:
         # which matches the bars topic because both are keyed by market with the default partitioner.
         windows=app.Table("windows", partitions=settings.partitions, key_type=str,
                           use_partitioner=True),
-        slot=ModelSlot(settings.model_name, threads=settings.onnx_threads),
+        slot=ModelSlot(settings.model_name, threads=settings.onnx_threads, window=settings.window),
         sink=RedisSink(settings.redis_url or "", settings.redis_prefix, settings.history_maxlen),
+        chain=ChainMinutes(),
+        chain_ready=asyncio.Event(),
     )
     bars.register(streams)
     predict.register(streams)
+    score.register(streams)
+    lag.register(streams)  # consumer lag and model age, sampled on a timer
+
+    @app.task
+    async def follow_chain() -> None:
+        await watch_chain(settings, streams.chain, streams.chain_ready)
 
     @app.task
     async def follow_models() -> None:

@@ -36,3 +36,39 @@ def reason_kind(reason: str) -> str:
     'invalid'
     """
     return reason.split(":", 1)[0][:40]
+
+# Hot swap (stream.models) and live scoring (stream.agents.score). Version labels stay
+# bounded: the scorer keeps (and exports) only the last few versions per symbol.
+MODEL_SWAP = Histogram(
+    "chaincast_model_swap_seconds", "ModelUpdate created (announce) to the worker serving it",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
+)
+LIVE_MAE = Gauge("chaincast_live_mae", "Rolling live MAE of realised predictions", ["symbol", "version"])
+LIVE_SKILL = Gauge("chaincast_live_skill", "Rolling live skill vs persistence (1 - MAE/MAE_persistence)",
+                   ["symbol", "version"])
+LIVE_COVERAGE = Gauge("chaincast_live_coverage_80", "Rolling share of realised targets inside q10..q90",
+                      ["symbol", "version"])
+LIVE_SCORED = Counter("chaincast_live_scored_total", "Predictions joined with their realised bar", ["symbol"])
+RETRAIN_REQUESTS = Counter("chaincast_retrain_requests_total", "Retrain-now requests sent by the scorer", ["symbol"])
+
+# The retrainer (consumers.retrainer).
+RETRAIN_RUNS = Counter("chaincast_retrain_runs_total", "Retraining rounds finished", ["trigger"])
+RETRAIN_SECONDS = Histogram("chaincast_retrain_seconds", "One retraining round: train, score, export",
+                            buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600))
+PROMOTIONS = Counter("chaincast_promotions_total", "Models promoted to champion", ["kind"])
+REFUSALS = Counter("chaincast_retrain_refusals_total", "Challengers not promoted, by reason", ["reason"])
+VAL_MAE = Gauge("chaincast_validation_mae", "MAE on the latest validation slice", ["role"])
+VAL_SKILL = Gauge("chaincast_validation_skill", "Skill vs persistence on the latest validation slice", ["role"])
+RETRAIN_HISTORY = Gauge("chaincast_retrain_history_bars", "Bars held by the retrainer", ["symbol"])
+RETRAIN_ACTIVE = Gauge("chaincast_retrain_in_progress", "1 while a challenger is being trained")
+
+# Sampled by stream.lag on a timer; labels are the worker's assigned partitions (bounded by config).
+CONSUMER_LAG = Gauge("chaincast_consumer_lag_messages", "Fetch high-water mark minus the consumer position",
+                     ["topic", "partition"])
+CONSUMER_POSITION = Gauge("chaincast_consumer_position", "Consumer position (next offset to fetch)",
+                          ["topic", "partition"])
+CONSUMER_HIGHWATER = Gauge("chaincast_consumer_highwater", "Fetch high-water mark", ["topic", "partition"])
+CONSUMER_COMMIT_LAG = Gauge("chaincast_consumer_commit_lag_messages",
+                            "Fetch high-water mark minus the last committed offset", ["topic", "partition"])
+MODEL_AGE = Gauge("chaincast_model_age_seconds", "Age of the serving model (now minus its card's created_at)",
+                  ["name"])

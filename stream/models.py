@@ -2,10 +2,13 @@
 
 Every worker reads the compacted ``models.updates`` topic from its start with a
 plain consumer (no group: each worker must see every update, and a worker that
-starts later must find the current champion). A new version is loaded off the
-event loop, verified (sha256, smoke inference, feature list), and swapped in
-with one reference assignment; a model that fails is refused, reported, and the
-old one keeps serving.
+starts later must find the current champion). On start it reads up to the end
+of the topic first and offers only the newest update (falling back to older
+ones if that is refused), so a late worker never serves a stale version even
+for one bar. After that, each new version is loaded off the event loop,
+verified (sha256, smoke inference, feature list, the stream's window), and
+swapped in with one reference assignment; a model that fails is refused,
+reported, and the old one keeps serving.
 """
 
 from __future__ import annotations
@@ -15,45 +18,58 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from models.serving import Forecaster, ModelRejected
-from stream.metrics import MODEL_INFO, MODEL_LOADED_AT, MODELS_REFUSED
+from stream.metrics import MODEL_INFO, MODEL_LOADED_AT, MODEL_SWAP, MODELS_REFUSED
 from stream.records import ModelUpdate
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
+OnSwap = Callable[[ModelUpdate], Awaitable[None]]
+
 
 def uri_path(uri: str) -> Path:
-    return Path(uri.removeprefix("file://"))
+    """The local path of a ``file://`` URI (percent-escapes decoded, as ``Path.as_uri`` writes them).
+
+    >>> str(uri_path("file:///tmp/my%20models/abc.onnx")), str(uri_path("/plain/path.onnx"))
+    ('/tmp/my models/abc.onnx', '/plain/path.onnx')
+    """
+    parsed = urlparse(uri)
+    return Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(uri)
 
 
 class ModelSlot:
     """Holds the serving Forecaster; ``current`` is replaced atomically."""
 
-    def __init__(self, name: str, threads: int = 1) -> None:
+    def __init__(self, name: str, threads: int = 1, window: int | None = None) -> None:
         self.name = name
         self.threads = threads
+        self.window = window  # the stream builds windows of this length; another shape would crash predict
         self.current: Forecaster | None = None
         self.ready = asyncio.Event()
 
+    def _load(self, update: ModelUpdate) -> Forecaster:
+        model = Forecaster.load(uri_path(update.uri), expected_sha256=update.sha256, threads=self.threads)
+        if self.window is not None and model.window != self.window:
+            raise ModelRejected(f"model window {model.window} differs from the stream's window {self.window}")
+        return model
+
     async def load(self, update: ModelUpdate) -> Forecaster:
         """Load and verify off the loop; raises ModelRejected."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            None, lambda: Forecaster.load(uri_path(update.uri), expected_sha256=update.sha256, threads=self.threads)
-        )
+        return await asyncio.get_running_loop().run_in_executor(None, self._load, update)
 
     async def offer(self, update: ModelUpdate) -> bool:
         """Try an update; swap on success. Returns whether it now serves."""
-        if self.current is not None and self.current.version == update.version:
-            return True
+        if self.current is not None and (self.current.version, self.current.sha256) == (update.version, update.sha256):
+            return True  # a re-announcement; the same version with another sha is checked (and refused) below
         try:
             model = await self.load(update)
-        except (ModelRejected, OSError) as exc:
+        except ModelRejected as exc:
             MODELS_REFUSED.labels(self.name).inc()
             log.error("refused model %s %s: %s", update.name, update.version, exc)
             return False
@@ -68,29 +84,66 @@ class ModelSlot:
         return True
 
 
-async def watch_models(settings: Settings, slot: ModelSlot,
-                       on_swap: Callable[[ModelUpdate], Awaitable[None]] | None = None,
+def _decode(slot: ModelSlot, key: bytes | None, value: bytes | None, offset: int) -> ModelUpdate | None:
+    if key is not None and key.decode(errors="replace") != slot.name:
+        return None
+    try:
+        return ModelUpdate.loads(value or b"")
+    except ValidationError as exc:
+        MODELS_REFUSED.labels(slot.name).inc()
+        log.error("unreadable model update at offset %d: %s", offset, exc)
+        return None
+
+
+async def _assign(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """Every partition of ``topic``, from the beginning; waits for the topic to exist."""
+    while not (parts := consumer.partitions_for_topic(topic)):
+        await consumer.topics()  # a metadata refresh; the topic may not be created yet
+        if not consumer.partitions_for_topic(topic):
+            await asyncio.sleep(0.5)
+    tps = [TopicPartition(topic, p) for p in sorted(parts)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    return tps
+
+
+async def _catch_up(consumer: AIOKafkaConsumer, tps: list[TopicPartition], slot: ModelSlot) -> list[ModelUpdate]:
+    """Every update for ``slot.name`` up to the end offsets seen at start, oldest first."""
+    end = await consumer.end_offsets(tps)
+    found: list[ModelUpdate] = []
+    idle = 0
+    # An empty poll also ends the catch-up: Tansu can over-report the end offset (see DESIGN.md).
+    while idle < 3 and any([await consumer.position(tp) < end[tp] for tp in tps]):
+        batches = await consumer.getmany(*tps, timeout_ms=500)
+        idle = 0 if batches else idle + 1
+        for messages in batches.values():
+            found += [u for m in messages if (u := _decode(slot, m.key, m.value, m.offset)) is not None]
+    return found
+
+
+async def watch_models(settings: Settings, slot: ModelSlot, on_swap: OnSwap | None = None,
                        stopping: asyncio.Event | None = None) -> None:
-    """Follow ``models.updates`` from the beginning for ``slot.name`` until cancelled."""
-    consumer = AIOKafkaConsumer(
-        settings.topic_models, bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
-    )
+    """Serve the current champion of ``slot.name``, then follow ``models.updates`` until cancelled."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
     try:
+        tps = await _assign(consumer, settings.topic_models)
+        for update in reversed(await _catch_up(consumer, tps, slot)):  # newest first; older ones only on refusal
+            if await slot.offer(update):
+                if on_swap is not None:
+                    await on_swap(update)
+                break
         while stopping is None or not stopping.is_set():
-            batches = await consumer.getmany(timeout_ms=500)
-            for messages in batches.values():
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
                 for msg in messages:
-                    if msg.key is not None and msg.key.decode() != slot.name:
+                    if (update := _decode(slot, msg.key, msg.value, msg.offset)) is None:
                         continue
-                    try:
-                        update = ModelUpdate.loads(msg.value)
-                    except ValidationError as exc:
-                        MODELS_REFUSED.labels(slot.name).inc()
-                        log.error("unreadable model update at offset %d: %s", msg.offset, exc)
-                        continue
-                    if await slot.offer(update) and on_swap is not None:
-                        await on_swap(update)
+                    before = slot.current
+                    if await slot.offer(update):
+                        if slot.current is not before and update.created_at:
+                            MODEL_SWAP.observe(max(time.time() - update.created_at / 1000, 0.0))
+                        if on_swap is not None:
+                            await on_swap(update)
     finally:
         await consumer.stop()

@@ -90,7 +90,26 @@ class Settings(BaseSettings):
     chain_request_timeout: float = Field(10.0, gt=0, validation_alias="CHAINCAST_CHAIN_REQUEST_TIMEOUT")
     chain_retries: int = Field(5, ge=1, validation_alias="CHAINCAST_CHAIN_RETRIES")
 
+    # Retraining.
+    # A round starts after this many new bars (all symbols together; 0 = off) ...
+    retrain_every_bars: int = Field(600, ge=0, validation_alias="CHAINCAST_RETRAIN_EVERY_BARS")
+    # ... or after this many seconds with at least one new bar (0 = off).
+    retrain_every_s: float = Field(0.0, ge=0, validation_alias="CHAINCAST_RETRAIN_EVERY_S")
+    retrain_family: str = Field("linear", validation_alias="CHAINCAST_RETRAIN_FAMILY")
+    # The challenger's validation MAE must be below champion MAE * (1 - margin).
+    promote_margin: float = Field(0.0, ge=0, lt=1, validation_alias="CHAINCAST_RETRAIN_PROMOTE_MARGIN")
+    # One-sided Diebold-Mariano level: the challenger must beat the champion at this significance.
+    retrain_alpha: float = Field(0.1, gt=0, le=1, validation_alias="CHAINCAST_RETRAIN_ALPHA")
+    history_bars: int = Field(3000, ge=200, validation_alias="CHAINCAST_RETRAIN_HISTORY_BARS")  # per symbol
+    retrain_val_bars: int = Field(240, ge=20, validation_alias="CHAINCAST_RETRAIN_VAL_BARS")  # per symbol
+    retrain_max_epochs: int = Field(8, ge=1, validation_alias="CHAINCAST_RETRAIN_MAX_EPOCHS")
+    # Live scoring: realised predictions per symbol and version in the rolling score; when
+    # a full window scores below persistence the retrainer is told to retrain now.
+    score_window: int = Field(120, ge=10, validation_alias="CHAINCAST_RETRAIN_SCORE_WINDOW")
+
     metrics_port: int = Field(9464, ge=0, le=65535, validation_alias="CHAINCAST_METRICS_PORT")
+    # 0.0.0.0 in containers, so that Prometheus on another host can scrape.
+    metrics_host: str = Field("127.0.0.1", validation_alias="CHAINCAST_METRICS_HOST")
     log_level: str = Field("WARNING", validation_alias="CHAINCAST_LOG_LEVEL")
 
     @field_validator("symbols", mode="before")

@@ -6,6 +6,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from stream.bars import BarBuilder, Refused, parse_trades
+from stream.chain import with_chain
 from stream.metrics import BARS, TRADE_MESSAGES, TRADES
 
 if TYPE_CHECKING:
@@ -21,6 +22,7 @@ def register(s: "Streams") -> None:
 
     @s.app.agent(s.trades, name="bars")
     async def bars(stream):  # noqa: ANN001 - a faust stream
+        await s.chain_ready.wait()  # bars join the chain features of their minute: catch up first
         async for key, raw in stream.items():
             TRADE_MESSAGES.inc()
             try:
@@ -40,7 +42,7 @@ def register(s: "Streams") -> None:
                     await s.dead_letter(SOURCE, trade.dumps(), str(exc), topic=s.settings.topic_trades, key=key)
             # Bars go out before the state that consumed them is recorded (see stream.bars on redelivery).
             for bar in closed:
-                await s.bars.send(key=key, value=bar.dumps())
+                await s.bars.send(key=key, value=with_chain(bar, s.chain).dumps())
             s.bar_state[market] = builder.to_dict()
             TRADES.labels(first.symbol).inc(len(trades))
             if closed:

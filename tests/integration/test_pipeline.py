@@ -10,6 +10,7 @@ exactly one history entry per prediction.
 from __future__ import annotations
 
 import asyncio
+import json
 
 import numpy as np
 import redis
@@ -17,7 +18,8 @@ import redis
 from models.history import CLOSE, HIGH, LOW, OPEN, TS, VOLUME
 from producers.replay import replay
 from stream.predict import history_size
-from stream.records import Bar, DeadLetter, Prediction, Trade, TradeBatch
+from stream.records import Bar, Block, DeadLetter, Prediction, Trade, TradeBatch
+from tests.conftest import SHARED_DATA
 from tests.integration.conftest import DAY, day_of, markets, read_topic, send_raw, start_worker
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
@@ -51,8 +53,19 @@ def expected_predictions(settings) -> int:
     return CLOSED_PER_SYMBOL - history_size(settings.window) + 1
 
 
+def mainnet_blocks_retimed(start_s: int, n: int = 60) -> list[Block]:
+    """Real mainnet blocks (number, base fee, gas, tx count) moved onto the replayed day's clock."""
+    series = json.loads((SHARED_DATA / "chain" / "series" / "blocks_24337593_24338592.json").read_text())[:n]
+    t0 = series[0]["timestamp"]
+    return [Block(chain_id=1, number=b["number"], hash=f"0x{b['number']:064x}", parent_hash=f"0x{b['number'] - 1:064x}",
+                  timestamp=start_s + b["timestamp"] - t0, base_fee=b["base_fee_per_gas"], gas_used=b["gas_used"],
+                  gas_limit=b["gas_limit"], tx_count=b["transaction_count"]) for b in series]
+
+
 def test_replayed_day_becomes_bars_predictions_and_dead_letters(served, tmp_path):
     settings, entry = served()
+    blocks = mainnet_blocks_retimed(int(day_of("BTCUSDT")[0, TS]) // 1000)
+    asyncio.run(send_raw(settings, settings.topic_blocks, [(b"1", b.dumps()) for b in blocks]))
     good = Trade(exchange="binance", symbol="BTCUSDT", trade_id=1, price=1.0, qty=1.0, side="buy", ts_event=0)
     asyncio.run(send_raw(settings, settings.topic_trades, [
         (b"binance:BTCUSDT", b"\x00\xffnot json"),
@@ -70,7 +83,15 @@ def test_replayed_day_becomes_bars_predictions_and_dead_letters(served, tmp_path
     finally:
         assert worker.stop() == 0, (tmp_path / "worker.log").read_text()[-3000:]
 
-    assert_bars_match_file(bars_by_symbol(bar_msgs))
+    bars = bars_by_symbol(bar_msgs)
+    assert_bars_match_file(bars)
+    txs_by_minute: dict[int, int] = {}
+    for b in blocks:
+        minute = b.timestamp * 1000 // 60_000 * 60_000
+        txs_by_minute[minute] = txs_by_minute.get(minute, 0) + b.tx_count
+    for sym in SYMBOLS:  # bars carry the chain activity of their minute
+        joined = {ts: bar.chain.tx_count for ts, bar in bars[sym].items() if bar.chain is not None}
+        assert joined == txs_by_minute
 
     preds = [Prediction.loads(m.value) for m in pred_msgs]
     assert len(preds) == 2 * n

@@ -15,6 +15,7 @@ from deploy.models_cli import app
 from models.backtest import backtest, gate
 from models.evaluate import METRICS
 from models.train import FitOptions
+from tests.models.model_fixtures import btc_2023, market  # noqa: F401 (pytest fixtures)
 
 QUICK = FitOptions(max_epochs=2, patience=1, max_steps_per_epoch=8)
 

@@ -14,6 +14,7 @@ from models.families import FAMILIES
 from models.features import FEATURES, window_tensor
 from models.serving import Forecaster
 from models.train import FitOptions, train
+from tests.models.model_fixtures import btc_2023, btc_slice  # noqa: F401 (pytest fixtures)
 
 WINDOW = 16
 

@@ -10,6 +10,7 @@ from models.features import FEATURES, RET, WARMUP, bar_features, contiguous_run,
 from models.history import BAR_COLUMNS, BUY_VOLUME, CLOSE, HIGH, LOW, MINUTE_MS, OPEN, TS, VOLUME
 from models.rolling import RollingMean, RollingRMS, rolling_mean, rolling_rms
 from models.targets import make_target
+from tests.models.model_fixtures import btc_2023, btc_slice  # noqa: F401 (pytest fixtures)
 
 
 def _bars(closes: list[float] | np.ndarray, ts: np.ndarray | None = None) -> np.ndarray:

@@ -17,6 +17,8 @@ from models.families import make_net
 from models.features import FEATURES
 from models.serving import Forecaster, ModelRejected
 
+import tests.models.model_fixtures  # noqa: F401 (sets torch to one thread)
+
 WINDOW = 8
 
 

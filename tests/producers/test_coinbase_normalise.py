@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from wire_recordings import RECORDINGS, golden, normalised
+from tests.producers.wire_recordings import RECORDINGS, golden, normalised
 
 from producers import coinbase
 from producers.binance import BadMessage, Control

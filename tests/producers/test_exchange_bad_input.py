@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import orjson
 import websockets
-from exchange_helpers import exchange_settings, read_topic, until  # noqa: F401 (a fixture)
-from wire_recordings import messages
+from tests.producers.exchange_helpers import exchange_settings, read_topic, until  # noqa: F401 (a fixture)
+from tests.producers.wire_recordings import messages
 
 from producers import coinbase
 from producers.exchange import BINANCE, COINBASE, ExchangeProducer, ensure_exchange_topics

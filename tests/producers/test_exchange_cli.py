@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from exchange_helpers import BTC_DAY, exchange_settings  # noqa: F401 (a fixture)
+from tests.producers.exchange_helpers import BTC_DAY, exchange_settings  # noqa: F401 (a fixture)
 
 from producers.checkpoint import Checkpoint
 from producers.synth import first_trade_id

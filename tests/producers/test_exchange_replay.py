@@ -11,7 +11,7 @@ import asyncio
 from collections import defaultdict
 
 import numpy as np
-from exchange_helpers import BTC_DAY, ETH_DAY, exchange_settings, read_topic, until  # noqa: F401 (a fixture)
+from tests.producers.exchange_helpers import BTC_DAY, ETH_DAY, exchange_settings, read_topic, until  # noqa: F401 (a fixture)
 
 from models.history import TS, load_bars
 from producers.checkpoint import Checkpoint

@@ -8,7 +8,7 @@ import aiohttp
 import orjson
 import pytest
 import websockets
-from exchange_helpers import BTC_DAY, until
+from tests.producers.exchange_helpers import BTC_DAY, until
 from websockets.exceptions import InvalidStatus
 
 from models.history import load_bars

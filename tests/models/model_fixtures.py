@@ -1,4 +1,9 @@
-"""Real market data for the model tests, read in place from ../shared/data/market."""
+"""Fixtures of the model tests: real market data read in place from ../shared/data/market.
+
+Not a conftest.py: with ``--doctest-modules`` two non-package conftest.py files
+(tests/consumers/ has one) collide as module ``conftest``. Test files import
+these fixtures by name instead.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +18,7 @@ from models.history import load_bars
 MARKET = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "market"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)  # the machine's two cores are shared
+torch.set_num_threads(1)  # the machine's two cores are shared; set on import by every model test
 
 
 @pytest.fixture(scope="session")

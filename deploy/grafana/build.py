@@ -1,0 +1,258 @@
+"""The Grafana dashboards, as code: ``python -m deploy.grafana.build`` writes ``dashboards/*.json``.
+
+The JSON files are committed (Grafana provisions them as they are); this module
+is the one place to change them. ``--check`` exits non-zero when a file differs
+from what this code builds, so a hand edit of the JSON cannot drift unnoticed.
+
+Every query reads the Prometheus datasource provisioned with uid ``prometheus``
+(``provisioning/datasources/prometheus.yml``). Panels that concern one market
+use the ``$symbol`` variable, filled from ``chaincast_last_close``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OUT_DIR = Path(__file__).parent / "dashboards"
+DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
+RATE = "$__rate_interval"
+
+
+@dataclass(frozen=True)
+class Query:
+    expr: str
+    legend: str = ""
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    queries: tuple[Query, ...]
+    kind: str = "timeseries"  # timeseries | stat | heatmap | table
+    unit: str = "short"
+    width: int = 12
+    height: int = 8
+    description: str = ""
+    overrides: tuple[dict[str, Any], ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def q(expr: str, legend: str = "") -> Query:
+    return Query(expr, legend)
+
+
+def panel_json(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
+    targets = []
+    for i, query in enumerate(p.queries):
+        t: dict[str, Any] = {"datasource": DATASOURCE, "expr": query.expr, "refId": chr(ord("A") + i),
+                             "legendFormat": query.legend or "__auto", "range": p.kind != "table",
+                             "instant": p.kind == "table"}
+        if p.kind == "heatmap":
+            t["format"] = "heatmap"
+        if p.kind == "table":
+            t["format"] = "table"
+        targets.append(t)
+    out: dict[str, Any] = {
+        "id": pid, "type": p.kind, "title": p.title, "description": p.description, "datasource": DATASOURCE,
+        "gridPos": {"h": p.height, "w": p.width, "x": x, "y": y}, "targets": targets,
+        "fieldConfig": {"defaults": {"unit": p.unit}, "overrides": list(p.overrides)},
+        "options": p.options,
+    }
+    if p.kind == "heatmap":
+        out["options"] = {"calculate": False, "yAxis": {"unit": p.unit}, "cellGap": 1, **p.options}
+    return out
+
+
+def dashboard(uid: str, title: str, panels: list[Panel], *, variables: list[dict[str, Any]] | None = None,
+              annotations: list[dict[str, Any]] | None = None, description: str = "") -> dict[str, Any]:
+    """Lay panels out left to right in a 24-column grid, wrapping to new rows."""
+    laid, x, y, row_h = [], 0, 0, 0
+    for pid, p in enumerate(panels, start=1):
+        if x + p.width > 24:
+            x, y, row_h = 0, y + row_h, 0
+        laid.append(panel_json(p, pid, x, y))
+        x, row_h = x + p.width, max(row_h, p.height)
+    builtin = {"builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True,
+               "hide": True, "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts",
+               "type": "dashboard"}
+    return {
+        "uid": uid, "title": title, "description": description, "tags": ["chaincast"], "timezone": "browser",
+        "schemaVersion": 39, "version": 1, "editable": True, "refresh": "10s",
+        "time": {"from": "now-1h", "to": "now"},
+        "annotations": {"list": [builtin, *(annotations or [])]},
+        "templating": {"list": variables or []},
+        "panels": laid,
+    }
+
+
+def symbol_variable() -> dict[str, Any]:
+    return {"name": "symbol", "label": "symbol", "type": "query", "datasource": DATASOURCE,
+            "query": {"query": "label_values(chaincast_last_close, symbol)", "refId": "symbol"},
+            "definition": "label_values(chaincast_last_close, symbol)", "refresh": 2, "includeAll": False,
+            "multi": False, "sort": 1, "current": {}}
+
+
+def band_overrides() -> tuple[dict[str, Any], ...]:
+    """Shade q10..q90: q90 fills down to q10, both drawn as thin dashed lines."""
+    thin = [{"id": "custom.lineWidth", "value": 1}, {"id": "custom.lineStyle", "value": {"fill": "dash",
+                                                                                          "dash": [4, 4]}}]
+    return (
+        {"matcher": {"id": "byName", "options": "q90"},
+         "properties": [*thin, {"id": "custom.fillBelowTo", "value": "q10"}, {"id": "custom.fillOpacity",
+                                                                              "value": 20}]},
+        {"matcher": {"id": "byName", "options": "q10"}, "properties": thin},
+    )
+
+
+def overview() -> dict[str, Any]:
+    panels = [
+        Panel("Processes up", (q('up{job="chaincast"}', "{{process}} {{instance}}"),), kind="stat", width=8,
+              height=5, description="1 = the process answers its /metrics endpoint"),
+        Panel("Predictions per minute", (q(f"sum(rate(chaincast_predictions_total[{RATE}])) * 60", "predictions"),),
+              kind="stat", width=8, height=5),
+        Panel("Dead letters per minute", (q(f"sum(rate(chaincast_deadletter_total[{RATE}])) * 60", "dead letters"),),
+              kind="stat", width=8, height=5),
+        Panel("Trades published per second (producer)",
+              (q(f"sum by (symbol) (rate(chaincast_exchange_trades_total[{RATE}]))", "{{symbol}}"),), unit="ops"),
+        Panel("Trades folded into bars per second (worker)",
+              (q(f"sum by (symbol) (rate(chaincast_trades_total[{RATE}]))", "{{symbol}}"),), unit="ops"),
+        Panel("Bars and predictions per minute",
+              (q(f"sum by (symbol) (rate(chaincast_bars_total[{RATE}])) * 60", "bars {{symbol}}"),
+               q(f"sum by (symbol) (rate(chaincast_predictions_total[{RATE}])) * 60", "predictions {{symbol}}")),
+              unit="short"),
+        Panel("Consumer lag (messages behind the high-water mark)", (
+            q("sum by (topic, partition) (chaincast_consumer_commit_lag_messages)", "committed {{topic}}[{{partition}}]"),
+            q("sum by (topic, partition) (chaincast_consumer_lag_messages)", "fetched {{topic}}[{{partition}}]"),
+        ), description="Sampled every 5 s by each worker for its assigned partitions. 'committed' counts what "
+                       "is not yet processed and committed; 'fetched' only what is not yet fetched"),
+        Panel("Bar to Redis latency", (
+            q(f"histogram_quantile(0.5, sum by (le) (rate(chaincast_bar_to_redis_seconds_bucket[{RATE}])))", "p50"),
+            q(f"histogram_quantile(0.99, sum by (le) (rate(chaincast_bar_to_redis_seconds_bucket[{RATE}])))", "p99"),
+        ), unit="s"),
+        Panel("Inference latency", (
+            q(f"histogram_quantile(0.5, sum by (le) (rate(chaincast_inference_seconds_bucket[{RATE}])))", "p50"),
+            q(f"histogram_quantile(0.99, sum by (le) (rate(chaincast_inference_seconds_bucket[{RATE}])))", "p99"),
+        ), unit="s"),
+        Panel("Bar to Redis latency distribution",
+              (q(f"sum by (le) (rate(chaincast_bar_to_redis_seconds_bucket[{RATE}]))", "{{le}}"),),
+              kind="heatmap", unit="s"),
+        Panel("Exchange event time to Kafka ack (p50 / p99)", (
+            q(f"histogram_quantile(0.5, sum by (le) (rate(chaincast_exchange_lag_seconds_bucket[{RATE}])))", "p50"),
+            q(f"histogram_quantile(0.99, sum by (le) (rate(chaincast_exchange_lag_seconds_bucket[{RATE}])))", "p99"),
+        ), unit="s", description="Large under replay: the bundled history's event times are in the past"),
+        Panel("Dead letters by source and reason",
+              (q(f"sum by (source, reason) (rate(chaincast_deadletter_total[{RATE}])) * 60",
+                 "{{source}}: {{reason}}"),), unit="short"),
+        Panel("Exchange reconnects, gaps and lost trades (per hour)", (
+            q("sum by (reason) (increase(chaincast_exchange_reconnects_total[1h]))", "reconnect {{reason}}"),
+            q("sum by (symbol) (increase(chaincast_exchange_gaps_total[1h]))", "gaps {{symbol}}"),
+            q("sum by (symbol) (increase(chaincast_exchange_missing_trades_total[1h]))", "lost {{symbol}}"),
+        ), unit="short", width=8),
+        Panel("Chain head lag", (q("max(chaincast_chain_head_lag_seconds)", "head lag"),), unit="s", width=8),
+        Panel("Chain blocks and reorgs (per hour)", (
+            q("sum by (kind) (increase(chaincast_chain_blocks_published_total[1h]))", "blocks {{kind}}"),
+            q("sum(increase(chaincast_chain_reorgs_total[1h]))", "reorgs"),
+        ), unit="short", width=8),
+    ]
+    return dashboard("chaincast-overview", "chaincast / overview", panels,
+                     description="Pipeline health: throughput, lag, latency, dead letters")
+
+
+def forecasts() -> dict[str, Any]:
+    sym = 'symbol="$symbol"'
+    panels = [
+        Panel("$symbol: close and forecast band (q10..q90)", (
+            q(f"max(chaincast_last_close{{{sym}}})", "close"),
+            q(f'max(chaincast_forecast_price{{{sym}, band="mid"}})', "forecast"),
+            q(f'max(chaincast_forecast_price{{{sym}, band="q10"}})', "q10"),
+            q(f'max(chaincast_forecast_price{{{sym}, band="q90"}})', "q90"),
+        ), unit="currencyUSD", width=24, height=10, overrides=band_overrides(),
+            description="The forecast is for the close `horizon` bars after the bar it was made from"),
+        Panel("$symbol: live skill vs persistence", (
+            q(f"chaincast_live_skill{{{sym}}}", "{{version}}"),
+        ), unit="percentunit", description="1 - MAE / MAE(persistence) over realised predictions; below 0 = "
+                                           "worse than predicting no change"),
+        Panel("$symbol: live MAE (log return)", (q(f"chaincast_live_mae{{{sym}}}", "{{version}}"),)),
+        Panel("$symbol: live q10..q90 coverage", (q(f"chaincast_live_coverage_80{{{sym}}}", "{{version}}"),),
+              unit="percentunit", description="Share of realised targets inside the band; 0.8 is calibrated"),
+        Panel("Predictions scored per minute", (
+            q(f"sum by (symbol) (rate(chaincast_live_scored_total[{RATE}])) * 60", "{{symbol}}"),)),
+        Panel("Serving model", (q("max by (name, version, family) (chaincast_model_info)",
+                                  "{{name}} {{version}} ({{family}})"),), kind="table", width=12, height=6),
+        Panel("Serving model age", (q("max by (name) (chaincast_model_age_seconds)", "{{name}}"),),
+              kind="stat", unit="s", width=12, height=6),
+    ]
+    swaps = {"name": "model versions", "enable": True, "iconColor": "orange", "datasource": DATASOURCE,
+             "expr": "max by (name, version) (chaincast_model_info)", "step": "30s",
+             "titleFormat": "model {{version}}", "tagKeys": "name", "textFormat": "serving {{name}} {{version}}",
+             "useValueForTime": False}
+    return dashboard("chaincast-forecasts", "chaincast / forecasts", panels, variables=[symbol_variable()],
+                     annotations=[swaps], description="Price with its forecast band, model versions, live skill")
+
+
+def models() -> dict[str, Any]:
+    panels = [
+        Panel("Retraining rounds (per hour)",
+              (q("sum by (trigger) (increase(chaincast_retrain_runs_total[1h]))", "{{trigger}}"),), width=8),
+        Panel("Promotions and refusals (per hour)", (
+            q("sum by (kind) (increase(chaincast_promotions_total[1h]))", "promoted {{kind}}"),
+            q("sum by (reason) (increase(chaincast_retrain_refusals_total[1h]))", "refused {{reason}}"),
+        ), width=8),
+        Panel("Retraining round duration", (
+            q(f"histogram_quantile(0.5, sum by (le) (rate(chaincast_retrain_seconds_bucket[{RATE}])))", "p50"),
+            q("sum(rate(chaincast_retrain_seconds_sum[1h])) / sum(rate(chaincast_retrain_seconds_count[1h]))",
+              "mean"),
+        ), unit="s", width=8),
+        Panel("Validation MAE: champion vs challenger", (q("max by (role) (chaincast_validation_mae)", "{{role}}"),)),
+        Panel("Validation skill vs persistence", (q("max by (role) (chaincast_validation_skill)", "{{role}}"),),
+              unit="percentunit"),
+        Panel("Retrainer history (bars held)", (q("sum by (symbol) (chaincast_retrain_history_bars)", "{{symbol}}"),),
+              width=8),
+        Panel("Training in progress", (q("max(chaincast_retrain_in_progress)", "training"),), kind="stat",
+              width=8),
+        Panel("Model hot swap: announce to serving (p90)", (
+            q("histogram_quantile(0.9, sum by (le) (rate(chaincast_model_swap_seconds_bucket[1h])))", "p90"),),
+              unit="s", width=8),
+        Panel("Model updates refused by workers (per hour)",
+              (q("sum by (name) (increase(chaincast_models_refused_total[1h]))", "{{name}}"),), width=12),
+        Panel("Serving versions over time", (q("max by (version) (chaincast_model_info)", "{{version}}"),),
+              width=12),
+    ]
+    return dashboard("chaincast-models", "chaincast / models", panels,
+                     description="Retraining rounds, promotions, validation metrics, hot swaps")
+
+
+DASHBOARDS = {"overview": overview, "forecasts": forecasts, "models": models}
+
+
+def render(build) -> str:  # noqa: ANN001 - one of DASHBOARDS' builders
+    return json.dumps(build(), indent=2, sort_keys=True) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if a committed file is out of date")
+    args = parser.parse_args(argv)
+    stale = []
+    for name, build in DASHBOARDS.items():
+        path = OUT_DIR / f"{name}.json"
+        text = render(build)
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(path.name)
+        else:
+            OUT_DIR.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    if stale:
+        print(f"out of date (run python -m deploy.grafana.build): {', '.join(stale)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""``chaincast models list|promote`` (registry and rollback) and ``chaincast retrain``.
+
+The main CLI mounts ``models_app`` as ``models`` and ``retrain`` as a command;
+``python -m deploy.models_registry_cli`` runs the retrainer alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import signal
+
+import typer
+
+from consumers.promotion import announce
+from consumers.registry import ModelEntry, Registry
+from models.serving import Forecaster, ModelRejected
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+models_app = typer.Typer(help="The model registry: list versions, promote one (rollback).", no_args_is_help=True,
+                         add_completion=False, pretty_exceptions_enable=False)
+
+
+def _settings() -> Settings:
+    from deploy.cli import load_settings  # late: deploy.cli imports this module to mount it
+
+    return load_settings()
+
+
+def _metric(entry: ModelEntry, split: str, key: str) -> str:
+    value = entry.card.get("metrics", {}).get(split, {}).get(key)
+    return f"{value:+.4f}" if isinstance(value, (int, float)) else "-"
+
+
+def describe(entry: ModelEntry, champion: str | None) -> str:
+    """One line of ``models list``."""
+    created = dt.datetime.fromtimestamp(entry.card.get("created_at", 0) / 1000, dt.timezone.utc)
+    mark = "*" if entry.version == champion else " "
+    return (f"{mark} {entry.version}  {entry.card.get('family', '?'):<11} {created:%Y-%m-%d %H:%M:%S}  "
+            f"val skill {_metric(entry, 'val', 'skill_vs_persistence')}  "
+            f"holdout skill {_metric(entry, 'holdout', 'skill_vs_persistence')} "
+            f"mae {_metric(entry, 'holdout', 'mae')}  parent {entry.card.get('parent') or '-'}")
+
+
+@models_app.command("list")
+def list_models() -> None:
+    """Every stored version, oldest first, with its metrics; * marks the champion."""
+    settings = _settings()
+    registry = Registry(settings.registry_dir)
+    champion = registry.champion(settings.model_name)
+    entries = registry.list()
+    if not entries:
+        typer.echo(f"no models in {settings.registry_dir}")
+        return
+    for entry in entries:
+        typer.echo(describe(entry, champion.version if champion else None))
+
+
+@models_app.command("promote")
+def promote(version: str = typer.Argument(..., help="The version to serve (a rollback when it is older).")) -> None:
+    """Make VERSION the champion and announce it to every worker."""
+    settings = _settings()
+    if not settings.kafka_bootstrap_servers:
+        raise typer.BadParameter("set KAFKA_BOOTSTRAP_SERVERS to the broker the workers follow")
+    registry = Registry(settings.registry_dir)
+    try:
+        entry = registry.get(version)
+        # The same checks a worker makes: refusing here beats announcing what every worker will refuse.
+        Forecaster.load(entry.onnx_path, expected_sha256=entry.sha256)
+    except KeyError as exc:
+        raise typer.BadParameter(str(exc.args[0]), param_hint="VERSION") from None
+    except ModelRejected as exc:
+        raise typer.BadParameter(f"{version} cannot be served: {exc}", param_hint="VERSION") from None
+    registry.set_champion(settings.model_name, entry.version)
+    asyncio.run(announce(settings, settings.model_name, entry))
+    typer.echo(f"{settings.model_name} -> {entry.version} ({entry.card.get('family', '?')}) announced")
+
+
+def retrain() -> None:
+    """Run the retraining consumer until stopped (champion/challenger on the bars topic)."""
+    from deploy.metrics import serve_metrics
+
+    settings = _settings()
+    if not settings.kafka_bootstrap_servers:
+        raise typer.BadParameter("the retrainer needs KAFKA_BOOTSTRAP_SERVERS")
+    if settings.metrics_port:
+        serve_metrics(settings.metrics_port, settings.metrics_host)
+    asyncio.run(_retrain(settings))
+
+
+async def _retrain(settings: Settings) -> None:
+    from consumers.retrainer import run_retrainer
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # stop between polls; uncommitted bars are retrained on restart
+        loop.add_signal_handler(sig, stop.set)
+    await run_retrainer(settings, stop)
+
+
+def main() -> None:
+    typer.run(retrain)
+
+
+if __name__ == "__main__":
+    main()

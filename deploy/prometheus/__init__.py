@@ -1,0 +1,1 @@
+"""Prometheus scrape config, alert rules and their tests, and the dashboard verifier."""

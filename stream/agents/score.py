@@ -1,0 +1,80 @@
+"""The score agent: ``bars.1m`` + ``predictions`` -> live MAE / skill / coverage per symbol and version.
+
+One agent reads both topics: both are keyed by market with the same partition
+count, so a market's bars and predictions land on the same partition number
+and so in the same worker, and its state (``stream.scoring.MarketScore``) lives
+in one changelogged table keyed by the market (str keys, default serializers:
+what Faust's changelog recovery handles). Scores go to Prometheus and to the
+``{prefix}score:{SYMBOL}`` hash; a full window of negative live skill sets the
+retrainer's flag (``stream.scoring.retrain_flag_key``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from stream.metrics import LIVE_COVERAGE, LIVE_MAE, LIVE_SCORED, LIVE_SKILL, RETRAIN_REQUESTS
+from stream.records import Bar, Prediction
+from stream.scoring import MarketScore, Update, retrain_flag_key
+
+if TYPE_CHECKING:
+    from stream.app import Streams
+
+log = logging.getLogger(__name__)
+SOURCE = "stream.score"
+
+
+def score_key(prefix: str, symbol: str) -> str:
+    return f"{prefix}score:{symbol}"
+
+
+def register(s: "Streams") -> None:
+    settings = s.settings
+    table = s.app.Table("scores", partitions=settings.partitions, key_type=str)
+    both = s.app.topic(settings.topic_bars, settings.topic_predictions, key_serializer="raw",
+                       value_serializer="raw")
+
+    async def publish(symbol: str, state: MarketScore, update: Update) -> None:
+        for version in update.dropped:  # bounded labels: a replaced version's series goes
+            for gauge in (LIVE_MAE, LIVE_SKILL, LIVE_COVERAGE):
+                try:
+                    gauge.remove(symbol, version)
+                except KeyError:  # never exported in this process (scored before a restart)
+                    pass
+        if not update.stats:
+            return
+        LIVE_SCORED.labels(symbol).inc(len(update.stats))
+        for st in update.stats:
+            LIVE_MAE.labels(symbol, st.version).set(st.mae)
+            LIVE_SKILL.labels(symbol, st.version).set(st.skill)
+            LIVE_COVERAGE.labels(symbol, st.version).set(st.coverage_80)
+        latest = update.stats[-1]
+        fields = {**latest.fields(), "updated_at": str(int(time.time() * 1000))}
+        for v in state.scores:
+            fields.update({f"{k}@{v}": val for k, val in state.stats(v).fields().items() if k != "version"})
+        pipe = s.sink.client.pipeline(transaction=True)
+        pipe.delete(score_key(settings.redis_prefix, symbol))
+        pipe.hset(score_key(settings.redis_prefix, symbol), mapping=fields)
+        if update.retrain:
+            RETRAIN_REQUESTS.labels(symbol).inc()
+            log.warning("%s: %s; asking the retrainer for a round", symbol, update.retrain)
+            pipe.set(retrain_flag_key(settings), f"{symbol}: {update.retrain}")
+        await pipe.execute()
+
+    @s.app.agent(both, name="score")
+    async def score(stream):  # noqa: ANN001 - a faust stream
+        async for event in stream.events():
+            topic, raw = event.message.topic, event.value
+            market = (event.key or b"").decode(errors="replace")
+            try:
+                record: Bar | Prediction = Bar.loads(raw) if topic == settings.topic_bars else Prediction.loads(raw)
+            except ValidationError:
+                continue  # the bars and predict agents dead-letter what they refuse; nothing new to say here
+            state = MarketScore(table.get(market), settings.score_window)
+            update = state.on_bar(record) if isinstance(record, Bar) else state.on_prediction(record)
+            table[market] = state.state
+            await publish(record.symbol, state, update)
