@@ -15,7 +15,11 @@ import logging
 from collections.abc import Iterable
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stream.records import ModelUpdate, Prediction
 
@@ -46,7 +50,12 @@ class RedisSink:
     @property
     def client(self) -> aioredis.Redis:
         if self._client is None:  # lazily: no network work before the first write
-            self._client = aioredis.Redis.from_url(self.url, decode_responses=True)
+            # A Redis outage blocks the writer (and so the agent: backpressure, Kafka keeps
+            # the input) until Redis answers again; nothing is dropped.
+            self._client = aioredis.Redis.from_url(
+                self.url, decode_responses=True, retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=-1),
+                retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            )
             self._set_if_newer = self._client.register_script(_SET_IF_NEWER)
         return self._client
 

@@ -59,6 +59,7 @@ async def send_raw(settings: Settings, topic: str, items: list[tuple[bytes | Non
 
 def start_worker(settings: Settings, log_dir: Path) -> Process:
     env = {**os.environ, **settings.env(), "CHAINCAST_METRICS_PORT": "0"}
+    log_dir.mkdir(parents=True, exist_ok=True)
     return Process("worker", [sys.executable, "-m", "deploy.cli", "worker"], env=env,
                    log_path=log_dir / "worker.log").start()
 
