@@ -192,6 +192,10 @@ from deploy import page  # noqa: E402
 
 app.command("page")(page.page_command)
 
+from deploy import bench  # noqa: E402
+
+app.command("bench")(bench.bench)
+
 
 def main() -> None:
     app()

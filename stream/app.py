@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 
 import faust
+from aiokafka import AIOKafkaConsumer
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from stream.chain import watch_chain
 from stream.chainfeatures import ChainMinutes
@@ -52,9 +54,37 @@ class Streams:
         await self.deadletter.send(key=source.encode(), value=letter.dumps())
 
 
+# Kafka answers a fetch as soon as data arrives; Tansu only when the fetch's max wait
+# expires, and Faust fixes that wait at 1.5 s, which would put 1.5 s on every hop.
+EMBEDDED_FETCH_WAIT_MS = 50
+
+
+class _PromptFetchThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = EMBEDDED_FETCH_WAIT_MS  # read when the consumer starts its fetcher
+        return consumer
+
+
+class _PromptFetchConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> _PromptFetchThread:
+        return _PromptFetchThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _EmbeddedBrokerTransport(faust_aiokafka.Transport):
+    Consumer = _PromptFetchConsumer
+
+
+class EmbeddedBrokerApp(faust.App):
+    """faust.App with a short consumer fetch wait, for the embedded broker only."""
+
+    def _new_transport(self) -> faust_aiokafka.Transport:
+        return _EmbeddedBrokerTransport(self.conf.broker_consumer, self)
+
+
 def faust_app(settings: Settings) -> faust.App:
     embedded = settings.embedded_broker
-    return faust.App(
+    return (EmbeddedBrokerApp if embedded else faust.App)(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
         store="memory://",
@@ -91,9 +121,10 @@ def create_app(settings: Settings) -> Streams:
         bars=topic(settings.topic_bars, settings.partitions),
         predictions=topic(settings.topic_predictions, settings.partitions),
         deadletter=topic(settings.topic_deadletter, 1),
-        bar_state=app.Table("bar-state", partitions=settings.partitions, key_type=str),
-        # Written from batches (stream.take): the key, not the current event, picks the partition,
-        # which matches the bars topic because both are keyed by market with the default partitioner.
+        # Both tables are written once per market per batch (stream.take): the key, not the
+        # current event, picks the partition, which matches the input topic's because both
+        # are keyed by market with the default partitioner.
+        bar_state=app.Table("bar-state", partitions=settings.partitions, key_type=str, use_partitioner=True),
         windows=app.Table("windows", partitions=settings.partitions, key_type=str,
                           use_partitioner=True),
         slot=ModelSlot(settings.model_name, threads=settings.onnx_threads, window=settings.window),

@@ -21,6 +21,11 @@ from typing import Any
 OUT_DIR = Path(__file__).parent / "dashboards"
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
 RATE = "$__rate_interval"
+# Series of one kind of process (the `process` label of the scrape config): every process that
+# imports stream.metrics also exports its unlabelled histograms, at zero.
+WORKER, RETRAINER, CHAIN = ('{process="%s"}' % p for p in ("worker", "retrainer", "chain"))
+# Counters of rare events (reconnects, gaps, refusals) have no series before the first event;
+# "or vector(0)" draws that as the zero it is. Only where no series really means no event.
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,11 @@ class Panel:
 
 def q(expr: str, legend: str = "") -> Query:
     return Query(expr, legend)
+
+
+def quantile(phi: float, bucket: str, window: str = RATE) -> Query:
+    """``phi`` quantile of a histogram over all its series, e.g. ``quantile(0.99, 'x_bucket{...}')``."""
+    return q(f"histogram_quantile({phi}, sum by (le) (rate({bucket}[{window}])))", f"p{round(phi * 100)}")
 
 
 def panel_json(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
@@ -126,34 +136,37 @@ def overview() -> dict[str, Any]:
                q(f"sum by (symbol) (rate(chaincast_predictions_total[{RATE}])) * 60", "predictions {{symbol}}")),
               unit="short"),
         Panel("Consumer lag (messages behind the high-water mark)", (
-            q("sum by (topic, partition) (chaincast_consumer_commit_lag_messages)", "committed {{topic}}[{{partition}}]"),
+            q("sum by (topic, partition) (chaincast_consumer_commit_lag_messages)",
+              "committed {{topic}}[{{partition}}]"),
             q("sum by (topic, partition) (chaincast_consumer_lag_messages)", "fetched {{topic}}[{{partition}}]"),
         ), description="Sampled every 5 s by each worker for its assigned partitions. 'committed' counts what "
                        "is not yet processed and committed; 'fetched' only what is not yet fetched"),
         Panel("Bar to Redis latency", (
-            q(f"histogram_quantile(0.5, sum by (le) (rate(chaincast_bar_to_redis_seconds_bucket[{RATE}])))", "p50"),
-            q(f"histogram_quantile(0.99, sum by (le) (rate(chaincast_bar_to_redis_seconds_bucket[{RATE}])))", "p99"),
+            quantile(0.5, f"chaincast_bar_to_redis_seconds_bucket{WORKER}"),
+            quantile(0.99, f"chaincast_bar_to_redis_seconds_bucket{WORKER}"),
         ), unit="s"),
         Panel("Inference latency", (
-            q(f"histogram_quantile(0.5, sum by (le) (rate(chaincast_inference_seconds_bucket[{RATE}])))", "p50"),
-            q(f"histogram_quantile(0.99, sum by (le) (rate(chaincast_inference_seconds_bucket[{RATE}])))", "p99"),
+            quantile(0.5, f"chaincast_inference_seconds_bucket{WORKER}"),
+            quantile(0.99, f"chaincast_inference_seconds_bucket{WORKER}"),
         ), unit="s"),
         Panel("Bar to Redis latency distribution",
-              (q(f"sum by (le) (rate(chaincast_bar_to_redis_seconds_bucket[{RATE}]))", "{{le}}"),),
+              (q(f"sum by (le) (rate(chaincast_bar_to_redis_seconds_bucket{WORKER}[{RATE}]))", "{{le}}"),),
               kind="heatmap", unit="s"),
         Panel("Exchange event time to Kafka ack (p50 / p99)", (
-            q(f"histogram_quantile(0.5, sum by (le) (rate(chaincast_exchange_lag_seconds_bucket[{RATE}])))", "p50"),
-            q(f"histogram_quantile(0.99, sum by (le) (rate(chaincast_exchange_lag_seconds_bucket[{RATE}])))", "p99"),
+            quantile(0.5, "chaincast_exchange_lag_seconds_bucket"),
+            quantile(0.99, "chaincast_exchange_lag_seconds_bucket"),
         ), unit="s", description="Large under replay: the bundled history's event times are in the past"),
         Panel("Dead letters by source and reason",
               (q(f"sum by (source, reason) (rate(chaincast_deadletter_total[{RATE}])) * 60",
                  "{{source}}: {{reason}}"),), unit="short"),
         Panel("Exchange reconnects, gaps and lost trades (per hour)", (
-            q("sum by (reason) (increase(chaincast_exchange_reconnects_total[1h]))", "reconnect {{reason}}"),
-            q("sum by (symbol) (increase(chaincast_exchange_gaps_total[1h]))", "gaps {{symbol}}"),
-            q("sum by (symbol) (increase(chaincast_exchange_missing_trades_total[1h]))", "lost {{symbol}}"),
+            q("sum by (reason) (increase(chaincast_exchange_reconnects_total[1h])) or vector(0)",
+              "reconnect {{reason}}"),
+            q("sum by (symbol) (increase(chaincast_exchange_gaps_total[1h])) or vector(0)", "gaps {{symbol}}"),
+            q("sum by (symbol) (increase(chaincast_exchange_missing_trades_total[1h])) or vector(0)",
+              "lost {{symbol}}"),
         ), unit="short", width=8),
-        Panel("Chain head lag", (q("max(chaincast_chain_head_lag_seconds)", "head lag"),), unit="s", width=8),
+        Panel("Chain head lag", (q(f"max(chaincast_chain_head_lag_seconds{CHAIN})", "head lag"),), unit="s", width=8),
         Panel("Chain blocks and reorgs (per hour)", (
             q("sum by (kind) (increase(chaincast_chain_blocks_published_total[1h]))", "blocks {{kind}}"),
             q("sum(increase(chaincast_chain_reorgs_total[1h]))", "reorgs"),
@@ -204,22 +217,22 @@ def models() -> dict[str, Any]:
             q("sum by (reason) (increase(chaincast_retrain_refusals_total[1h]))", "refused {{reason}}"),
         ), width=8),
         Panel("Retraining round duration", (
-            q(f"histogram_quantile(0.5, sum by (le) (rate(chaincast_retrain_seconds_bucket[{RATE}])))", "p50"),
-            q("sum(rate(chaincast_retrain_seconds_sum[1h])) / sum(rate(chaincast_retrain_seconds_count[1h]))",
-              "mean"),
+            quantile(0.5, f"chaincast_retrain_seconds_bucket{RETRAINER}"),
+            q(f"sum(rate(chaincast_retrain_seconds_sum{RETRAINER}[1h]))"
+              f" / sum(rate(chaincast_retrain_seconds_count{RETRAINER}[1h]))", "mean"),
         ), unit="s", width=8),
         Panel("Validation MAE: champion vs challenger", (q("max by (role) (chaincast_validation_mae)", "{{role}}"),)),
         Panel("Validation skill vs persistence", (q("max by (role) (chaincast_validation_skill)", "{{role}}"),),
               unit="percentunit"),
         Panel("Retrainer history (bars held)", (q("sum by (symbol) (chaincast_retrain_history_bars)", "{{symbol}}"),),
               width=8),
-        Panel("Training in progress", (q("max(chaincast_retrain_in_progress)", "training"),), kind="stat",
+        Panel("Training in progress", (q(f"max(chaincast_retrain_in_progress{RETRAINER})", "training"),), kind="stat",
               width=8),
         Panel("Model hot swap: announce to serving (p90)", (
-            q("histogram_quantile(0.9, sum by (le) (rate(chaincast_model_swap_seconds_bucket[1h])))", "p90"),),
+            quantile(0.9, f"chaincast_model_swap_seconds_bucket{WORKER}", "1h"),),
               unit="s", width=8),
         Panel("Model updates refused by workers (per hour)",
-              (q("sum by (name) (increase(chaincast_models_refused_total[1h]))", "{{name}}"),), width=12),
+              (q("sum by (name) (increase(chaincast_models_refused_total[1h])) or vector(0)", "{{name}}"),), width=12),
         Panel("Serving versions over time", (q("max by (version) (chaincast_model_info)", "{{version}}"),),
               width=12),
     ]

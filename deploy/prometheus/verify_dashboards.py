@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 ALERTS = HERE / "alerts.yml"
 # Offsets from CHAINCAST_METRICS_PORT, as documented in deploy/README.md.
-PROCESS_PORTS = {"worker": 0, "producer": 1, "retrainer": 2, "chain": 3}
+PROCESS_PORTS = {"worker": 0, "producer": 1, "chain": 2, "retrainer": 3}  # as deploy/up.py
+FALLBACK = " or vector(0)"
 METRIC = re.compile(r"\b(chaincast_[a-z0-9_]+|up)\b")
 
 
@@ -56,6 +57,7 @@ class Result:
     query: PanelQuery
     series: int = 0
     error: str = ""
+    zero_fallback: bool = False  # data only from the query's "or vector(0)"
 
     @property
     def ok(self) -> bool:
@@ -138,6 +140,8 @@ def run_queries(base: str, queries: list[PanelQuery], symbol: str, deadline: flo
                 continue
             got = instant(base, expand(res.query.expr, "1m", symbol))
             res.series, res.error = got.series, got.error
+            if res.ok and res.query.expr.endswith(FALLBACK):
+                res.zero_fallback = not instant(base, expand(res.query.expr.removesuffix(FALLBACK), "1m", symbol)).ok
         if all(r.ok for r in results.values()) or time.monotonic() > deadline:
             return list(results.values())
         time.sleep(2.0)
@@ -157,7 +161,7 @@ def table(results: list[Result], known: set[str], sources: dict[str, list[str]])
         names = sorted(set(METRIC.findall(r.query.expr)) - {"up"})
         by = "; ".join(f"{','.join(sources.get(m, [])) or '-'}" for m in names) or "all"
         if r.ok:
-            verdict = f"yes ({r.series} series)"
+            verdict = f"yes ({r.series} series)" + (", the zero fallback: no event yet" if r.zero_fallback else "")
         elif r.error:
             verdict = f"ERROR {r.error}"
         else:

@@ -36,6 +36,7 @@ def register(s: "Streams") -> None:
         async for values in stream.take(256, within=0.002):
             arrived = time.perf_counter()
             batch: list[Ready] = []
+            touched: dict[str, list[list[float]]] = {}
             for raw in values:
                 try:
                     bar = Bar.loads(raw)
@@ -44,13 +45,16 @@ def register(s: "Streams") -> None:
                                         topic=s.settings.topic_bars)
                     continue
                 key = market_key(bar.exchange, bar.symbol)
-                rows = s.windows.get(key) or []
+                rows = touched.get(key)
+                if rows is None:
+                    rows = touched[key] = s.windows.get(key) or []
                 if not push(rows, bar, size):
                     continue  # older than the window: a stale redelivery
-                s.windows[key] = rows
                 LAST_CLOSE.labels(bar.symbol).set(bar.close)
                 if (r := ready(bar, rows, window, arrived)) is not None:
                     batch.append(r)
+            for key, rows in touched.items():  # one changelog write per market per batch
+                s.windows[key] = rows
             if not batch:
                 continue
             model = s.slot.current
