@@ -56,7 +56,7 @@ from deploy.metrics import scrape
 from deploy.up import bundled_files, child
 from models.build import build_model
 from models.history import TS, load_many, symbol_of
-from producers.synth import bar_trades
+from producers.synth import dense_trades
 from stream.predict import history_size
 from stream.records import TradeBatch, market_key
 from stream.settings import Settings
@@ -69,6 +69,7 @@ SHARED_MARKET = Path(__file__).resolve().parents[2] / "shared" / "data" / "marke
 # so two workers get equal shares; a fifth (ADA) would double partition 0 and skew the scaling figure.
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "DOGEUSDT")
 TRADES_PER_MESSAGE = 100  # see BENCHMARKS.md: the exchange producer's frames at ~20k trades/s over 4 symbols
+TRADES_PER_BAR = 500  # a real minute of BTC or ETH: the exchange export shows medians of 430 to 2,444
 LATENCY_INTERVAL_S = 0.2  # per symbol: one bar closes every 200 ms
 POLL_S = 0.1  # metrics polls: each costs the worker a scrape (~1% of its CPU at this rate)
 CEILING_MESSAGES = 20_000  # the bare-Faust count needs more messages than a throughput run has to be timed
@@ -84,15 +85,19 @@ class BenchPlan:
     bars_per_symbol: int  # replayed per symbol in each throughput run
     latency_s: float
     trades_per_message: int = TRADES_PER_MESSAGE
+    trades_per_bar: int = TRADES_PER_BAR
     scaling: bool = True
     families: tuple[str, ...] | None = None  # None: every family
     ort_bars: int = 3000  # bars the quick training of each family sees (latency does not depend on it)
 
     @classmethod
-    def for_duration(cls, seconds: float, scaling: bool = True) -> "BenchPlan":
-        # ~40% of the budget is fixed cost (process starts, group joins, training); the rest is measured.
-        return cls(bars_per_symbol=int(min(max(seconds * 12, 300), 20_000)),
-                   latency_s=min(max(seconds * 0.08, 4.0), 30.0), scaling=scaling)
+    def for_duration(cls, seconds: float, scaling: bool = True, trades_per_bar: int = TRADES_PER_BAR) -> "BenchPlan":
+        # ~40% of the budget is fixed cost (process starts, group joins, training); the rest is measured:
+        # about 5,000 trades per second of budget over the (four) symbols, and never fewer bars than
+        # a few windows' worth, so that forecasts are made too.
+        bars = int(min(max(seconds * 5_000 / trades_per_bar / 4, 300), 20_000))
+        return cls(bars_per_symbol=bars, latency_s=min(max(seconds * 0.08, 4.0), 30.0), scaling=scaling,
+                   trades_per_bar=trades_per_bar)
 
 
 def default_files(symbols: Sequence[str] = DEFAULT_SYMBOLS) -> dict[str, list[Path]]:
@@ -113,12 +118,14 @@ def files_of(paths: Sequence[Path]) -> dict[str, list[Path]]:
 # ---------------------------------------------------------------- messages
 
 
-def trade_messages(exchange: str, bars: dict[str, np.ndarray], per_message: int) -> list[tuple[bytes, bytes]]:
-    """(key, TradeBatch) of every bar's synthetic trades, ``per_message`` consecutive trades of one
-    symbol per message, symbols interleaved in event-time order (as a live producer sends them)."""
+def trade_messages(exchange: str, bars: dict[str, np.ndarray], per_message: int,
+                   per_bar: int = TRADES_PER_BAR) -> list[tuple[bytes, bytes]]:
+    """(key, TradeBatch) of every bar's synthetic trades (``per_bar`` of them, see
+    ``producers.synth.dense_trades``), ``per_message`` consecutive trades of one symbol per
+    message, symbols interleaved in event-time order (as a live producer sends them)."""
     chunks: list[tuple[int, str, bytes, bytes]] = []
     for sym, rows in bars.items():
-        trades = [t for row in rows for t in bar_trades(exchange, sym, row)]
+        trades = [t for row in rows for t in dense_trades(exchange, sym, row, per_bar)]
         key = market_key(exchange, sym).encode()
         for i in range(0, len(trades), per_message):
             part = trades[i:i + per_message]
@@ -320,7 +327,7 @@ class Latency:
 
 
 async def close_bars(settings: Settings, next_rows: dict[str, np.ndarray], last_ts: dict[str, int],
-                     seconds: float, halfway: Callable[[], Any]) -> dict[tuple[str, int], float]:
+                     seconds: float, halfway: Callable[[], Any], per_bar: int) -> dict[tuple[str, int], float]:
     """Send each symbol its next bar every LATENCY_INTERVAL_S (staggered across symbols); the bar's
     first trade closes the previous one. Returns (symbol, closed bar ts) -> perf_counter before the send."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, **settings.producer_config())
@@ -338,7 +345,7 @@ async def close_bars(settings: Settings, next_rows: dict[str, np.ndarray], last_
                 break
             row = next_rows[sym][i]
             value = TradeBatch(exchange=settings.exchange, symbol=sym,
-                               trades=bar_trades(settings.exchange, sym, row)).dumps()
+                               trades=dense_trades(settings.exchange, sym, row, per_bar)).dumps()
             if swap is None and k * step >= seconds / 2:
                 swap = asyncio.create_task(halfway())
             await asyncio.sleep(max(start + k * step - time.perf_counter(), 0))
@@ -354,7 +361,7 @@ async def close_bars(settings: Settings, next_rows: dict[str, np.ndarray], last_
 
 
 def measure_latency(settings: Settings, worker: Worker, next_rows: dict[str, np.ndarray], last_ts: dict[str, int],
-                    seconds: float, swap_to: ModelEntry) -> Latency:
+                    seconds: float, swap_to: ModelEntry, per_bar: int) -> Latency:
     reader = HistoryReader(settings.redis_url or "", {s: f"{settings.redis_prefix}preds:{s}" for s in next_rows})
     reader.start()
     before = worker.metrics().get("chaincast_model_loaded_timestamp_seconds", 0.0)
@@ -365,7 +372,7 @@ def measure_latency(settings: Settings, worker: Worker, next_rows: dict[str, np.
         await announce(settings, settings.model_name, swap_to)
 
     try:
-        sent = asyncio.run(close_bars(settings, next_rows, dict(last_ts), seconds, swap))
+        sent = asyncio.run(close_bars(settings, next_rows, dict(last_ts), seconds, swap, per_bar))
         deadline = time.monotonic() + 30
         while (loaded := worker.metrics().get("chaincast_model_loaded_timestamp_seconds", 0.0)) <= before:
             if time.monotonic() > deadline:
@@ -469,8 +476,8 @@ def run_bench(base: Settings, plan: BenchPlan, files: dict[str, list[Path]], log
     if short:
         raise ValueError(f"not enough history for {', '.join(short)}: need {plan.bars_per_symbol} bars and more")
     head = {s: b[:plan.bars_per_symbol] for s, b in bars.items()}
-    messages = trade_messages(base.exchange, head, plan.trades_per_message)
-    n_trades = 4 * plan.bars_per_symbol * len(symbols)
+    messages = trade_messages(base.exchange, head, plan.trades_per_message, plan.trades_per_bar)
+    n_trades = plan.trades_per_bar * plan.bars_per_symbol * len(symbols)
     n_bars = (plan.bars_per_symbol - 1) * len(symbols)  # each symbol's last bar stays open
     n_preds = expected_predictions(head, base.window)
     tag = uuid.uuid4().hex[:6]
@@ -492,6 +499,7 @@ def run_bench(base: Settings, plan: BenchPlan, files: dict[str, list[Path]], log
             swap_to = build_model([first[:3000]], "linear", base.window, base.horizon, registry,
                                   name=base.model_name)
         echo(f"{len(messages)} messages of {plan.trades_per_message} trades ({n_trades} trades, "
+             f"{plan.trades_per_bar} per bar, "
              f"{len(symbols)} symbols: {', '.join(symbols)})")
 
         def prepared(run: str) -> Settings:
@@ -510,7 +518,7 @@ def run_bench(base: Settings, plan: BenchPlan, files: dict[str, list[Path]], log
                  f"{tput.seconds:.1f}s; RSS {tput.rss_mb[0]:.0f} MB")
             tail = {s: b[plan.bars_per_symbol:] for s, b in bars.items()}
             last_ts = {s: int(b[plan.bars_per_symbol - 1, TS]) for s, b in bars.items()}
-            lat = measure_latency(one, worker, tail, last_ts, plan.latency_s, swap_to)
+            lat = measure_latency(one, worker, tail, last_ts, plan.latency_s, swap_to, plan.trades_per_bar)
             echo(f"[latency] {len(lat.e2e_ms)} closes: p50 {percentile(lat.e2e_ms, 50):.1f} ms, "
                  f"p99 {percentile(lat.e2e_ms, 99):.1f} ms; swap {lat.swap_s:.2f}s")
         ceiling = bare_faust(one, messages, log_dir, timeout)
@@ -547,6 +555,7 @@ def run_bench(base: Settings, plan: BenchPlan, files: dict[str, list[Path]], log
         "code": code_version(),
         "settings": {"symbols": symbols, "files": {s: [str(p) for p in ps] for s, ps in files.items()},
                      "bars_per_symbol": plan.bars_per_symbol, "trades_per_message": plan.trades_per_message,
+                     "trades_per_bar": plan.trades_per_bar,
                      "trades_per_bar": 4, "latency_s": plan.latency_s, "latency_interval_s": LATENCY_INTERVAL_S,
                      "partitions": base.partitions, "window": base.window,
                      "broker": "embedded tansu" if base.embedded_broker else "external",
@@ -588,6 +597,8 @@ def bench(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON here.")] = None,
     data: Annotated[Optional[list[Path]], typer.Option("--data", help="History file(s); repeat the option.")] = None,
     workers_scaling: Annotated[bool, typer.Option(help="Also measure two workers against one.")] = True,
+    trades_per_bar: Annotated[int, typer.Option(help="Synthetic trades per 1-minute bar (real BTC/ETH minutes: "
+                                                     "430 to 2,444).", min=4, max=10_000)] = TRADES_PER_BAR,
 ) -> None:
     """Measure throughput, latency, model swap, RSS and scaling of the real system."""
     from deploy.cli import check_files, load_settings
@@ -602,7 +613,8 @@ def bench(
     log_dir = settings.home / "logs" / "bench"
     log_dir.mkdir(parents=True, exist_ok=True)
     try:
-        result = run_bench(settings, BenchPlan.for_duration(duration, workers_scaling), files, log_dir, typer.echo)
+        result = run_bench(settings, BenchPlan.for_duration(duration, workers_scaling, trades_per_bar), files,
+                           log_dir, typer.echo)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     typer.echo("\n" + table(result))

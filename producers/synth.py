@@ -80,3 +80,33 @@ def bar_trades(exchange: str, symbol: str, bar_row: Sequence[float]) -> list[Tra
                          side="buy" if price >= prev else "sell", ts_event=ts + offset))
         prev = price
     return out
+
+
+def dense_trades(exchange: str, symbol: str, bar_row: Sequence[float], n: int) -> list[Trade]:
+    """``n`` trades for one bar, as dense as a real minute (the exchange's own 1-minute export
+    shows a median of 430 to 2,444 trades per minute for ETHUSDT and BTCUSDT): prices walk
+    linearly through the same four anchors as ``bar_trades`` (open, the extremes, close), so the
+    bar they build has the row's OHLC; quantities split the volume evenly; ids ``minute * n + i``.
+
+    >>> ts = dense_trades("binance", "BTCUSDT", [60_000, 10, 12, 9, 11, 8], 10)
+    >>> [round(t.price, 3) for t in ts][:4], ts[-1].price, max(t.price for t in ts), min(t.price for t in ts)
+    ([10.0, 9.667, 9.333, 9.0], 11.0, 12.0, 9.0)
+    >>> round(sum(t.qty for t in ts), 9), ts[0].trade_id, ts[-1].ts_event < 120_000
+    (8.0, 10, True)
+    """
+    if n < TRADES_PER_BAR:
+        raise ValueError(f"a bar needs at least {TRADES_PER_BAR} trades, not {n}")
+    anchors = [t.price for t in bar_trades(exchange, symbol, bar_row)]
+    ts = int(bar_row[TS])
+    volume = float(bar_row[VOLUME])
+    qty = volume / n if math.isfinite(volume) and volume > 0 else ZERO_VOLUME_QTY
+    out: list[Trade] = []
+    prev = anchors[0]
+    for i in range(n):
+        pos = 3 * i / (n - 1)  # 0..3 along the three legs between the anchors
+        leg = min(int(pos), 2)
+        price = anchors[leg] + (anchors[leg + 1] - anchors[leg]) * (pos - leg)
+        out.append(Trade(exchange=exchange, symbol=symbol.upper(), trade_id=(ts // MINUTE_MS) * n + i, price=price,
+                         qty=qty, side="buy" if price >= prev else "sell", ts_event=ts + i * (MINUTE_MS - 1) // (n - 1)))
+        prev = price
+    return out

@@ -56,7 +56,7 @@ class Streams:
 
 # Kafka answers a fetch as soon as data arrives; Tansu only when the fetch's max wait
 # expires, and Faust fixes that wait at 1.5 s, which would put 1.5 s on every hop.
-EMBEDDED_FETCH_WAIT_MS = 50
+EMBEDDED_FETCH_WAIT_MS = 10
 
 
 class _PromptFetchThread(faust_aiokafka.AIOKafkaConsumerThread):
