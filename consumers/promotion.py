@@ -18,7 +18,7 @@ import numpy as np
 from consumers.registry import ModelEntry, Registry
 from models.build import build_model
 from models.train import FitOptions
-from producers.publish import Publisher
+from stream.publish import Publisher
 from stream.records import ModelUpdate
 from stream.settings import Settings
 from stream.sink import RedisSink

@@ -24,6 +24,8 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from pydantic import ValidationError
 
@@ -150,7 +152,11 @@ class Retrainer:
             return False
         if self._redis is None:
             self._redis = aioredis.Redis.from_url(self.settings.redis_url, decode_responses=True)
-        reason = await self._redis.getdel(retrain_flag_key(self.settings))
+        try:
+            reason = await self._redis.getdel(retrain_flag_key(self.settings))
+        except (RedisConnectionError, RedisTimeoutError) as exc:  # Redis restarting: the schedule goes on
+            log.warning("cannot read the retrain flag: %s", exc)
+            return False
         if reason:
             log.warning("live scoring asks for a retrain now: %s", reason)
         return bool(reason)
@@ -189,6 +195,10 @@ class Retrainer:
             REFUSALS.labels("training_crashed").inc()
             self.pool = training_pool()
             return
+        except Exception:  # noqa: BLE001 - whatever a round raised, it is that round's failure, not the loop's
+            log.exception("the round failed; it is dropped")
+            REFUSALS.labels("round_failed").inc()
+            return
         for role, sc in result.scores.items():
             VAL_MAE.labels(role).set(sc.mae)
             VAL_SKILL.labels(role).set(sc.skill)
@@ -201,6 +211,7 @@ class Retrainer:
             REFUSALS.labels(result.decision.reason).inc()
             log.warning("challenger refused: %s (p=%s; %s)", result.decision.reason, result.decision.p_value,
                         {k: round(v.mae, 7) for k, v in result.scores.items()})
+        offsets = {tp: o for tp, o in offsets.items() if tp in self.consumer.assignment()}  # not revoked since
         if offsets:
             await self.consumer.commit(offsets)
         RETRAIN_RUNS.labels(trigger).inc()

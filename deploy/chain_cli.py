@@ -19,7 +19,7 @@ from prometheus_client import start_http_server
 from producers.chain import ChainFollower, follow_chain
 from producers.chain_node import redact
 from producers.cursor import CursorError
-from producers.publish import Publisher
+from stream.publish import Publisher
 from stream.settings import Settings
 from stream.topics import ensure_topics
 

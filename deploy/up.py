@@ -198,7 +198,10 @@ def start_processes(settings: Settings, files: dict[str, list[Path]], replay_fro
             return procs, ports
         procs.append(hardhat)
         echo(f"local chain (hardhat) on {node}")
-    procs.append(child("chain", ["produce", "chain", "--node", node], settings, log_dir, ports["chain"]))
+    # A user's node URL may embed an API key: it travels in the child's environment, never on
+    # its command line (which every local user can read).
+    args = ["produce", "chain"] if settings.node_url else ["produce", "chain", "--node", node]
+    procs.append(child("chain", args, settings, log_dir, ports["chain"]))
     return procs, ports
 
 

@@ -48,7 +48,7 @@ def _read_card(path: Path) -> dict[str, Any]:
         card = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelRejected(f"no model card beside the model: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
         raise ModelRejected(f"unreadable model card {path}: {exc}") from None
     if not isinstance(card, dict):
         raise ModelRejected(f"model card {path} is not a JSON object")
@@ -86,7 +86,7 @@ class Forecaster:
             raise ModelRejected(f"sha256 of {onnx_path.name} is {sha[:12]}, its card says {str(card['sha256'])[:12]}")
         if expected_sha256 is not None and sha != expected_sha256:
             raise ModelRejected(f"sha256 of {onnx_path.name} is {sha[:12]}, expected {expected_sha256[:12]}")
-        if tuple(card["features"]) != FEATURES:
+        if not isinstance(card["features"], list) or tuple(card["features"]) != FEATURES:
             raise ModelRejected(f"card features {card['features']} differ from this code's {list(FEATURES)}")
         try:
             sess = session(data, threads)  # from the hashed bytes: no window to swap the file

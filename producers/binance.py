@@ -272,6 +272,8 @@ def backfill_trades(symbol: str, rows: Any, by_agg_id: bool, after_id: int,
         price, qty, ts = require_positive(row, "p"), require_positive(row, "q"), require_int(row, "T")
         side = "sell" if require_bool(row, "m") else "buy"
         first, last = (require_int(row, "a"),) * 2 if by_agg_id else (require_int(row, "f"), require_int(row, "l"))
+        if last < first:
+            raise BadMessage("value", f"aggTrades row with l={last} < f={first}")
         share = qty / (last - first + 1)
         for tid in range(max(first, after_id + 1), min(last, before_id - 1) + 1):
             out.append(Trade(exchange=VENUE, symbol=symbol.upper(), trade_id=tid, price=price, qty=share,

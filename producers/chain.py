@@ -32,7 +32,7 @@ from producers.chain_node import (
 )
 from producers.chain_normalise import MalformedPayload, normalise_block, normalise_txs, parse_hash, parse_quantity
 from producers.cursor import BlockWindow, CursorFile
-from producers.publish import Publisher
+from stream.publish import Publisher
 from stream.records import Block
 from stream.settings import Settings
 from stream.topics import ensure_topics

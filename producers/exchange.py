@@ -31,8 +31,7 @@ from typing import Any
 
 import aiohttp
 import websockets
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -40,7 +39,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from producers import binance, coinbase
 from producers.binance import BadMessage, Control, Event, Kline
 from producers.checkpoint import Checkpoint, Position
-from producers.publish import Publisher
+from stream.publish import Publisher
 from stream.records import Gap, Trade, TradeBatch, market_key
 from stream.settings import Settings
 from stream.topics import ensure_topics
@@ -396,10 +395,13 @@ class ExchangeProducer:
             future.add_done_callback(lambda f: self._acked(f, trades))
 
     def _acked(self, future: asyncio.Future, trades: list[Trade]) -> None:
-        if future.cancelled() or future.exception() is not None:
-            # The checkpoint never moves past an unacked trade; stop and let a restart resume from it.
-            self._failure = future.exception() or KafkaError("send cancelled")
-            log.error("Kafka refused a batch of %s: %s", trades[0].symbol, self._failure)
+        exc = KafkaError("send cancelled") if future.cancelled() else future.exception()
+        if exc is not None or self._failure is not None:
+            # The checkpoint never moves past an unacked trade, nor past a later batch acked
+            # after an earlier one failed; stop and let a restart resume from it.
+            if self._failure is None:
+                self._failure = exc
+                log.error("Kafka refused a batch of %s: %s", trades[0].symbol, exc)
             return
         symbol, last = trades[0].symbol, trades[-1]
         TRADES_OUT.labels(self.venue.name, symbol).inc(len(trades))
@@ -448,25 +450,6 @@ class ExchangeProducer:
             self._http = None
 
 
-async def ensure_exchange_topics(settings: Settings) -> None:
-    """The core topics plus this producer's own (exchange klines, gaps).
-
-    Belongs in ``stream.topics`` once the lead takes it there.
-    """
-    await ensure_topics(settings)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        wanted = [NewTopic(t, n, 1) for t, n in ((settings.topic_exchange_klines, settings.partitions),
-                                                 (settings.topic_gaps, 1)) if t and t not in existing]
-        if wanted:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(wanted)
-    finally:
-        await admin.close()
-
-
 async def run_exchange_producer(settings: Settings, url: str | None = None, symbols: Sequence[str] | None = None,
                                 streams: Sequence[str] = ("trade", "kline_1m"),
                                 stop: asyncio.Event | float | None = None, venue: str = "binance") -> ProducerStats:
@@ -481,7 +464,7 @@ async def run_exchange_producer(settings: Settings, url: str | None = None, symb
         raise ValueError(f"unknown venue {venue!r}; known: {', '.join(VENUES)}")
     event = stop if isinstance(stop, asyncio.Event) else asyncio.Event()
     timer = asyncio.get_running_loop().call_later(stop, event.set) if isinstance(stop, (int, float)) else None
-    await ensure_exchange_topics(settings)
+    await ensure_topics(settings)
     try:
         async with Publisher(settings) as publisher:
             producer = ExchangeProducer(settings, publisher, VENUES[venue], url, symbols or settings.symbols, streams)

@@ -20,7 +20,7 @@ import numpy as np
 from prometheus_client import Counter
 
 from models.history import TS, load_many
-from producers.publish import Publisher
+from stream.publish import Publisher
 from producers.synth import bar_trades
 from stream.records import TradeBatch, market_key
 from stream.settings import Settings

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import faust
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from stream.chain import watch_chain
@@ -25,6 +26,7 @@ from stream.models import ModelSlot, watch_models
 from stream.records import DeadLetter
 from stream.settings import Settings
 from stream.sink import RedisSink
+from stream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +141,12 @@ def create_app(settings: Settings) -> Streams:
 
     @app.task
     async def follow_chain() -> None:
-        await watch_chain(settings, streams.chain, streams.chain_ready)
+        try:
+            await watch_chain(settings, streams.chain, streams.chain_ready)
+        except KafkaError as exc:  # bars go on without chain features rather than stall
+            log.error("chain features off: following %s failed: %s", settings.topic_blocks, exc)
+        finally:
+            streams.chain_ready.set()
 
     @app.task
     async def follow_models() -> None:
@@ -153,6 +160,7 @@ def create_app(settings: Settings) -> Streams:
 
 def run_worker(settings: Settings) -> None:
     """Run one stream worker until SIGTERM/SIGINT."""
+    asyncio.run(ensure_topics(settings))  # a worker may start before any producer
     streams = create_app(settings)
     worker = faust.Worker(streams.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

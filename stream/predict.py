@@ -66,14 +66,21 @@ def ready(bar: Bar, rows: Sequence[Sequence[float]], window: int, arrived: float
     return None if x is None else Ready(bar, x, arrived)
 
 
-def forecast(model: Forecaster, batch: Sequence[Ready]) -> list[Prediction]:
-    """One inference for all markets whose bars closed together."""
+# A log return beyond this is not a forecast of a 1-minute market but a broken model.
+MAX_ABS_OUTPUT = 20.0
+
+
+def forecast(model: Forecaster, batch: Sequence[Ready]) -> tuple[list[Prediction], list[Bar]]:
+    """One inference for all markets whose bars closed together: (predictions, bars whose
+    model output was not finite or absurd — refused, never written)."""
     if not batch:
-        return []
+        return [], []
     y = model.predict(np.concatenate([r.x for r in batch]))  # (B, 4): y_hat, q10, q50, q90
+    ok = np.isfinite(y).all(axis=1) & (np.abs(np.nan_to_num(y, nan=np.inf)) <= MAX_ABS_OUTPUT).all(axis=1)
     now = time.time()
     out = []
-    for r, (y_hat, q10, q50, q90) in zip(batch, y.tolist()):
+    refused = [r.bar for r, good in zip(batch, ok) if not good]
+    for r, (y_hat, q10, q50, q90) in zip([r for r, good in zip(batch, ok) if good], y[ok].tolist()):
         bar = r.bar
         out.append(Prediction(
             exchange=bar.exchange, symbol=bar.symbol, bar_ts=bar.ts, horizon=model.horizon,
@@ -82,4 +89,4 @@ def forecast(model: Forecaster, batch: Sequence[Ready]) -> list[Prediction]:
             model_version=model.version, created_at=int(now * 1000),
             latency_ms=(time.perf_counter() - r.arrived) * 1000,
         ))
-    return out
+    return out, refused

@@ -193,9 +193,16 @@ class DeadLetter(Record):
     ts: int  # ms, wall clock
 
     @staticmethod
-    def text(raw: bytes | str | None) -> str:
+    def text(raw: bytes | str | None, limit: int = 64_000) -> str:
+        r"""The raw input as text, cut at ``limit`` characters so a letter always fits in a
+        Kafka record (an ``oversized`` refusal is larger than the limit by definition).
+
+        >>> DeadLetter.text(b"ab\xff")
+        'ab\\xff'
+        >>> len(DeadLetter.text(b"x" * 100_000)) < 64_100
+        True
+        """
         if raw is None:
             return ""
-        if isinstance(raw, bytes):
-            return raw.decode("utf-8", errors="backslashreplace")
-        return raw
+        text = raw.decode("utf-8", errors="backslashreplace") if isinstance(raw, bytes) else raw
+        return text if len(text) <= limit else f"{text[:limit]}...[{len(text)} characters, truncated]"

@@ -20,7 +20,7 @@ class Settings(BaseSettings):
 
     # Infrastructure: unset means "start the embedded one".
     kafka_bootstrap_servers: str | None = Field(None, validation_alias="KAFKA_BOOTSTRAP_SERVERS")
-    redis_url: str | None = Field(None, validation_alias="REDIS_URL")
+    redis_url: str | None = Field(None, validation_alias="REDIS_URL", repr=False)  # may hold a password
     embedded_broker: bool = Field(False, validation_alias="CHAINCAST_EMBEDDED_BROKER")
 
     symbols: Annotated[list[str], NoDecode] = Field(

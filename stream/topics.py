@@ -19,12 +19,13 @@ log = logging.getLogger(__name__)
 
 def partitioned_topics(settings: Settings) -> list[str]:
     """Per-market topics spread over the workers by key."""
-    return [settings.topic_trades, settings.topic_bars, settings.topic_predictions]
+    return [settings.topic_trades, settings.topic_bars, settings.topic_predictions, settings.topic_exchange_klines]
 
 
 def single_partition_topics(settings: Settings) -> list[str]:
-    """Ordered streams: blocks and txs (one chain), model updates, dead letters."""
-    return [settings.topic_blocks, settings.topic_txs, settings.topic_models, settings.topic_deadletter]
+    """Ordered, low-volume streams: blocks and txs (one chain), model updates, dead letters, gaps."""
+    return [settings.topic_blocks, settings.topic_txs, settings.topic_models, settings.topic_deadletter,
+            settings.topic_gaps]
 
 
 async def ensure_topics(settings: Settings) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SOURCE = "stream.bars"
+CHAIN_CATCH_UP_S = 30.0
 BATCH = 500  # messages per batch at most
 BATCH_WITHIN_S = 0.002  # and no longer than this after the first
 
@@ -24,7 +26,10 @@ def register(s: "Streams") -> None:
 
     @s.app.agent(s.trades, name="bars")
     async def bars(stream):  # noqa: ANN001 - a faust stream
-        await s.chain_ready.wait()  # bars join the chain features of their minute: catch up first
+        try:  # bars join the chain features of their minute: catch up first, but never stall on it
+            await asyncio.wait_for(s.chain_ready.wait(), CHAIN_CATCH_UP_S)
+        except asyncio.TimeoutError:
+            log.warning("chain blocks not caught up after %.0fs; bars start without them", CHAIN_CATCH_UP_S)
         # Messages are folded in batches so that each market's state is written to its
         # changelog once per batch, not once per message.
         async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from stream.metrics import BAR_TO_REDIS, FORECAST, INFERENCE, LAST_CLOSE, PREDICTIONS
-from stream.predict import Ready, forecast, history_size, push, ready
+from stream.predict import MAX_ABS_OUTPUT, Ready, forecast, history_size, push, ready
 from stream.records import Bar, market_key
 
 if TYPE_CHECKING:
@@ -59,7 +59,10 @@ def register(s: "Streams") -> None:
                 continue
             model = s.slot.current
             with INFERENCE.time():
-                preds = forecast(model, batch)
+                preds, refused = forecast(model, batch)
+            for bar in refused:
+                await s.dead_letter(SOURCE, bar.dumps(), f"model_output: not finite or beyond "
+                                    f"{MAX_ABS_OUTPUT} from {model.version}", topic=s.settings.topic_bars)
             await s.sink.write(preds)
             done = time.perf_counter()
             for p in preds:

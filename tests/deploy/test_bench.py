@@ -29,7 +29,8 @@ def positive(value: object) -> bool:
 def test_tiny_bench_reports_every_figure(stack, tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "CEILING_MESSAGES", 2000)
     settings = Settings(**stack, CHAINCAST_HOME=str(tmp_path / "home"))
-    plan = bench.BenchPlan(bars_per_symbol=300, latency_s=3.0, families=("linear", "persistence"), ort_bars=1500)
+    plan = bench.BenchPlan(bars_per_symbol=300, latency_s=3.0, families=("linear", "persistence"), ort_bars=1500,
+                           trades_per_bar=20)
     files = bundled_files(["BTCUSDT", "ETHUSDT"])
     result = bench.run_bench(settings, plan, files, tmp_path / "logs", echo=lambda _line: None)
 
@@ -41,7 +42,7 @@ def test_tiny_bench_reports_every_figure(stack, tmp_path, monkeypatch):
     assert all(positive(v) for v in result["ort_speedup_vs_torch"].values())
     assert result["machine"]["cores"] >= 1 and result["machine"]["python"]
     assert result["settings"]["trades_per_message"] == bench.TRADES_PER_MESSAGE
-    assert result["throughput_run"]["trades"] == 4 * 300 * 2
+    assert result["throughput_run"]["trades"] == 20 * 300 * 2
     json.dumps(result, allow_nan=False)  # what --json writes
 
 

@@ -25,10 +25,11 @@ DEFAULT_FILES = [MARKET / "binance_BTCUSDT_1m_2023-03.csv.gz", MARKET / "binance
 
 
 async def measure(settings, url: str, symbols: list[str], streams: list[str], total: int) -> tuple[int, float, float]:
-    from producers.exchange import BINANCE, ExchangeProducer, ensure_exchange_topics
-    from producers.publish import Publisher
+    from stream.topics import ensure_topics
+    from producers.exchange import BINANCE, ExchangeProducer
+    from stream.publish import Publisher
 
-    await ensure_exchange_topics(settings)
+    await ensure_topics(settings)
     async with Publisher(settings) as publisher:
         producer = ExchangeProducer(settings, publisher, BINANCE, url, symbols, streams)
         stop = asyncio.Event()

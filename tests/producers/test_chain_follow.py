@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer
 
 from deploy.hardhat import rpc, set_interval_mining, start_hardhat
 from producers.chain import ChainFollower, follow_chain
-from producers.publish import Publisher
+from stream.publish import Publisher
 from stream.records import Block, DeadLetter, Tx
 from stream.topics import ensure_topics
 

@@ -16,8 +16,9 @@ from tests.producers.exchange_helpers import exchange_settings, read_topic, unti
 from tests.producers.wire_recordings import messages
 
 from producers import coinbase
-from producers.exchange import BINANCE, COINBASE, ExchangeProducer, ensure_exchange_topics
-from producers.publish import Publisher
+from stream.topics import ensure_topics
+from producers.exchange import BINANCE, COINBASE, ExchangeProducer
+from stream.publish import Publisher
 from stream.records import DeadLetter, Gap, TradeBatch
 
 TRADE = orjson.loads(next(raw for _, raw in messages("cryptofeed/BINANCE_FUTURES.ws.1.0.gz") if "@aggTrade" in raw))
@@ -62,7 +63,7 @@ async def foreign_server(first: list[str | bytes], received: list[str]) -> tuple
 
 async def test_recorded_binance_frames_publish_and_garbage_is_dead_lettered(exchange_settings) -> None:
     settings = exchange_settings(CHAINCAST_MAX_MESSAGE_BYTES="4096")
-    await ensure_exchange_topics(settings)
+    await ensure_topics(settings)
     recorded = [raw for _, raw in messages("cryptofeed/BINANCE_FUTURES.ws.1.0.gz")
                 if raw.startswith(('{"stream":"ctkusdt@', '{"stream":"sushiusdt@')) and ("@aggTrade" in raw or "@kline_1m" in raw)]
     frames: list[str | bytes] = list(recorded)
@@ -99,7 +100,7 @@ async def test_recorded_binance_frames_publish_and_garbage_is_dead_lettered(exch
 
 async def test_coinbase_matches_through_the_same_producer(exchange_settings) -> None:
     settings = exchange_settings()
-    await ensure_exchange_topics(settings)
+    await ensure_topics(settings)
     session = [raw for _, raw in messages("cryptofeed/COINBASE.ws.28.0.matches.gz")
                if '"type":"match"' in raw or '"type":"last_match"' in raw or '"type":"subscriptions"' in raw]
     skl_usd = [i for i, raw in enumerate(session) if '"product_id":"SKL-USD"' in raw]

@@ -15,9 +15,10 @@ from tests.producers.exchange_helpers import BTC_DAY, ETH_DAY, exchange_settings
 
 from models.history import TS, load_bars
 from producers.checkpoint import Checkpoint
-from producers.exchange import BINANCE, ExchangeProducer, ensure_exchange_topics
+from stream.topics import ensure_topics
+from producers.exchange import BINANCE, ExchangeProducer
 from producers.exchange_server import LocalExchange
-from producers.publish import Publisher
+from stream.publish import Publisher
 from producers.synth import bar_trades, bar_ts_of, first_trade_id
 from stream.records import Bar, Trade, TradeBatch
 from stream.settings import Settings
@@ -42,7 +43,7 @@ async def trades_in_kafka(settings: Settings, total: int) -> dict[str, list[Trad
 
 async def test_replay_arrives_exactly_once_across_an_exchange_restart(exchange_settings) -> None:
     settings = exchange_settings()
-    await ensure_exchange_topics(settings)
+    await ensure_topics(settings)
     total = sum(len(v) for v in EXPECTED.values())
     server = await LocalExchange(MARKETS, speed=None).start()
     async with Publisher(settings) as publisher, asyncio.timeout(120):
@@ -69,7 +70,7 @@ async def test_replay_arrives_exactly_once_across_an_exchange_restart(exchange_s
 
 async def test_producer_restart_resumes_from_checkpoint_and_backfills_the_gap(exchange_settings) -> None:
     settings = exchange_settings()
-    await ensure_exchange_topics(settings)
+    await ensure_topics(settings)
     markets = {"BTCUSDT": MARKETS["BTCUSDT"]}
     expected = EXPECTED["BTCUSDT"]
     async with Publisher(settings) as publisher, asyncio.timeout(120):
@@ -104,7 +105,7 @@ async def test_connection_rollover_loses_nothing(exchange_settings) -> None:
     """Rolling the connection over (the exchange's 24 h limit, here a fraction of a second) drops
     the frames in flight; the producer notices the gap and backfills it from the same exchange."""
     settings = exchange_settings(CHAINCAST_EXCHANGE_MAX_CONNECTION_S="0.1")
-    await ensure_exchange_topics(settings)
+    await ensure_topics(settings)
     expected = EXPECTED["ETHUSDT"]
     async with LocalExchange({"ETHUSDT": MARKETS["ETHUSDT"]}, speed=None) as server, \
             Publisher(settings) as publisher, asyncio.timeout(120):

@@ -1,4 +1,4 @@
-"""The producers' one way into Kafka: records keyed and sent, refusals dead-lettered.
+"""Producing chaincast records outside the Faust app (producers, the retrainer): keyed sends and dead letters.
 
 A lazily started aiokafka producer configured from the settings (acks=all;
 idempotent on real Kafka, one record per batch on the embedded broker).
