@@ -35,6 +35,7 @@ def register(s: "Streams") -> None:
         async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
             TRADE_MESSAGES.inc(len(events))
             builders: dict[str, BarBuilder] = {}
+            sent: list[asyncio.Future] = []
             for event in events:
                 key, raw = event.key, event.value
                 try:
@@ -54,11 +55,15 @@ def register(s: "Streams") -> None:
                         closed += builder.add(trade)
                     except Refused as exc:
                         await s.dead_letter(SOURCE, trade.dumps(), str(exc), topic=s.settings.topic_trades, key=key)
-                # Bars go out before the state that consumed them is recorded (see stream.bars on redelivery).
                 for bar in closed:
-                    await s.bars.send(key=key, value=with_chain(bar, s.chain).dumps())
+                    sent.append(await s.bars.send(key=key, value=with_chain(bar, s.chain).dumps()))
                 TRADES.labels(builder.symbol).inc(len(trades))
                 if closed:
                     BARS.labels(builder.symbol).inc(len(closed))
+            # The state that consumed these trades is recorded only once the bars they closed are
+            # acknowledged by the broker: a worker killed in between redoes the batch (identical
+            # bars again) instead of remembering trades whose bars were never sent.
+            if sent:
+                await asyncio.gather(*sent)
             for market, builder in builders.items():
                 s.bar_state[market] = builder.to_dict()
