@@ -556,7 +556,7 @@ def run_bench(base: Settings, plan: BenchPlan, files: dict[str, list[Path]], log
         "settings": {"symbols": symbols, "files": {s: [str(p) for p in ps] for s, ps in files.items()},
                      "bars_per_symbol": plan.bars_per_symbol, "trades_per_message": plan.trades_per_message,
                      "trades_per_bar": plan.trades_per_bar,
-                     "trades_per_bar": 4, "latency_s": plan.latency_s, "latency_interval_s": LATENCY_INTERVAL_S,
+                     "latency_s": plan.latency_s, "latency_interval_s": LATENCY_INTERVAL_S,
                      "partitions": base.partitions, "window": base.window,
                      "broker": "embedded tansu" if base.embedded_broker else "external",
                      "redis": "embedded" if want_redis else "external", "model": serving.card["family"],

@@ -15,19 +15,24 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 PROJECT_DATA = REPO / "deploy" / "data"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """Env pointing at a real embedded broker and Redis server for the whole session."""
+    """Env pointing at a real embedded broker and Redis server, fresh for each test module.
+
+    Per module, not per session: under the crash tests, a broker that already holds every
+    other module's topics was seen to lose the head of a partition (Tansu 0.6.0, memory
+    storage); a fresh one per module costs a fraction of a second.
+    """
     with embedded_stack(tmp_path_factory.mktemp("stack")) as env:
         yield env
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def broker(stack: dict[str, str]) -> str:
     return stack["KAFKA_BOOTSTRAP_SERVERS"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def redis_url(stack: dict[str, str]) -> str:
     return stack["REDIS_URL"]
 
