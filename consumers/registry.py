@@ -41,8 +41,8 @@ class ModelEntry:
         return str(self.card.get("name", self.card.get("family", "")))
 
 
-def _write_once(path: Path, data: bytes) -> bool:
-    """Atomically create ``path`` with ``data``; False if it already existed (left untouched)."""
+def _durable_temp(path: Path, data: bytes) -> str:
+    """``data`` written and fsynced to a temporary file beside ``path``; returns its name."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide models from predict agents running as another user
     try:
@@ -50,24 +50,28 @@ def _write_once(path: Path, data: bytes) -> bool:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        try:
-            os.link(tmp, path)  # unlike os.replace, fails if the target exists
-        except FileExistsError:
-            return False
-        return True
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _write_once(path: Path, data: bytes) -> bool:
+    """Atomically create ``path`` with ``data``; False if it already existed (left untouched)."""
+    tmp = _durable_temp(path, data)
+    try:
+        os.link(tmp, path)  # unlike os.replace, fails if the target exists
+    except FileExistsError:
+        return False
     finally:
         os.unlink(tmp)
+    return True
 
 
 def _replace(path: Path, data: bytes) -> None:
     """Atomically create or replace ``path`` (for the mutable champion pointer)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide models from predict agents running as another user
+    tmp = _durable_temp(path, data)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
