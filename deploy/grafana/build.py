@@ -169,7 +169,7 @@ def overview() -> dict[str, Any]:
         Panel("Chain head lag", (q(f"max(chaincast_chain_head_lag_seconds{CHAIN})", "head lag"),), unit="s", width=8),
         Panel("Chain blocks and reorgs (per hour)", (
             q("sum by (kind) (increase(chaincast_chain_blocks_published_total[1h]))", "blocks {{kind}}"),
-            q("sum(increase(chaincast_chain_reorgs_total[1h]))", "reorgs"),
+            q("sum(increase(chaincast_chain_reorgs_total[1h])) or vector(0)", "reorgs"),
         ), unit="short", width=8),
     ]
     return dashboard("chaincast-overview", "chaincast / overview", panels,
@@ -213,7 +213,7 @@ def models() -> dict[str, Any]:
         Panel("Retraining rounds (per hour)",
               (q("sum by (trigger) (increase(chaincast_retrain_runs_total[1h]))", "{{trigger}}"),), width=8),
         Panel("Promotions and refusals (per hour)", (
-            q("sum by (kind) (increase(chaincast_promotions_total[1h]))", "promoted {{kind}}"),
+            q("sum by (kind) (increase(chaincast_promotions_total[1h])) or vector(0)", "promoted {{kind}}"),
             q("sum by (reason) (increase(chaincast_retrain_refusals_total[1h]))", "refused {{reason}}"),
         ), width=8),
         Panel("Retraining round duration", (
