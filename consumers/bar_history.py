@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.history import BAR_COLUMNS
-from stream.predict import bar_row
-from stream.records import Bar
+from chaincast.models.history import BAR_COLUMNS
+from chaincast.stream.predict import bar_row
+from chaincast.stream.records import Bar
 
 
 class BarHistory:

@@ -23,15 +23,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from consumers.compare import Decision, SliceScore, decide, score
-from models.build import export_checked
-from models.dataset import Samples, samples
-from models.evaluate import predict
-from models.export import ExportError
-from models.families import make_net
-from models.history import TS
-from models.serving import Forecaster, ModelRejected
-from models.train import FitOptions, TrainResult, train
+from chaincast.consumers.compare import Decision, SliceScore, decide, score
+from chaincast.models.build import export_checked
+from chaincast.models.dataset import Samples, samples
+from chaincast.models.evaluate import predict
+from chaincast.models.export import ExportError
+from chaincast.models.families import make_net
+from chaincast.models.history import TS
+from chaincast.models.serving import Forecaster, ModelRejected
+from chaincast.models.train import FitOptions, TrainResult, train
 
 log = logging.getLogger(__name__)
 

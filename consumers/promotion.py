@@ -15,13 +15,13 @@ import time
 
 import numpy as np
 
-from consumers.registry import ModelEntry, Registry
-from models.build import build_model
-from models.train import FitOptions
-from stream.publish import Publisher
-from stream.records import ModelUpdate
-from stream.settings import Settings
-from stream.sink import RedisSink
+from chaincast.consumers.registry import ModelEntry, Registry
+from chaincast.models.build import build_model
+from chaincast.models.train import FitOptions
+from chaincast.stream.publish import Publisher
+from chaincast.stream.records import ModelUpdate
+from chaincast.stream.settings import Settings
+from chaincast.stream.sink import RedisSink
 
 log = logging.getLogger(__name__)
 

@@ -29,15 +29,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from pydantic import ValidationError
 
-from consumers.bar_history import BarHistory
-from consumers.challenge import ChallengeJob, ChallengeResult, run_challenge
-from consumers.promotion import announce
-from consumers.registry import ModelEntry, Registry
-from stream.metrics import (PROMOTIONS, REFUSALS, RETRAIN_ACTIVE, RETRAIN_HISTORY, RETRAIN_RUNS, RETRAIN_SECONDS,
+from chaincast.consumers.bar_history import BarHistory
+from chaincast.consumers.challenge import ChallengeJob, ChallengeResult, run_challenge
+from chaincast.consumers.promotion import announce
+from chaincast.consumers.registry import ModelEntry, Registry
+from chaincast.stream.metrics import (PROMOTIONS, REFUSALS, RETRAIN_ACTIVE, RETRAIN_HISTORY, RETRAIN_RUNS, RETRAIN_SECONDS,
                             VAL_MAE, VAL_SKILL)
-from stream.records import Bar
-from stream.scoring import retrain_flag_key
-from stream.settings import Settings
+from chaincast.stream.records import Bar
+from chaincast.stream.scoring import retrain_flag_key
+from chaincast.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -49,22 +49,21 @@ import redis
 import typer
 from aiokafka import AIOKafkaProducer
 
-from consumers.promotion import announce
-from consumers.registry import ModelEntry, Registry
-from deploy.embedded import Process, embedded_stack, free_port
-from deploy.metrics import scrape
-from deploy.up import bundled_files, child
-from models.build import build_model
-from models.history import TS, load_many, symbol_of
-from producers.synth import dense_trades
-from stream.predict import history_size
-from stream.records import TradeBatch, market_key
-from stream.settings import Settings
-from stream.topics import ensure_topics
+from chaincast.consumers.promotion import announce
+from chaincast.consumers.registry import ModelEntry, Registry
+from chaincast.deploy.embedded import Process, embedded_stack, free_port
+from chaincast.deploy.metrics import scrape
+from chaincast.deploy.up import bundled_files, child
+from chaincast.models.build import build_model
+from chaincast.models.history import TS, load_many, symbol_of
+from chaincast.producers.synth import dense_trades
+from chaincast.stream.predict import history_size
+from chaincast.stream.records import TradeBatch, market_key
+from chaincast.stream.settings import Settings
+from chaincast.stream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
-SHARED_MARKET = Path(__file__).resolve().parents[2] / "shared" / "data" / "market"
 # One symbol per partition of the default 4 (murmur2 of "binance:SYMBOL": DOGE 0, BTC 1, SOL 2, ETH 3),
 # so two workers get equal shares; a fifth (ADA) would double partition 0 and skew the scaling figure.
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "DOGEUSDT")
@@ -101,9 +100,8 @@ class BenchPlan:
 
 
 def default_files(symbols: Sequence[str] = DEFAULT_SYMBOLS) -> dict[str, list[Path]]:
-    """March 2023 of several symbols from the shared data folder, else the bundled week."""
-    found = {s: [p] for s in symbols if (p := SHARED_MARKET / f"binance_{s}_1m_2023-03.csv.gz").is_file()}
-    return found if len(found) == len(symbols) else bundled_files(["BTCUSDT", "ETHUSDT"])
+    """The bundled week (the only market data a user's install has)."""
+    return bundled_files(["BTCUSDT", "ETHUSDT"])
 
 
 def files_of(paths: Sequence[Path]) -> dict[str, list[Path]]:
@@ -203,7 +201,7 @@ class Throughput:
 def expected_predictions(bars: dict[str, np.ndarray], window: int) -> int:
     """Forecasts the stream makes for these bars: every closed bar (each symbol's last stays open)
     whose window and warm-up are gap-free (``stream.predict.ready``)."""
-    from models.features import bar_features, valid_windows
+    from chaincast.models.features import bar_features, valid_windows
 
     return int(sum(valid_windows(bar_features(rows[:-1]), window).sum() for rows in bars.values()))
 
@@ -251,7 +249,7 @@ def bare_faust(settings: Settings, messages: Sequence[tuple[bytes, bytes]], log_
     asyncio.run(preload(counting, repeated, batched=True))
     n = len(repeated)
     env = {**os.environ, **counting.env(), "PYTHONUNBUFFERED": "1"}
-    proc = Process("bare-faust", [sys.executable, "-m", "deploy.bench", "--count", str(n), "--out", str(out)],
+    proc = Process("bare-faust", [sys.executable, "-m", "chaincast.deploy.bench", "--count", str(n), "--out", str(out)],
                    env=env, log_path=log_dir / "bare-faust.log").start()
     try:
         deadline = time.monotonic() + timeout
@@ -271,7 +269,7 @@ def count_messages(settings: Settings, expect: int, out: Path) -> None:
     no decoding; writes first/last wall times when ``expect`` messages were seen."""
     import faust
 
-    from stream.app import faust_app
+    from chaincast.stream.app import faust_app
 
     app = faust_app(settings)
     topic = app.topic(settings.topic_trades, key_serializer="raw", value_serializer="raw")
@@ -402,10 +400,10 @@ def ort_vs_torch(bars: np.ndarray, window: int, families: Sequence[str] | None) 
     20-step training: latency does not depend on the weights."""
     import torch
 
-    from models.bench import latency
-    from models.export import export_onnx
-    from models.families import FAMILIES
-    from models.train import FitOptions, train
+    from chaincast.models.bench import latency
+    from chaincast.models.export import export_onnx
+    from chaincast.models.families import FAMILIES
+    from chaincast.models.train import FitOptions, train
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -601,7 +599,7 @@ def bench(
                                                      "430 to 2,444).", min=4, max=10_000)] = TRADES_PER_BAR,
 ) -> None:
     """Measure throughput, latency, model swap, RSS and scaling of the real system."""
-    from deploy.cli import check_files, load_settings
+    from chaincast.deploy.cli import check_files, load_settings
 
     settings = load_settings()
     try:
@@ -624,9 +622,9 @@ def bench(
 
 
 def main() -> None:
-    """The bare-Faust counter process: ``python -m deploy.bench --count N --out FILE``."""
+    """The bare-Faust counter process: ``python -m chaincast.deploy.bench --count N --out FILE``."""
     if len(sys.argv) != 5 or sys.argv[1] != "--count" or sys.argv[3] != "--out":
-        sys.exit("usage: python -m deploy.bench --count N --out FILE (started by `chaincast bench`)")
+        sys.exit("usage: python -m chaincast.deploy.bench --count N --out FILE (started by `chaincast bench`)")
     logging.basicConfig(level=logging.WARNING)
     count_messages(Settings(), int(sys.argv[2]), Path(sys.argv[4]))
 

@@ -1,7 +1,7 @@
 """``chaincast produce chain``: follow an Ethereum node into chain.blocks (and chain.txs).
 
 Mounted by the main CLI as ``produce chain``; also runnable alone:
-``python -m deploy.chain_cli --node ws://127.0.0.1:8545 --duration 30``.
+``python -m chaincast.deploy.chain_cli --node ws://127.0.0.1:8545 --duration 30``.
 Options override the matching CHAINCAST_* settings; the node URL is never printed
 unredacted.
 """
@@ -16,12 +16,12 @@ from typing import Any
 import typer
 from prometheus_client import start_http_server
 
-from producers.chain import ChainFollower, follow_chain
-from producers.chain_node import redact
-from producers.cursor import CursorError
-from stream.publish import Publisher
-from stream.settings import Settings
-from stream.topics import ensure_topics
+from chaincast.producers.chain import ChainFollower, follow_chain
+from chaincast.producers.chain_node import redact
+from chaincast.producers.cursor import CursorError
+from chaincast.stream.publish import Publisher
+from chaincast.stream.settings import Settings
+from chaincast.stream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,8 @@ def bench(
     import time
     from pathlib import Path
 
-    from deploy.embedded import embedded_stack
-    from deploy.hardhat import rpc, start_hardhat
+    from chaincast.deploy.embedded import embedded_stack
+    from chaincast.deploy.hardhat import rpc, start_hardhat
 
     logging.basicConfig(level="WARNING")
     with tempfile.TemporaryDirectory(prefix="chain-bench-") as tmp, \

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 from pydantic import ValidationError
 
-from stream.settings import Settings
+from chaincast.stream.settings import Settings
 
 app = typer.Typer(help="chaincast: streaming crypto forecasts (Kafka + Faust + ONNX, predictions in Redis).",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -62,7 +62,7 @@ def up(
     data: DataOpt = None,
 ) -> None:
     """Run the whole system on this machine (embedded broker and Redis unless configured)."""
-    from deploy.up import run_up
+    from chaincast.deploy.up import run_up
 
     settings = load_settings(CHAINCAST_SYMBOLS=symbols)
     replay_speed = parse_speed(speed)
@@ -77,8 +77,8 @@ def up(
 @app.command()
 def worker() -> None:
     """Run one stream worker (bars + predict agents) until stopped."""
-    from deploy.metrics import serve_metrics
-    from stream.app import run_worker
+    from chaincast.deploy.metrics import serve_metrics
+    from chaincast.stream.app import run_worker
 
     settings = load_settings()
     if not settings.kafka_bootstrap_servers or not settings.redis_url:
@@ -96,10 +96,10 @@ def replay(
     from_ts: Annotated[Optional[int], typer.Option(help="Skip bars before this open time (ms).")] = None,
 ) -> None:
     """Replay history files into the trades topic as trades."""
-    from deploy.metrics import serve_metrics
-    from deploy.up import files_by_symbol
-    from producers.replay import Market, replay as run_replay
-    from models.history import TS, load_many
+    from chaincast.deploy.metrics import serve_metrics
+    from chaincast.deploy.up import files_by_symbol
+    from chaincast.producers.replay import Market, replay as run_replay
+    from chaincast.models.history import TS, load_many
 
     settings = load_settings(CHAINCAST_SYMBOLS=symbols)
     if not settings.kafka_bootstrap_servers:
@@ -152,7 +152,7 @@ def tail(
     timeout: Annotated[Optional[float], typer.Option(help="Stop after this many idle seconds.", min=0.1)] = None,
 ) -> None:
     """Print messages from a topic as they arrive (key<TAB>value)."""
-    from deploy.tail import follow
+    from chaincast.deploy.tail import follow
 
     settings = load_settings()
     if not settings.kafka_bootstrap_servers:
@@ -161,7 +161,7 @@ def tail(
 
 
 # Commands that live beside their stage's code.
-from deploy import chain_cli, exchange_cli, models_cli  # noqa: E402
+from chaincast.deploy import chain_cli, exchange_cli, models_cli  # noqa: E402
 
 produce_app = typer.Typer(help="Run one producer alone.", no_args_is_help=True)
 
@@ -169,7 +169,7 @@ produce_app = typer.Typer(help="Run one producer alone.", no_args_is_help=True)
 @produce_app.callback()
 def _produce() -> None:
     """Producers serve their metrics like every chaincast process."""
-    from deploy.metrics import serve_metrics
+    from chaincast.deploy.metrics import serve_metrics
 
     settings = load_settings()
     if settings.metrics_port:
@@ -183,16 +183,16 @@ app.add_typer(exchange_cli.serve_app, name="exchange")
 app.command("train", context_settings=models_cli.EXTRA)(models_cli.train)
 app.command("backtest", context_settings=models_cli.EXTRA)(models_cli.backtest)
 
-from deploy import models_registry_cli  # noqa: E402
+from chaincast.deploy import models_registry_cli  # noqa: E402
 
 app.add_typer(models_registry_cli.models_app, name="models")
 app.command("retrain")(models_registry_cli.retrain)
 
-from deploy import page  # noqa: E402
+from chaincast.deploy import page  # noqa: E402
 
 app.command("page")(page.page_command)
 
-from deploy import bench  # noqa: E402
+from chaincast.deploy import bench  # noqa: E402
 
 app.command("bench")(bench.bench)
 

@@ -18,9 +18,9 @@ from urllib.parse import urlsplit
 
 import typer
 
-from producers.exchange import VENUES, ProducerStats, run_exchange_producer
-from producers.exchange_server import LocalExchange, serve_exchange
-from stream.settings import Settings
+from chaincast.producers.exchange import VENUES, ProducerStats, run_exchange_producer
+from chaincast.producers.exchange_server import LocalExchange, serve_exchange
+from chaincast.stream.settings import Settings
 
 serve_app = typer.Typer(help="The local Binance-format exchange replaying real history.", no_args_is_help=True)
 
@@ -141,7 +141,7 @@ def main() -> None:
     app = typer.Typer(no_args_is_help=True)
     app.add_typer(serve_app, name="exchange")
     app.command("produce")(produce_exchange)
-    # ``python -m deploy.exchange_cli serve ...`` is the common case: expose it at the top too.
+    # ``python -m chaincast.deploy.exchange_cli serve ...`` is the common case: expose it at the top too.
     app.command("serve")(serve)
     app()
 

@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from deploy.embedded import EmbeddedError, Process, free_port
+from chaincast.deploy.embedded import EmbeddedError, Process, free_port
 
 log = logging.getLogger(__name__)
 

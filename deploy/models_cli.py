@@ -1,6 +1,6 @@
 """``chaincast train`` and ``chaincast backtest``: the models side of the CLI.
 
-The lead's CLI mounts these commands; ``python -m deploy.models_cli`` runs
+The lead's CLI mounts these commands; ``python -m chaincast.deploy.models_cli`` runs
 them alone. ``--data`` takes one or more files (``--data a.csv b.csv`` or the
 option repeated); files of the same symbol are joined into one series.
 """
@@ -15,17 +15,17 @@ import numpy as np
 import torch
 import typer
 
-from consumers.registry import Registry
-from models.backtest import backtest as run_backtest
-from models.backtest import format_table
-from models.build import export_checked
-from models.export import ExportError
-from models.families import FAMILIES, LEARNED
-from models.history import HistoryFormatError, load_many, symbol_of
-from models.plot import PlotUnavailable, plot_last_window
-from models.targets import TARGETS
-from models.train import FitOptions, train as run_train
-from stream.settings import Settings
+from chaincast.consumers.registry import Registry
+from chaincast.models.backtest import backtest as run_backtest
+from chaincast.models.backtest import format_table
+from chaincast.models.build import export_checked
+from chaincast.models.export import ExportError
+from chaincast.models.families import FAMILIES, LEARNED
+from chaincast.models.history import HistoryFormatError, load_many, symbol_of
+from chaincast.models.plot import PlotUnavailable, plot_last_window
+from chaincast.models.targets import TARGETS
+from chaincast.models.train import FitOptions, train as run_train
+from chaincast.stream.settings import Settings
 
 app = typer.Typer(help="Train and backtest chaincast models.", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)

@@ -1,7 +1,7 @@
 """``chaincast models list|promote`` (registry and rollback) and ``chaincast retrain``.
 
 The main CLI mounts ``models_app`` as ``models`` and ``retrain`` as a command;
-``python -m deploy.models_registry_cli`` runs the retrainer alone.
+``python -m chaincast.deploy.models_registry_cli`` runs the retrainer alone.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import signal
 
 import typer
 
-from consumers.promotion import announce
-from consumers.registry import ModelEntry, Registry
-from models.serving import Forecaster, ModelRejected
-from stream.settings import Settings
+from chaincast.consumers.promotion import announce
+from chaincast.consumers.registry import ModelEntry, Registry
+from chaincast.models.serving import Forecaster, ModelRejected
+from chaincast.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ models_app = typer.Typer(help="The model registry: list versions, promote one (r
 
 
 def _settings() -> Settings:
-    from deploy.cli import load_settings  # late: deploy.cli imports this module to mount it
+    from chaincast.deploy.cli import load_settings  # late: deploy.cli imports this module to mount it
 
     return load_settings()
 
@@ -81,7 +81,7 @@ def promote(version: str = typer.Argument(..., help="The version to serve (a rol
 
 def retrain() -> None:
     """Run the retraining consumer until stopped (champion/challenger on the bars topic)."""
-    from deploy.metrics import serve_metrics
+    from chaincast.deploy.metrics import serve_metrics
 
     settings = _settings()
     if not settings.kafka_bootstrap_servers:
@@ -92,7 +92,7 @@ def retrain() -> None:
 
 
 async def _retrain(settings: Settings) -> None:
-    from consumers.retrainer import run_retrainer
+    from chaincast.consumers.retrainer import run_retrainer
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

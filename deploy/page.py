@@ -29,7 +29,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from stream.settings import Settings
+from chaincast.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def page_command(
     points: Annotated[int, typer.Option(help="Predictions per chart.", min=2)] = 120,
 ) -> None:
     """Serve the live page of price, forecast band, model version and live skill (reads Redis)."""
-    from deploy.cli import load_settings
+    from chaincast.deploy.cli import load_settings
 
     settings = load_settings()
     if not settings.redis_url:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer
 
-from stream.settings import Settings
+from chaincast.stream.settings import Settings
 
 
 async def follow(settings: Settings, topic: str, from_beginning: bool, limit: int | None,

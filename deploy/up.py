@@ -24,15 +24,15 @@ from pathlib import Path
 
 import redis
 
-from consumers.promotion import announce, initial_champion
-from consumers.registry import Registry
-from deploy.embedded import EmbeddedError, Process, embedded_stack, free_port, wait_for_port
-from deploy.hardhat import start_hardhat
-from deploy.metrics import scrape
-from models.history import MINUTE_MS, TS, load_many, symbol_of
-from stream.predict import history_size
-from stream.settings import Settings
-from stream.topics import ensure_topics
+from chaincast.consumers.promotion import announce, initial_champion
+from chaincast.consumers.registry import Registry
+from chaincast.deploy.embedded import EmbeddedError, Process, embedded_stack, free_port, wait_for_port
+from chaincast.deploy.hardhat import start_hardhat
+from chaincast.deploy.metrics import scrape
+from chaincast.models.history import MINUTE_MS, TS, load_many, symbol_of
+from chaincast.stream.predict import history_size
+from chaincast.stream.settings import Settings
+from chaincast.stream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Status:
 
 def child(name: str, args: list[str], settings: Settings, log_dir: Path, metrics_port: int) -> Process:
     env = {**os.environ, **settings.env(), "CHAINCAST_METRICS_PORT": str(metrics_port), "PYTHONUNBUFFERED": "1"}
-    return Process(name, [sys.executable, "-m", "deploy.cli", *args], env=env,
+    return Process(name, [sys.executable, "-m", "chaincast.deploy.cli", *args], env=env,
                    log_path=log_dir / f"{name}.log").start()
 
 

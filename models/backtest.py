@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from models.baselines import BASELINES
-from models.dataset import Samples, samples, split_by_time
-from models.evaluate import METRICS, metrics, predict
-from models.families import FAMILIES, LEARNED
-from models.train import FitOptions, fit_module
+from chaincast.models.baselines import BASELINES
+from chaincast.models.dataset import Samples, samples, split_by_time
+from chaincast.models.evaluate import METRICS, metrics, predict
+from chaincast.models.families import FAMILIES, LEARNED
+from chaincast.models.train import FitOptions, fit_module
 
 # Enough to find what 1-minute data offers without making a backtest take an hour on 2 cores.
 BACKTEST_FIT = FitOptions(max_epochs=6, patience=2, batch_size=256, lr=2e-3)

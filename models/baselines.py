@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.features import RET
+from chaincast.models.features import RET
 
 BASELINES: tuple[str, ...] = ("persistence", "ema_drift")
 QUANTILES = (0.1, 0.5, 0.9)

@@ -1,6 +1,6 @@
 """Parity and batch-1 latency of every family: onnxruntime vs torch eager.
 
-``python -m models.bench --data FILE`` trains each family for a few steps on
+``python -m chaincast.models.bench --data FILE`` trains each family for a few steps on
 real bars (latency does not depend on the weights), exports it and reports
 the max abs torch/ONNX difference and the median single-window latency.
 """
@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.export import export_onnx, parity, session
-from models.families import FAMILIES
-from models.history import load_bars
-from models.train import FitOptions, train
+from chaincast.models.export import export_onnx, parity, session
+from chaincast.models.families import FAMILIES
+from chaincast.models.history import load_bars
+from chaincast.models.train import FitOptions, train
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from models.export import export_onnx, parity
-from models.train import FitOptions, Progress, TrainResult, train
+from chaincast.models.export import export_onnx, parity
+from chaincast.models.train import FitOptions, Progress, TrainResult, train
 
 log = logging.getLogger(__name__)
 

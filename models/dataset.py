@@ -11,9 +11,9 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from models.features import bar_features, valid_windows
-from models.history import CLOSE, TS
-from models.targets import make_target
+from chaincast.models.features import bar_features, valid_windows
+from chaincast.models.history import CLOSE, TS
+from chaincast.models.targets import make_target
 
 
 @dataclass

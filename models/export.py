@@ -14,7 +14,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from models.features import FEATURES
+from chaincast.models.features import FEATURES
 
 PARITY_LIMIT = 1e-4  # max abs diff torch vs onnxruntime above which an export is refused
 EXAMPLE_BATCH = 4  # >= 2: with a batch-1 example the exporter pins the batch dim to 1

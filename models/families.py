@@ -7,10 +7,10 @@ from typing import Any
 
 from torch import nn
 
-from models.baselines import BASELINES, BaselineConfig, BaselineNet
-from models.features import FEATURES
-from models.nets import ForecastNet, LinearBody, LinearConfig, RNNBody, RNNConfig
-from models.transformer import TransformerBody, TransformerConfig
+from chaincast.models.baselines import BASELINES, BaselineConfig, BaselineNet
+from chaincast.models.features import FEATURES
+from chaincast.models.nets import ForecastNet, LinearBody, LinearConfig, RNNBody, RNNConfig
+from chaincast.models.transformer import TransformerBody, TransformerConfig
 
 LEARNED: tuple[str, ...] = ("linear", "gru", "lstm", "transformer")
 FAMILIES: tuple[str, ...] = LEARNED + BASELINES

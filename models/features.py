@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.history import BUY_VOLUME, CLOSE, HIGH, LOW, MINUTE_MS, OPEN, TS, VOLUME
-from models.rolling import rolling_mean, rolling_rms
+from chaincast.models.history import BUY_VOLUME, CLOSE, HIGH, LOW, MINUTE_MS, OPEN, TS, VOLUME
+from chaincast.models.rolling import rolling_mean, rolling_rms
 
 VOL_SHORT = 10  # bars of returns in the short realised volatility
 VOL_LONG = 30  # bars of returns in the long realised volatility
@@ -54,7 +54,7 @@ def contiguous_run(ts: np.ndarray) -> np.ndarray:
 def bar_features(bars: np.ndarray) -> np.ndarray:
     """Features (N, len(FEATURES)) float32; NaN rows lack WARMUP contiguous bars.
 
-    >>> from models.history import BAR_COLUMNS
+    >>> from chaincast.models.history import BAR_COLUMNS
     >>> n = WARMUP + 2
     >>> bars = np.full((n, len(BAR_COLUMNS)), np.nan)
     >>> bars[:, TS] = np.arange(n) * 60_000.0

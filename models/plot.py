@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.backtest import BacktestReport
+from chaincast.models.backtest import BacktestReport
 
 LAST_ROWS = 240  # four hours of 1-minute forecasts stay readable
 

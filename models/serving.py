@@ -20,8 +20,8 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-from models.export import session
-from models.features import FEATURES
+from chaincast.models.export import session
+from chaincast.models.features import FEATURES
 
 # onnxruntime raises these (all direct Exception subclasses) for bad graphs and bad inputs.
 ORT_ERRORS: tuple[type[Exception], ...] = (

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.history import CLOSE, MINUTE_MS, TS
+from chaincast.models.history import CLOSE, MINUTE_MS, TS
 
 TARGETS: tuple[str, ...] = ("log_return", "volatility")
 

@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.baselines import BASELINES, QUANTILES, BaselineNet
-from models.dataset import Samples, Splits, make_splits
-from models.evaluate import metrics, pinball, predict
-from models.families import FAMILIES, make_net
-from models.features import FEATURES, WARMUP
-from models.nets import ForecastNet
-from models.targets import TARGETS
+from chaincast.models.baselines import BASELINES, QUANTILES, BaselineNet
+from chaincast.models.dataset import Samples, Splits, make_splits
+from chaincast.models.evaluate import metrics, pinball, predict
+from chaincast.models.families import FAMILIES, make_net
+from chaincast.models.features import FEATURES, WARMUP
+from chaincast.models.nets import ForecastNet
+from chaincast.models.targets import TARGETS
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from stream.records import Bar, Trade
+from chaincast.stream.records import Bar, Trade
 
 VENUE = "binance"
 TRADE_STREAMS = ("trade", "aggTrade")

@@ -27,15 +27,15 @@ from typing import Any, TypeVar
 from prometheus_client import Counter, Gauge
 from web3 import AsyncWeb3, WebSocketProvider
 
-from producers.chain_node import (
+from chaincast.producers.chain_node import (
     TRANSIENT, NodeClient, RpcError, RpcUnavailable, guard_web3_logging, http_provider, http_url_for, redact, scrub,
 )
-from producers.chain_normalise import MalformedPayload, normalise_block, normalise_txs, parse_hash, parse_quantity
-from producers.cursor import BlockWindow, CursorFile
-from stream.publish import Publisher
-from stream.records import Block
-from stream.settings import Settings
-from stream.topics import ensure_topics
+from chaincast.producers.chain_normalise import MalformedPayload, normalise_block, normalise_txs, parse_hash, parse_quantity
+from chaincast.producers.cursor import BlockWindow, CursorFile
+from chaincast.stream.publish import Publisher
+from chaincast.stream.records import Block
+from chaincast.stream.settings import Settings
+from chaincast.stream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 

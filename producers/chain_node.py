@@ -23,7 +23,7 @@ from prometheus_client import Counter
 from web3 import AsyncHTTPProvider
 from web3.exceptions import PersistentConnectionError, ProviderConnectionError, TimeExhausted, TooManyRequests
 
-from producers.chain_normalise import parse_quantity
+from chaincast.producers.chain_normalise import parse_quantity
 
 log = logging.getLogger(__name__)
 

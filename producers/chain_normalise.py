@@ -13,7 +13,7 @@ follower can dead-letter the raw payload with a reason a human can act on.
 >>> parse_quantity("0xzz", "gasUsed")
 Traceback (most recent call last):
 ...
-producers.chain_normalise.MalformedPayload: gasUsed: '0xzz' is not a hex quantity
+chaincast.producers.chain_normalise.MalformedPayload: gasUsed: '0xzz' is not a hex quantity
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from stream.records import Block, Tx
+from chaincast.stream.records import Block, Tx
 
 _HEX_QUANTITY = re.compile(r"0x[0-9a-fA-F]{1,64}")
 _HASH = re.compile(r"0x[0-9a-fA-F]{64}")

@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from producers.binance import BadMessage, Control, Event, decode, require, require_int, require_positive
-from stream.records import Trade
+from chaincast.producers.binance import BadMessage, Control, Event, decode, require, require_int, require_positive
+from chaincast.stream.records import Trade
 
 VENUE = "coinbase"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -6,7 +6,7 @@ The cursor file holds the window plus the chain's identity (chain id, genesis ha
 written atomically after the blocks it names were acknowledged by the broker, so a
 restart resumes at the next block and a different chain is never mistaken for ours.
 
->>> from stream.records import Block
+>>> from chaincast.stream.records import Block
 >>> def blk(n, h, p): return Block(chain_id=1, number=n, hash=h, parent_hash=p, timestamp=n,
 ...                               gas_used=0, gas_limit=1, tx_count=0)
 >>> w = BlockWindow(3)
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from stream.records import Block
+from chaincast.stream.records import Block
 
 log = logging.getLogger(__name__)
 

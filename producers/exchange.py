@@ -36,13 +36,13 @@ from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from producers import binance, coinbase
-from producers.binance import BadMessage, Control, Event, Kline
-from producers.checkpoint import Checkpoint, Position
-from stream.publish import Publisher
-from stream.records import Gap, Trade, TradeBatch, market_key
-from stream.settings import Settings
-from stream.topics import ensure_topics
+from chaincast.producers import binance, coinbase
+from chaincast.producers.binance import BadMessage, Control, Event, Kline
+from chaincast.producers.checkpoint import Checkpoint, Position
+from chaincast.stream.publish import Publisher
+from chaincast.stream.records import Gap, Trade, TradeBatch, market_key
+from chaincast.stream.settings import Settings
+from chaincast.stream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 

@@ -42,9 +42,9 @@ from websockets.asyncio.server import Server, ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from models.history import MINUTE_MS, TS, load_many, symbol_of
-from producers.synth import TRADES_PER_BAR, bar_trades
-from stream.records import Trade
+from chaincast.models.history import MINUTE_MS, TS, load_many, symbol_of
+from chaincast.producers.synth import TRADES_PER_BAR, bar_trades
+from chaincast.stream.records import Trade
 
 log = logging.getLogger(__name__)
 

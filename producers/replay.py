@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 from prometheus_client import Counter
 
-from models.history import TS, load_many
-from stream.publish import Publisher
-from producers.synth import bar_trades
-from stream.records import TradeBatch, market_key
-from stream.settings import Settings
+from chaincast.models.history import TS, load_many
+from chaincast.stream.publish import Publisher
+from chaincast.producers.synth import bar_trades
+from chaincast.stream.records import TradeBatch, market_key
+from chaincast.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 

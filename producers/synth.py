@@ -29,8 +29,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from models.history import CLOSE, HIGH, LOW, MINUTE_MS, OPEN, TS, VOLUME
-from stream.records import Trade
+from chaincast.models.history import CLOSE, HIGH, LOW, MINUTE_MS, OPEN, TS, VOLUME
+from chaincast.stream.records import Trade
 
 TRADES_PER_BAR = 4
 OFFSETS_MS = (0, 15_000, 30_000, MINUTE_MS - 1)

@@ -19,14 +19,14 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from stream.chain import watch_chain
-from stream.chainfeatures import ChainMinutes
-from stream.metrics import DEADLETTERED, reason_kind
-from stream.models import ModelSlot, watch_models
-from stream.records import DeadLetter
-from stream.settings import Settings
-from stream.sink import RedisSink
-from stream.topics import ensure_topics
+from chaincast.stream.chain import watch_chain
+from chaincast.stream.chainfeatures import ChainMinutes
+from chaincast.stream.metrics import DEADLETTERED, reason_kind
+from chaincast.stream.models import ModelSlot, watch_models
+from chaincast.stream.records import DeadLetter
+from chaincast.stream.settings import Settings
+from chaincast.stream.sink import RedisSink
+from chaincast.stream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,8 @@ def faust_app(settings: Settings) -> faust.App:
 
 
 def create_app(settings: Settings) -> Streams:
-    from stream.agents import bars, predict, score  # the agents register themselves on this app
-    from stream import lag
+    from chaincast.stream.agents import bars, predict, score  # the agents register themselves on this app
+    from chaincast.stream import lag
 
     app = faust_app(settings)
 

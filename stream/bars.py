@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 from pydantic import ValidationError
 
-from stream.records import Bar, Trade, TradeBatch, market_key
+from chaincast.stream.records import Bar, Trade, TradeBatch, market_key
 
 MINUTE_MS = 60_000
 
@@ -83,7 +83,7 @@ class BarBuilder:
     >>> b.add(t(2, 62_000, 11.0))
     Traceback (most recent call last):
     ...
-    stream.bars.Refused: duplicate: trade id 2 <= last seen 3
+    chaincast.stream.bars.Refused: duplicate: trade id 2 <= last seen 3
     """
 
     exchange: str
@@ -130,7 +130,7 @@ def parse_trades(raw: bytes | None, key: bytes | None, symbols: frozenset[str], 
     >>> parse_trades(b"{", b"binance:BTCUSDT", frozenset({"BTCUSDT"}), 1000)
     Traceback (most recent call last):
     ...
-    stream.bars.Refused: invalid: Invalid JSON: EOF while parsing an object at line 1 column 1
+    chaincast.stream.bars.Refused: invalid: Invalid JSON: EOF while parsing an object at line 1 column 1
     """
     if raw is None:
         raise Refused("invalid: empty message")

@@ -19,9 +19,9 @@ import logging
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
-from stream.chainfeatures import ChainMinutes
-from stream.records import Bar, Block
-from stream.settings import Settings
+from chaincast.stream.chainfeatures import ChainMinutes
+from chaincast.stream.records import Bar, Block
+from chaincast.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ orphaned block's contribution and a redelivered block (at-least-once) counts onc
 Per minute: the base fee at the minute's last block (gwei), its log change from the
 minute's first block, mean gas utilisation, the transaction count and the ETH moved.
 
->>> from stream.records import Block
+>>> from chaincast.stream.records import Block
 >>> def blk(n, ts, fee_gwei, used, txs, eth, h=None, reorged=False):
 ...     return Block(chain_id=1, number=n, hash=h or f"0x{n:064x}", parent_hash="0x0", timestamp=ts,
 ...                  base_fee=fee_gwei * 10**9, gas_used=used, gas_limit=100, tx_count=txs,
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 
-from stream.records import Block, ChainFeatures
+from chaincast.stream.records import Block, ChainFeatures
 
 MINUTE_MS = 60_000
 WEI_PER_GWEI = 10**9
@@ -42,7 +42,7 @@ WEI_PER_ETH = 10**18
 def minute_of(block: Block) -> int:
     """The start (ms) of the bar minute a block belongs to.
 
-    >>> from stream.records import Block
+    >>> from chaincast.stream.records import Block
     >>> minute_of(Block(chain_id=1, number=1, hash="0x1", parent_hash="0x0", timestamp=1_769_654_531,
     ...                 gas_used=0, gas_limit=1, tx_count=0))
     1769654520000

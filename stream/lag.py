@@ -19,10 +19,10 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
-from stream.metrics import CONSUMER_COMMIT_LAG, CONSUMER_HIGHWATER, CONSUMER_LAG, CONSUMER_POSITION, MODEL_AGE
+from chaincast.stream.metrics import CONSUMER_COMMIT_LAG, CONSUMER_HIGHWATER, CONSUMER_LAG, CONSUMER_POSITION, MODEL_AGE
 
 if TYPE_CHECKING:
-    from stream.app import Streams
+    from chaincast.stream.app import Streams
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ from urllib.parse import unquote, urlparse
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
-from models.serving import Forecaster, ModelRejected
-from stream.metrics import MODEL_INFO, MODEL_LOADED_AT, MODEL_SWAP, MODELS_REFUSED
-from stream.records import ModelUpdate
-from stream.settings import Settings
+from chaincast.models.serving import Forecaster, ModelRejected
+from chaincast.stream.metrics import MODEL_INFO, MODEL_LOADED_AT, MODEL_SWAP, MODELS_REFUSED
+from chaincast.stream.records import ModelUpdate
+from chaincast.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.features import WARMUP, window_tensor
-from models.serving import Forecaster
-from stream.records import Bar, Prediction
+from chaincast.models.features import WARMUP, window_tensor
+from chaincast.models.serving import Forecaster
+from chaincast.stream.records import Bar, Prediction
 
 
 def bar_row(bar: Bar) -> list[float]:

@@ -10,9 +10,9 @@ import logging
 import time
 
 from aiokafka import AIOKafkaProducer
-from stream.metrics import DEADLETTERED, reason_kind
-from stream.records import DeadLetter, Record
-from stream.settings import Settings
+from chaincast.stream.metrics import DEADLETTERED, reason_kind
+from chaincast.stream.records import DeadLetter, Record
+from chaincast.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 

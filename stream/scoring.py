@@ -15,8 +15,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from stream.records import Bar, Prediction
-from stream.settings import Settings
+from chaincast.stream.records import Bar, Prediction
+from chaincast.stream.settings import Settings
 
 MINUTE_MS = 60_000
 KEEP_CLOSES = 128  # bars of closes kept for predictions that arrive after their target bar

@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from stream.records import ModelUpdate, Prediction
+from chaincast.stream.records import ModelUpdate, Prediction
 
 log = logging.getLogger(__name__)
 

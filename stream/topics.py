@@ -12,7 +12,7 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from stream.settings import Settings
+from chaincast.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 

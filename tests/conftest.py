@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from deploy.embedded import embedded_stack
-from stream.settings import Settings
+from chaincast.deploy.embedded import embedded_stack
+from chaincast.stream.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+TEST_DATA = REPO / "tests" / "fixtures" / "data"  # real slices shipped with the repo (see its README)
 PROJECT_DATA = REPO / "deploy" / "data"
 
 

@@ -1,4 +1,4 @@
-"""The Grafana dashboards, as code: ``python -m deploy.grafana.build`` writes ``dashboards/*.json``.
+"""The Grafana dashboards, as code: ``python -m chaincast.deploy.grafana.build`` writes ``dashboards/*.json``.
 
 The JSON files are committed (Grafana provisions them as they are); this module
 is the one place to change them. ``--check`` exits non-zero when a file differs
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             OUT_DIR.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
     if stale:
-        print(f"out of date (run python -m deploy.grafana.build): {', '.join(stale)}", file=sys.stderr)
+        print(f"out of date (run python -m chaincast.deploy.grafana.build): {', '.join(stale)}", file=sys.stderr)
         return 1
     return 0
 

@@ -1,7 +1,7 @@
 """Run every dashboard query against a real Prometheus scraping a running chaincast.
 
-    python -m deploy.prometheus.verify_dashboards                 # starts `chaincast up` itself
-    python -m deploy.prometheus.verify_dashboards --targets worker=127.0.0.1:9464,producer=127.0.0.1:9465
+    python -m chaincast.deploy.prometheus.verify_dashboards                 # starts `chaincast up` itself
+    python -m chaincast.deploy.prometheus.verify_dashboards --targets worker=127.0.0.1:9464,producer=127.0.0.1:9465
 
 Starts the Debian ``prometheus`` binary on a free loopback port with a scrape
 config for the targets (every 2 s, the alert rules loaded), waits until the
@@ -39,8 +39,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.embedded import Process, free_port, wait_for_port
-from deploy.grafana.queries import PanelQuery, all_queries, expand
+from chaincast.deploy.embedded import Process, free_port, wait_for_port
+from chaincast.deploy.grafana.queries import PanelQuery, all_queries, expand
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def chaincast_up(workdir: Path, duration: float) -> Iterator[tuple[dict[str, str
            "PYTHONUNBUFFERED": "1"}
     for name in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "CHAINCAST_EXCHANGE_URL"):
         env.pop(name, None)
-    proc = Process("up", [sys.executable, "-m", "deploy.cli", "up", "--duration", str(duration)], env=env,
+    proc = Process("up", [sys.executable, "-m", "chaincast.deploy.cli", "up", "--duration", str(duration)], env=env,
                    log_path=out).start()
     try:
         yield {name: f"127.0.0.1:{base + off}" for name, off in PROCESS_PORTS.items()}, out

@@ -6,12 +6,12 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from stream.bars import BarBuilder, Refused, parse_trades
-from stream.chain import with_chain
-from stream.metrics import BARS, TRADE_MESSAGES, TRADES
+from chaincast.stream.bars import BarBuilder, Refused, parse_trades
+from chaincast.stream.chain import with_chain
+from chaincast.stream.metrics import BARS, TRADE_MESSAGES, TRADES
 
 if TYPE_CHECKING:
-    from stream.app import Streams
+    from chaincast.stream.app import Streams
 
 log = logging.getLogger(__name__)
 SOURCE = "stream.bars"

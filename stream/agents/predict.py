@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from stream.metrics import BAR_TO_REDIS, FORECAST, INFERENCE, LAST_CLOSE, PREDICTIONS
-from stream.predict import MAX_ABS_OUTPUT, Ready, forecast, history_size, push, ready
-from stream.records import Bar, market_key
+from chaincast.stream.metrics import BAR_TO_REDIS, FORECAST, INFERENCE, LAST_CLOSE, PREDICTIONS
+from chaincast.stream.predict import MAX_ABS_OUTPUT, Ready, forecast, history_size, push, ready
+from chaincast.stream.records import Bar, market_key
 
 if TYPE_CHECKING:
-    from stream.app import Streams
+    from chaincast.stream.app import Streams
 
 log = logging.getLogger(__name__)
 SOURCE = "stream.predict"

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from stream.metrics import LIVE_COVERAGE, LIVE_MAE, LIVE_SCORED, LIVE_SKILL, RETRAIN_REQUESTS
-from stream.records import Bar, Prediction
-from stream.scoring import MarketScore, Update, retrain_flag_key
+from chaincast.stream.metrics import LIVE_COVERAGE, LIVE_MAE, LIVE_SCORED, LIVE_SKILL, RETRAIN_REQUESTS
+from chaincast.stream.records import Bar, Prediction
+from chaincast.stream.scoring import MarketScore, Update, retrain_flag_key
 
 if TYPE_CHECKING:
-    from stream.app import Streams
+    from chaincast.stream.app import Streams
 
 log = logging.getLogger(__name__)
 SOURCE = "stream.score"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from consumers.registry import ModelEntry, Registry
-from models.build import build_model
+from chaincast.consumers.registry import ModelEntry, Registry
+from chaincast.models.build import build_model
 from tests.consumers.synth import ar_bars
 
 WINDOW = 32

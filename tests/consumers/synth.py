@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.history import BAR_COLUMNS, BUY_VOLUME, CLOSE, HIGH, LOW, OPEN, TRADES, TS, VOLUME
-from stream.records import Bar
+from chaincast.models.history import BAR_COLUMNS, BUY_VOLUME, CLOSE, HIGH, LOW, OPEN, TRADES, TS, VOLUME
+from chaincast.stream.records import Bar
 
 START_TS = 1_680_307_200_000  # 2023-04-01 00:00 UTC
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from consumers.challenge import ChallengeJob, run_challenge, split_at, validation_slice
-from consumers.registry import ModelEntry
-from models.serving import Forecaster
+from chaincast.consumers.challenge import ChallengeJob, run_challenge, split_at, validation_slice
+from chaincast.consumers.registry import ModelEntry
+from chaincast.models.serving import Forecaster
 from tests.consumers.conftest import WINDOW
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from consumers.bar_history import BarHistory
-from consumers.compare import MIN_DM_POINTS, decide, dm_pvalue
+from chaincast.consumers.bar_history import BarHistory
+from chaincast.consumers.compare import MIN_DM_POINTS, decide, dm_pvalue
 from tests.consumers.synth import ar_bars, to_bars
 
 

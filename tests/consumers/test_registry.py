@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from consumers.registry import Registry
+from chaincast.consumers.registry import Registry
 
 
 def test_put_is_content_addressed_and_write_once(tmp_path: Path) -> None:

@@ -12,10 +12,10 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from deploy import bench
-from deploy.cli import app
-from deploy.up import bundled_files
-from stream.settings import Settings
+from chaincast.deploy import bench
+from chaincast.deploy.cli import app
+from chaincast.deploy.up import bundled_files
+from chaincast.stream.settings import Settings
 
 KEYS = ("trades_per_s_per_worker", "messages_per_s", "bare_faust_msgs_per_s", "bar_to_redis_ms_p50",
         "bar_to_redis_ms_p99", "swap_s", "worker_rss_mb", "two_worker_scaling")

@@ -9,15 +9,15 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY, generate_latest
 
-from deploy.grafana import build
-from deploy.grafana.queries import all_queries, expand, load_dashboards, variable_metrics
+from chaincast.deploy.grafana import build
+from chaincast.deploy.grafana.queries import all_queries, expand, load_dashboards, variable_metrics
 from tests.deploy.conftest import require
 
 PROM_DIR = Path(build.__file__).parents[1] / "prometheus"
 
 
 def test_committed_dashboards_match_the_code() -> None:
-    assert build.main(["--check"]) == 0, "run: python -m deploy.grafana.build"
+    assert build.main(["--check"]) == 0, "run: python -m chaincast.deploy.grafana.build"
 
 
 def test_dashboards_cover_overview_forecasts_models() -> None:
@@ -45,10 +45,10 @@ def test_every_panel_query_parses_with_promtool(tmp_path: Path) -> None:
 
 def test_queries_name_only_metrics_chaincast_defines() -> None:
     """A typo in a metric name would parse and show nothing: check every name against the code."""
-    import producers.chain  # noqa: F401 - registers the producers' metrics
-    import producers.exchange  # noqa: F401
-    import stream.lag  # noqa: F401
-    import stream.metrics  # noqa: F401
+    import chaincast.producers.chain  # noqa: F401 - registers the producers' metrics
+    import chaincast.producers.exchange  # noqa: F401
+    import chaincast.stream.lag  # noqa: F401
+    import chaincast.stream.metrics  # noqa: F401
 
     defined = set(re.findall(r"^# TYPE (\S+)", generate_latest(REGISTRY).decode(), re.M))
     suffixes = ("", "_total", "_bucket", "_sum", "_count")

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
-from deploy.page import serve_page
-from stream.records import Prediction
-from stream.sink import RedisSink
+from chaincast.deploy.page import serve_page
+from chaincast.stream.records import Prediction
+from chaincast.stream.sink import RedisSink
 from tests.deploy.conftest import require
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from consumers.promotion import announce
-from consumers.registry import ModelEntry, Registry
-from deploy.embedded import Process
-from models.build import build_model
-from models.history import load_bars
-from producers.replay import Market
-from stream.settings import Settings
-from stream.topics import ensure_topics
+from chaincast.consumers.promotion import announce
+from chaincast.consumers.registry import ModelEntry, Registry
+from chaincast.deploy.embedded import Process
+from chaincast.models.build import build_model
+from chaincast.models.history import load_bars
+from chaincast.producers.replay import Market
+from chaincast.stream.settings import Settings
+from chaincast.stream.topics import ensure_topics
 from tests.conftest import PROJECT_DATA
 
 DAY = 1440
@@ -60,7 +60,7 @@ async def send_raw(settings: Settings, topic: str, items: list[tuple[bytes | Non
 def start_worker(settings: Settings, log_dir: Path) -> Process:
     env = {**os.environ, **settings.env(), "CHAINCAST_METRICS_PORT": "0"}
     log_dir.mkdir(parents=True, exist_ok=True)
-    return Process("worker", [sys.executable, "-m", "deploy.cli", "worker"], env=env,
+    return Process("worker", [sys.executable, "-m", "chaincast.deploy.cli", "worker"], env=env,
                    log_path=log_dir / "worker.log").start()
 
 

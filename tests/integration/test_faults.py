@@ -12,9 +12,9 @@ import random
 import pytest
 import redis
 
-from deploy.embedded import start_redis
-from producers.replay import Market, replay
-from stream.records import DeadLetter, Prediction
+from chaincast.deploy.embedded import start_redis
+from chaincast.producers.replay import Market, replay
+from chaincast.stream.records import DeadLetter, Prediction
 from tests.integration.conftest import day_of, markets, read_topic, send_raw, start_worker
 from tests.integration.test_pipeline import (
     CLOSED_PER_SYMBOL,

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import redis
 
-from models.history import CLOSE, HIGH, LOW, OPEN, TS, VOLUME
-from producers.replay import replay
-from stream.predict import history_size
-from stream.records import Bar, Block, DeadLetter, Prediction, Trade, TradeBatch
-from tests.conftest import SHARED_DATA
+from chaincast.models.history import CLOSE, HIGH, LOW, OPEN, TS, VOLUME
+from chaincast.producers.replay import replay
+from chaincast.stream.predict import history_size
+from chaincast.stream.records import Bar, Block, DeadLetter, Prediction, Trade, TradeBatch
+from tests.conftest import TEST_DATA
 from tests.integration.conftest import DAY, day_of, markets, read_topic, send_raw, start_worker
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
@@ -57,7 +57,7 @@ def expected_predictions(settings) -> int:
 
 def mainnet_blocks_retimed(start_s: int, n: int = 60) -> list[Block]:
     """Real mainnet blocks (number, base fee, gas, tx count) moved onto the replayed day's clock."""
-    series = json.loads((SHARED_DATA / "chain" / "series" / "blocks_24337593_24338592.json").read_text())[:n]
+    series = json.loads((TEST_DATA / "chain" / "blocks_24337593_24338592.json").read_text())[:n]
     t0 = series[0]["timestamp"]
     return [Block(chain_id=1, number=b["number"], hash=f"0x{b['number']:064x}", parent_hash=f"0x{b['number'] - 1:064x}",
                   timestamp=start_s + b["timestamp"] - t0, base_fee=b["base_fee_per_gas"], gas_used=b["gas_used"],

@@ -22,18 +22,18 @@ import redis
 import torch
 from aiokafka import AIOKafkaProducer
 
-from consumers.promotion import announce, model_update
-from consumers.registry import ModelEntry, Registry
-from deploy.embedded import Process, free_port
-from deploy.metrics import scrape
-from models.build import build_model
-from models.export import export_onnx
-from models.families import make_net
-from models.features import FEATURES
-from stream.predict import history_size
-from stream.records import ModelUpdate, Prediction, market_key
-from stream.settings import Settings
-from stream.topics import ensure_topics
+from chaincast.consumers.promotion import announce, model_update
+from chaincast.consumers.registry import ModelEntry, Registry
+from chaincast.deploy.embedded import Process, free_port
+from chaincast.deploy.metrics import scrape
+from chaincast.models.build import build_model
+from chaincast.models.export import export_onnx
+from chaincast.models.families import make_net
+from chaincast.models.features import FEATURES
+from chaincast.stream.predict import history_size
+from chaincast.stream.records import ModelUpdate, Prediction, market_key
+from chaincast.stream.settings import Settings
+from chaincast.stream.topics import ensure_topics
 from tests.consumers.synth import ar_bars, to_bars
 from tests.integration.conftest import read_topic
 
@@ -77,12 +77,12 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 120.0) -> No
 
 def run(name: str, args: list[str], settings: Settings, log_dir: Path, port: int = 0, **env: str) -> Process:
     full = {**os.environ, **settings.env(), "CHAINCAST_METRICS_PORT": str(port), "PYTHONUNBUFFERED": "1", **env}
-    return Process(name, [sys.executable, "-m", "deploy.cli", *args], env=full,
+    return Process(name, [sys.executable, "-m", "chaincast.deploy.cli", *args], env=full,
                    log_path=log_dir / f"{name}.log").start()
 
 
 def cli(settings: Settings, *args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "deploy.cli", *args], env={**os.environ, **settings.env()},
+    out = subprocess.run([sys.executable, "-m", "chaincast.deploy.cli", *args], env={**os.environ, **settings.env()},
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout

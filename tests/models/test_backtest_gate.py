@@ -1,4 +1,4 @@
-"""Walk-forward backtest on a real slice of ../shared/data/market: schema, baselines, gate."""
+"""Walk-forward backtest on a real slice of tests/fixtures/data/market: schema, baselines, gate."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from deploy.models_cli import app
-from models.backtest import backtest, gate
-from models.evaluate import METRICS
-from models.train import FitOptions
+from chaincast.deploy.models_cli import app
+from chaincast.models.backtest import backtest, gate
+from chaincast.models.evaluate import METRICS
+from chaincast.models.train import FitOptions
 from tests.models.model_fixtures import btc_2023, market  # noqa: F401 (pytest fixtures)
 
 QUICK = FitOptions(max_epochs=2, patience=1, max_steps_per_epoch=8)

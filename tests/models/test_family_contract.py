@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from consumers.registry import Registry
-from models.build import export_checked
-from models.families import FAMILIES
-from models.features import FEATURES, window_tensor
-from models.serving import Forecaster
-from models.train import FitOptions, train
+from chaincast.consumers.registry import Registry
+from chaincast.models.build import export_checked
+from chaincast.models.families import FAMILIES
+from chaincast.models.features import FEATURES, window_tensor
+from chaincast.models.serving import Forecaster
+from chaincast.models.train import FitOptions, train
 from tests.models.model_fixtures import btc_2023, btc_slice  # noqa: F401 (pytest fixtures)
 
 WINDOW = 16

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.dataset import make_splits, samples
-from models.features import FEATURES, RET, WARMUP, bar_features, contiguous_run, window_tensor
-from models.history import BAR_COLUMNS, BUY_VOLUME, CLOSE, HIGH, LOW, MINUTE_MS, OPEN, TS, VOLUME
-from models.rolling import RollingMean, RollingRMS, rolling_mean, rolling_rms
-from models.targets import make_target
+from chaincast.models.dataset import make_splits, samples
+from chaincast.models.features import FEATURES, RET, WARMUP, bar_features, contiguous_run, window_tensor
+from chaincast.models.history import BAR_COLUMNS, BUY_VOLUME, CLOSE, HIGH, LOW, MINUTE_MS, OPEN, TS, VOLUME
+from chaincast.models.rolling import RollingMean, RollingRMS, rolling_mean, rolling_rms
+from chaincast.models.targets import make_target
 from tests.models.model_fixtures import btc_2023, btc_slice  # noqa: F401 (pytest fixtures)
 
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from consumers.registry import Registry
-from models.export import export_onnx
-from models.families import make_net
-from models.features import FEATURES
-from models.serving import Forecaster, ModelRejected
+from chaincast.consumers.registry import Registry
+from chaincast.models.export import export_onnx
+from chaincast.models.families import make_net
+from chaincast.models.features import FEATURES
+from chaincast.models.serving import Forecaster, ModelRejected
 
 import tests.models.model_fixtures  # noqa: F401 (sets torch to one thread)
 

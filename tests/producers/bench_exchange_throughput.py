@@ -20,14 +20,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-MARKET = REPO.parent / "shared" / "data" / "market"
+MARKET = REPO / "tests" / "fixtures" / "data" / "market"
 DEFAULT_FILES = [MARKET / "binance_BTCUSDT_1m_2023-03.csv.gz", MARKET / "binance_ETHUSDT_1m_2023-03.csv.gz"]
 
 
 async def measure(settings, url: str, symbols: list[str], streams: list[str], total: int) -> tuple[int, float, float]:
-    from stream.topics import ensure_topics
-    from producers.exchange import BINANCE, ExchangeProducer
-    from stream.publish import Publisher
+    from chaincast.stream.topics import ensure_topics
+    from chaincast.producers.exchange import BINANCE, ExchangeProducer
+    from chaincast.stream.publish import Publisher
 
     await ensure_topics(settings)
     async with Publisher(settings) as publisher:
@@ -51,16 +51,16 @@ def main() -> None:
     parser.add_argument("--streams", default="trade")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from deploy.embedded import embedded_stack
-    from models.history import load_bars, symbol_of
-    from stream.settings import Settings
+    from chaincast.deploy.embedded import embedded_stack
+    from chaincast.models.history import load_bars, symbol_of
+    from chaincast.stream.settings import Settings
 
     total = sum(4 * len(load_bars(f)) for f in args.files)
     symbols = [symbol_of(f) for f in args.files]
     with tempfile.TemporaryDirectory() as tmp, embedded_stack(Path(tmp), redis=False) as env:
         env = {**os.environ, **env} if "KAFKA_BOOTSTRAP_SERVERS" not in os.environ else dict(os.environ)
         server = subprocess.Popen(
-            [sys.executable, "-m", "deploy.exchange_cli", "serve", "--port", "0", "--speed", "max",
+            [sys.executable, "-m", "chaincast.deploy.exchange_cli", "serve", "--port", "0", "--speed", "max",
              *[a for f in args.files for a in ("--data", str(f))]],
             cwd=REPO, stdout=subprocess.PIPE, text=True, env=env)
         try:

@@ -15,9 +15,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from stream.settings import Settings
+from chaincast.stream.settings import Settings
 
-EXPORT = Path(__file__).resolve().parents[3] / "shared" / "data" / "binance_export"
+EXPORT = Path(__file__).resolve().parents[1] / "fixtures" / "data" / "binance_export"
 BTC_DAY = EXPORT / "BTCUSDT-1m-2022-09-05.csv.gz"
 ETH_DAY = EXPORT / "ETHUSDT-1m-2022-08-14.csv.gz"
 

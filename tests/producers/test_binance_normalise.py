@@ -7,9 +7,9 @@ import json
 import pytest
 from tests.producers.wire_recordings import RECORDINGS, WIRE, golden, normalised
 
-from producers import binance
-from producers.binance import BadMessage, Control, Kline
-from stream.records import Trade
+from chaincast.producers import binance
+from chaincast.producers.binance import BadMessage, Control, Kline
+from chaincast.stream.records import Trade
 
 
 @pytest.mark.parametrize("name", [n for n, (_, venue) in RECORDINGS.items() if venue == "binance"])

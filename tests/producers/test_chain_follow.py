@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from deploy.hardhat import rpc, set_interval_mining, start_hardhat
-from producers.chain import ChainFollower, follow_chain
-from stream.publish import Publisher
-from stream.records import Block, DeadLetter, Tx
-from stream.topics import ensure_topics
+from chaincast.deploy.hardhat import rpc, set_interval_mining, start_hardhat
+from chaincast.producers.chain import ChainFollower, follow_chain
+from chaincast.stream.publish import Publisher
+from chaincast.stream.records import Block, DeadLetter, Tx
+from chaincast.stream.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT = 60.0  # a bound on each wait, not a timing assertion
@@ -164,7 +164,7 @@ async def test_cli_polls_http_exports_txs_and_never_prints_the_key(chain, settin
     settings = settings_for(CHAINCAST_LOG_LEVEL="DEBUG", CHAINCAST_CHAIN_POLL_INTERVAL="0.2")
     await ensure_topics(settings)
     done = subprocess.run(
-        [sys.executable, "-m", "deploy.chain_cli", "chain", "--node", f"{http_url}/v3/{secret}",
+        [sys.executable, "-m", "chaincast.deploy.chain_cli", "chain", "--node", f"{http_url}/v3/{secret}",
          "--from-block", str(first), "--txs", "--duration", "3"],
         env={**os.environ, **settings.env()}, cwd=REPO, capture_output=True, text=True, timeout=WAIT,
     )

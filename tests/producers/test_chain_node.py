@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from deploy.embedded import free_port
-from producers.chain import depth_label
-from producers.chain_node import (
+from chaincast.deploy.embedded import free_port
+from chaincast.producers.chain import depth_label
+from chaincast.producers.chain_node import (
     RPC_ERRORS, RPC_RETRIES, NodeClient, RateLimiter, RedactFilter, RpcError, RpcUnavailable, http_provider,
     http_url_for, redact, scrub,
 )
@@ -98,7 +98,7 @@ async def test_unreachable_node_is_retried_then_unavailable_and_the_key_stays_hi
 
 
 async def test_node_errors_are_not_retried(tmp_path) -> None:
-    from deploy.hardhat import start_hardhat
+    from chaincast.deploy.hardhat import start_hardhat
 
     proc, http_url, _ = start_hardhat(tmp_path)
     provider = http_provider(http_url, timeout=5.0)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from producers.chain_normalise import MalformedPayload, normalise_block, normalise_tx, normalise_txs
-from stream.records import Block, Tx
+from chaincast.producers.chain_normalise import MalformedPayload, normalise_block, normalise_tx, normalise_txs
+from chaincast.stream.records import Block, Tx
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "chain"
 

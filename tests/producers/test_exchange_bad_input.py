@@ -15,11 +15,11 @@ import websockets
 from tests.producers.exchange_helpers import exchange_settings, read_topic, until  # noqa: F401 (a fixture)
 from tests.producers.wire_recordings import messages
 
-from producers import coinbase
-from stream.topics import ensure_topics
-from producers.exchange import BINANCE, COINBASE, ExchangeProducer
-from stream.publish import Publisher
-from stream.records import DeadLetter, Gap, TradeBatch
+from chaincast.producers import coinbase
+from chaincast.stream.topics import ensure_topics
+from chaincast.producers.exchange import BINANCE, COINBASE, ExchangeProducer
+from chaincast.stream.publish import Publisher
+from chaincast.stream.records import DeadLetter, Gap, TradeBatch
 
 TRADE = orjson.loads(next(raw for _, raw in messages("cryptofeed/BINANCE_FUTURES.ws.1.0.gz") if "@aggTrade" in raw))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from producers.checkpoint import Checkpoint, Position
+from chaincast.producers.checkpoint import Checkpoint, Position
 
 
 def test_round_trip_and_atomic_replace(tmp_path: Path) -> None:

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from tests.producers.exchange_helpers import BTC_DAY, exchange_settings  # noqa: F401 (a fixture)
 
-from producers.checkpoint import Checkpoint
-from producers.synth import first_trade_id
+from chaincast.producers.checkpoint import Checkpoint
+from chaincast.producers.synth import first_trade_id
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def cli(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "deploy.exchange_cli", *args], cwd=REPO, text=True,
+    return subprocess.Popen([sys.executable, "-m", "chaincast.deploy.exchange_cli", *args], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})}, **kwargs)
 
 

@@ -13,15 +13,15 @@ from collections import defaultdict
 import numpy as np
 from tests.producers.exchange_helpers import BTC_DAY, ETH_DAY, exchange_settings, read_topic, until  # noqa: F401 (a fixture)
 
-from models.history import TS, load_bars
-from producers.checkpoint import Checkpoint
-from stream.topics import ensure_topics
-from producers.exchange import BINANCE, ExchangeProducer
-from producers.exchange_server import LocalExchange
-from stream.publish import Publisher
-from producers.synth import bar_trades, bar_ts_of, first_trade_id
-from stream.records import Bar, Trade, TradeBatch
-from stream.settings import Settings
+from chaincast.models.history import TS, load_bars
+from chaincast.producers.checkpoint import Checkpoint
+from chaincast.stream.topics import ensure_topics
+from chaincast.producers.exchange import BINANCE, ExchangeProducer
+from chaincast.producers.exchange_server import LocalExchange
+from chaincast.stream.publish import Publisher
+from chaincast.producers.synth import bar_trades, bar_ts_of, first_trade_id
+from chaincast.stream.records import Bar, Trade, TradeBatch
+from chaincast.stream.settings import Settings
 
 MARKETS = {"BTCUSDT": load_bars(BTC_DAY), "ETHUSDT": load_bars(ETH_DAY)}
 EXPECTED = {s: [t for row in bars for t in bar_trades("binance", s, row)] for s, bars in MARKETS.items()}

@@ -11,10 +11,10 @@ import websockets
 from tests.producers.exchange_helpers import BTC_DAY, until
 from websockets.exceptions import InvalidStatus
 
-from models.history import load_bars
-from producers import binance
-from producers.exchange_server import LocalExchange
-from producers.synth import bar_trades
+from chaincast.models.history import load_bars
+from chaincast.producers import binance
+from chaincast.producers.exchange_server import LocalExchange
+from chaincast.producers.synth import bar_trades
 
 BARS = load_bars(BTC_DAY)[:60]
 EXPECTED = [t for row in BARS for t in bar_trades("binance", "BTCUSDT", row)]

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.history import CLOSE, HIGH, LOW, OPEN, TS, VOLUME, load_bars
-from producers.synth import ZERO_VOLUME_QTY, bar_trades
+from chaincast.models.history import CLOSE, HIGH, LOW, OPEN, TS, VOLUME, load_bars
+from chaincast.producers.synth import ZERO_VOLUME_QTY, bar_trades
 
-DAY = Path(__file__).resolve().parents[3] / "shared" / "data" / "binance_export" / "ETHUSDT-1m-2022-08-14.csv.gz"
+DAY = Path(__file__).resolve().parents[1] / "fixtures" / "data" / "binance_export" / "ETHUSDT-1m-2022-08-14.csv.gz"
 
 
 def test_a_real_day_of_bars_as_trades() -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.history import CLOSE, HIGH, LOW, OPEN, TS, VOLUME, load_bars
-from producers.synth import bar_trades
-from stream.bars import BarBuilder, Refused, parse_trades
-from stream.records import Trade, TradeBatch
+from chaincast.models.history import CLOSE, HIGH, LOW, OPEN, TS, VOLUME, load_bars
+from chaincast.producers.synth import bar_trades
+from chaincast.stream.bars import BarBuilder, Refused, parse_trades
+from chaincast.stream.records import Trade, TradeBatch
 from tests.conftest import PROJECT_DATA
 
 SYMBOLS = frozenset({"BTCUSDT", "ETHUSDT"})

@@ -8,7 +8,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.bars import Refused, parse_trades
+from chaincast.stream.bars import Refused, parse_trades
 
 SYMBOLS = frozenset({"BTCUSDT", "ETHUSDT"})
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from stream.chainfeatures import ChainMinutes, minute_of
-from stream.records import Block
-SERIES = Path(__file__).resolve().parents[3] / "shared" / "data" / "chain" / "series"
+from chaincast.stream.chainfeatures import ChainMinutes, minute_of
+from chaincast.stream.records import Block
+SERIES = Path(__file__).resolve().parents[1] / "fixtures" / "data" / "chain"
 
 
 def mainnet_blocks() -> list[Block]:

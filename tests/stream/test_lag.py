@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 from prometheus_client import REGISTRY
 
-from stream.lag import LagGauges, Offsets, read_offsets
+from chaincast.stream.lag import LagGauges, Offsets, read_offsets
 
 
 class TP(NamedTuple):

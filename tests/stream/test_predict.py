@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.history import load_bars
-from stream.predict import forecast, history_size, push, ready
-from stream.records import Bar
+from chaincast.models.history import load_bars
+from chaincast.stream.predict import forecast, history_size, push, ready
+from chaincast.stream.records import Bar
 from tests.conftest import PROJECT_DATA
 
 

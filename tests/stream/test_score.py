@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 
-from stream.records import Bar, Prediction
-from stream.scoring import KEEP_VERSIONS, MarketScore
+from chaincast.stream.records import Bar, Prediction
+from chaincast.stream.scoring import KEEP_VERSIONS, MarketScore
 
 
 def bar(ts: int, close: float) -> Bar:

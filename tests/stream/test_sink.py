@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import redis
 
-from stream.records import ModelUpdate, Prediction
-from stream.sink import RedisSink
+from chaincast.stream.records import ModelUpdate, Prediction
+from chaincast.stream.sink import RedisSink
 
 
 def pred(bar_ts: int, y_hat: float = 0.001, symbol: str = "BTCUSDT") -> Prediction:
