@@ -88,7 +88,11 @@ def fit_module(
     """Build and fit one family on ``train``; keep the state with the best validation loss."""
     opt = options or FitOptions()
     torch.manual_seed(seed)
-    overrides = {**opt.overrides, "seed": seed} if family == "lightgbm" else opt.overrides
+    # Overrides are one family's config fields, or {family: fields} when several families share options.
+    nested = opt.overrides and all(isinstance(v, dict) for v in opt.overrides.values())
+    overrides = opt.overrides.get(family, {}) if nested else opt.overrides
+    if family == "lightgbm":
+        overrides = {**overrides, "seed": seed}
     net, config = make_net(family, window, horizon, target, overrides, n_features=train.x.shape[-1])
     if isinstance(net, GBMForecaster):
         return net.fit(train.x, train.y, val.x, val.y), config, []
