@@ -16,6 +16,7 @@ import torch
 import typer
 
 from chaincast.consumers.registry import Registry
+from chaincast.deploy.cli_args import load_settings, run_app
 from chaincast.models.backtest import backtest as run_backtest
 from chaincast.models.backtest import format_table
 from chaincast.models.build import export_checked
@@ -23,11 +24,11 @@ from chaincast.models.export import ExportError
 from chaincast.models.families import FAMILIES, LEARNED
 from chaincast.models.history import HistoryFormatError, load_many, symbol_of
 from chaincast.models.features import GROUPS
+from chaincast.models.logs import setup_logging
 from chaincast.models.plot import PlotUnavailable, plot_last_window
 from chaincast.models.report import write_report
 from chaincast.models.targets import TARGETS
 from chaincast.models.train import FitOptions, train as run_train
-from chaincast.stream.settings import Settings
 
 app = typer.Typer(help="Train and backtest chaincast models.", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
@@ -50,10 +51,9 @@ def load_series(ctx: typer.Context, data: list[Path]) -> list[np.ndarray]:
         raise fail(f"--data: {exc}") from None
 
 
-def fail(message: str) -> typer.Exit:
-    """A bad argument or unusable data: one line on stderr, exit code 2."""
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
+def fail(message: str) -> typer.BadParameter:
+    """A bad argument or unusable data: ``run_app`` prints it as one line and exits 2."""
+    return typer.BadParameter(message)
 
 
 def _check(choice: str, allowed: tuple[str, ...], hint: str) -> str:
@@ -64,7 +64,7 @@ def _check(choice: str, allowed: tuple[str, ...], hint: str) -> str:
 
 def _setup(threads: int) -> None:
     torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
 
 
 @app.command(context_settings=EXTRA)
@@ -101,7 +101,7 @@ def train(
     except ExportError as exc:
         typer.echo(f"export refused: {exc}", err=True)
         raise typer.Exit(1) from None
-    registry = Registry(out or Settings().registry_dir)
+    registry = Registry(out or load_settings().registry_dir)
     entry = registry.put(onnx_bytes, card)
     test = card["metrics"]["test"]
     typer.echo(f"stored {entry.onnx_path} (version {entry.version}, parity {card['parity_max_abs_diff']:.2g})")
@@ -167,7 +167,7 @@ def backtest(
 
 
 def main() -> None:
-    app()
+    run_app(app)
 
 
 if __name__ == "__main__":

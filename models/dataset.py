@@ -14,7 +14,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from chaincast.models.features import bar_features, valid_windows
-from chaincast.models.history import CLOSE, MINUTE_MS, TS
+from chaincast.models.history import CLOSE, TS
+from chaincast.models.timeunits import MINUTE_MS
 from chaincast.models.targets import make_target
 
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 import numpy as np
 
 from chaincast.models.history import (
-    BASE_FEE_CHANGE, BUY_VOLUME, CHAIN_TX_COUNT, CLOSE, GAS_UTILISATION, HIGH, LOW, MINUTE_MS, OPEN, TS, VOLUME,
+    BASE_FEE_CHANGE, BUY_VOLUME, CHAIN_TX_COUNT, CLOSE, GAS_UTILISATION, HIGH, LOW, OPEN, TS, VOLUME,
 )
 from chaincast.models.rolling import rolling_mean, rolling_rms
+from chaincast.models.timeunits import MINUTE_MS
 
 VOL_SHORT = 10  # bars of returns in the short realised volatility
 VOL_LONG = 30  # bars of returns in the long realised volatility

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from chaincast.deploy.cli_args import run_app
 from chaincast.deploy.models_cli import app
 from chaincast.models.backtest import REFERENCE, backtest, select
 from chaincast.models.evaluate import metric_names
@@ -103,10 +104,13 @@ def test_cli_backtest_writes_the_schema(tmp_path: Path, market: Path) -> None:
     (["backtest", "--data", "SMALL", "--window", "560"], "too few"),
     (["train", "--data", "SMALL", "--model", "forest"], "forest"),
 ])
-def test_cli_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path, market: Path) -> None:
+def test_cli_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path, market: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     small = _small_csv(market, tmp_path, 600)
     args = [str(small) if a == "SMALL" else a for a in args]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.stderr.splitlines() if not ln.startswith("  ")]  # progress lines are indented
-    assert len(lines) == 1 and message in lines[0], result.stderr
+    with pytest.raises(SystemExit) as stopped:
+        run_app(app, args)  # the entry point itself, as the shell runs it
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2, err
+    lines = [ln for ln in err.splitlines() if not ln.startswith("  ")]  # progress lines are indented
+    assert len(lines) == 1 and message in lines[0], err
