@@ -103,7 +103,8 @@ def create_app(settings: Settings) -> Streams:
         windows=app.Table("windows", partitions=settings.partitions, key_type=str,
                           use_partitioner=True),
         slot=ModelSlot(settings.model_name, threads=settings.onnx_threads, window=settings.window),
-        sink=RedisSink(settings.redis_url or "", settings.redis_prefix, settings.history_maxlen),
+        sink=RedisSink(settings.redis_url or "", settings.redis_prefix, settings.history_maxlen,
+                       (settings.forecast_specs[0].target, settings.forecast_specs[0].horizon)),
         chain=ChainMinutes(),
         chain_ready=asyncio.Event(),
     )

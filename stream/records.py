@@ -149,7 +149,8 @@ class Prediction(Record):
     q50: Finite
     q90: Finite
     price: PositiveFinite  # the close the forecast starts from
-    price_hat: PositiveFinite  # price * exp(y_hat)
+    # price * exp(y_hat) for a return forecast; None for a volatility forecast, which forecasts no price.
+    price_hat: PositiveFinite | None = None
     model_name: str
     model_version: str
     created_at: int  # ms, wall clock

@@ -4,8 +4,12 @@ Every reader and writer (the sink, the retrainer, the CLI, the live page, the be
 the tests) asks this module for a key; none formats one itself (a test enforces it).
 Prefix default ``cc:``:
 
-- ``{prefix}pred:{SYMBOL}``            hash, the latest prediction (only ever moved forward in bar time);
-- ``{prefix}preds:{SYMBOL}``           stream, the history, entry id ``{bar_ts}-{horizon}``, capped;
+- ``{prefix}pred:{SYMBOL}``            hash, the latest prediction of the default (return) forecaster
+                                       (only ever moved forward in bar time);
+- ``{prefix}preds:{SYMBOL}``           stream, its history, entry id ``{bar_ts}-{horizon}``, capped;
+- ``{prefix}pred:{SYMBOL}:{target}:{h}``  hash, the latest prediction of each extra forecaster of
+                                       ``CHAINCAST_FORECASTS`` (e.g. ``cc:pred:BTCUSDT:volatility:5``);
+- ``{prefix}preds:{SYMBOL}:{target}:{h}`` stream, that forecaster's history;
 - ``{prefix}model:{name}``             hash, the version a worker serves and its metrics
                                        (written by the workers once they accepted it);
 - ``{prefix}score:{SYMBOL}``           hash, live MAE / skill / coverage of the serving versions;
@@ -16,6 +20,8 @@ Prefix default ``cc:``:
 ('cc:pred:BTCUSDT', 'cc:preds:BTCUSDT', 'cc:model:forecaster')
 >>> keys.score("ETHUSDT"), keys.retrain_flag("forecaster"), keys.history_id(60000, 1)
 ('cc:score:ETHUSDT', 'cc:retrain:forecaster', '60000-1')
+>>> keys.latest("BTCUSDT", "volatility", 5), keys.history("BTCUSDT", "volatility", 5)
+('cc:pred:BTCUSDT:volatility:5', 'cc:preds:BTCUSDT:volatility:5')
 """
 
 from __future__ import annotations
@@ -35,11 +41,16 @@ class RedisLayout:
     def of(cls, settings: Settings) -> RedisLayout:
         return cls(settings.redis_prefix)
 
-    def latest(self, symbol: str) -> str:
-        return f"{self.prefix}pred:{symbol}"
+    def latest(self, symbol: str, target: str | None = None, horizon: int | None = None) -> str:
+        """The default forecaster's hash without ``target``; an extra forecaster's with it."""
+        return f"{self.prefix}pred:{symbol}" + self._extra(target, horizon)
 
-    def history(self, symbol: str) -> str:
-        return f"{self.prefix}preds:{symbol}"
+    def history(self, symbol: str, target: str | None = None, horizon: int | None = None) -> str:
+        return f"{self.prefix}preds:{symbol}" + self._extra(target, horizon)
+
+    @staticmethod
+    def _extra(target: str | None, horizon: int | None) -> str:
+        return "" if target is None else f":{target}:{horizon or 1}"
 
     @staticmethod
     def history_id(bar_ts: int, horizon: int) -> str:

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from chaincast.models.targets import ForecastSpec, parse_forecasts
+
 from chaincast.stream.topics import DEFAULTS
 
 
@@ -114,6 +116,24 @@ class Settings(BaseSettings):
     # 0.0.0.0 in containers, so that Prometheus on another host can scrape.
     metrics_host: str = Field("127.0.0.1", validation_alias="CHAINCAST_METRICS_HOST")
     log_level: str = Field("WARNING", validation_alias="CHAINCAST_LOG_LEVEL")
+
+    # --- forecast ---
+    # The served forecasters, target:horizon, comma-separated (e.g. log_return:1,volatility:5). The first
+    # is the default forecaster (model CHAINCAST_MODEL_NAME, Redis cc:pred:{SYMBOL}); each other one gets
+    # its own model name ({name}-{target}-{horizon}), Redis hash and history. Unset: log_return:CHAINCAST_HORIZON.
+    forecasts: str | None = Field(None, validation_alias="CHAINCAST_FORECASTS")
+
+    @field_validator("forecasts")
+    @classmethod
+    def _check_forecasts(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_forecasts(value)  # a bad entry is a ValueError: one line naming CHAINCAST_FORECASTS
+        return value
+
+    @property
+    def forecast_specs(self) -> tuple[ForecastSpec, ...]:
+        """The served forecasters, the default one first."""
+        return parse_forecasts(self.forecasts or f"log_return:{self.horizon}")
 
     @field_validator("symbols", mode="before")
     @classmethod
