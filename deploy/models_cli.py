@@ -122,7 +122,13 @@ def backtest(
     plot: Path | None = typer.Option(None, help="Plot the last test window's forecast band (needs matplotlib)."),
     threads: int = typer.Option(1, min=1, help="Torch threads."),
 ) -> None:
-    """Walk-forward backtest of every model beside persistence and EMA drift; prints a table."""
+    """Walk-forward backtest of every model beside persistence and EMA drift; prints a table.
+    On a block series (detected from the header) the fee backtest runs instead (deploy/fees_cli.py)."""
+    from chaincast.deploy import fees_cli
+
+    if fees_cli.is_block_data(data):
+        fees_cli.backtest_blocks(ctx, data, horizon, models, window, target, seed, min_skill, json_out, threads)
+        return
     chosen = tuple(m.strip() for m in models.split(",") if m.strip())
     if not chosen:
         raise typer.BadParameter("give at least one model", param_hint="--models")

@@ -27,11 +27,13 @@ class ExportError(RuntimeError):
 def export_onnx(module: nn.Module, card: dict[str, Any] | None = None, window: int = 32) -> bytes:
     """Export ``module`` (B, window, F) -> (B, 4) as a single-file ONNX model.
 
-    ``card`` is optional; when given its ``window`` wins over the argument.
+    ``card`` is optional; when given its ``window`` and ``features`` (the fee models have
+    their own) win over the defaults.
     """
     window = int((card or {}).get("window", window))
+    n_features = len((card or {}).get("features", FEATURES))
     module = module.eval()
-    example = torch.randn(EXAMPLE_BATCH, window, len(FEATURES)) * 1e-3
+    example = torch.randn(EXAMPLE_BATCH, window, n_features) * 1e-3
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     with _quiet_exporter():
         program = _export(module, example, batch)
