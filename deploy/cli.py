@@ -180,6 +180,9 @@ produce_app.command("exchange")(exchange_cli.produce_exchange)
 produce_app.command("chain")(chain_cli.chain)
 app.add_typer(produce_app, name="produce")
 app.add_typer(exchange_cli.serve_app, name="exchange")
+from chaincast.deploy import fees_cli  # noqa: E402
+
+app.add_typer(fees_cli.chain_app, name="chain")
 app.command("train", context_settings=models_cli.EXTRA)(models_cli.train)
 app.command("backtest", context_settings=models_cli.EXTRA)(models_cli.backtest)
 

@@ -57,3 +57,49 @@ def backtest_blocks(ctx: typer.Context, data: list[Path], horizon: int, models: 
     if json_out is not None:
         json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
         typer.echo(f"wrote {json_out}")
+
+
+chain_app = typer.Typer(help="The local replay node (real mainnet blocks over JSON-RPC).", no_args_is_help=True)
+
+BUNDLED_BLOCKS = Path(__file__).parent / "data" / "mainnet_blocks_18620000_18649999.csv.gz"
+
+
+@chain_app.command("serve")
+def chain_serve(
+    data: Path = typer.Option(BUNDLED_BLOCKS, "--data", help="Block series (CSV / JSON, see models/blocks.py)."),
+    speed: str = typer.Option("1", help="Block time per wall time (12 = a block a second), or 'max'."),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8545, min=0, max=65535, help="0 = any free port (printed)."),
+    chain_id: int = typer.Option(1, "--chain-id", min=1),
+    start: int = typer.Option(None, help="First head (a block number); earlier blocks are history."),
+    reorg_every: int = typer.Option(0, "--reorg-every", min=0, help="Fork the newest 1..3 blocks every N heads."),
+    duration: float = typer.Option(None, min=0.1, help="Stop after this many seconds."),
+) -> None:
+    """Serve a real block series over JSON-RPC (HTTP and websocket newHeads) at N x real time."""
+    import asyncio
+
+    from chaincast.deploy.cli import parse_speed
+    from chaincast.producers.chain_server import serve_chain
+
+    if not data.is_file():
+        raise typer.BadParameter(f"no such file: {data}", param_hint="--data")
+    rate = parse_speed(speed)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        if duration is not None:
+            asyncio.get_running_loop().call_later(duration, stop.set)
+
+        def started(node) -> None:  # noqa: ANN001 - a ReplayNode
+            typer.echo(f"replay node on {node.url} and {node.ws_url}: blocks {node.first}..{node.last}, "
+                       f"head from {node.head}, chain id {node.chain_id}", err=True)
+
+        await serve_chain(data, speed=rate, host=host, port=port, chain_id=chain_id, start=start,
+                          reorg_every=reorg_every, stop=stop, started=started)
+
+    try:
+        asyncio.run(run())
+    except (BlockFormatError, ValueError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--data") from None
+    except KeyboardInterrupt:
+        pass
