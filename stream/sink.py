@@ -3,7 +3,13 @@
 Layout (an interface, documented in the README), prefix default ``cc:``:
 - ``{prefix}pred:{SYMBOL}``   hash, the latest prediction (only ever moved forward in bar time);
 - ``{prefix}preds:{SYMBOL}``  stream, the history, entry id ``{bar_ts}-{horizon}``, capped;
-- ``{prefix}model:{name}``    hash, the serving model version and its metrics.
+- ``{prefix}model:{name}``    hash, the serving model version and its metrics;
+- ``{prefix}fee:{CHAIN_ID}``  hash, the latest fee forecasts of a chain: ``block``, ``block_hash``,
+  ``base_fee_gwei`` and per forecast ``{target}.h{H}.{field}`` (y_hat, q10, q90, forecast_gwei,
+  forecast_q10_gwei, forecast_q90_gwei, reference, model_version); after a reorg
+  ``retracted_block`` / ``retracted_hash`` name the last block withdrawn;
+- ``{prefix}fees:{CHAIN_ID}`` stream, every fee forecast and retraction (auto ids), capped;
+- ``{prefix}feescore:{CHAIN_ID}`` hash, live ``{target}.h{H}.{mae,mae_reference,skill,coverage_80,n}``.
 
 Redelivered predictions (at-least-once) are harmless: the stream refuses an id
 it already holds, and the hash is only replaced by a newer bar.
@@ -21,7 +27,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from chaincast.stream.records import ModelUpdate, Prediction
+from chaincast.stream.records import FeePrediction, ModelUpdate, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -108,3 +114,45 @@ class RedisSink:
         pipe.delete(self.model_key(update.name))
         pipe.hset(self.model_key(update.name), mapping=fields)
         await pipe.execute()
+
+    def fee_key(self, chain_id: int) -> str:
+        return f"{self.prefix}fee:{chain_id}"
+
+    def fee_history_key(self, chain_id: int) -> str:
+        return f"{self.prefix}fees:{chain_id}"
+
+    def fee_score_key(self, chain_id: int) -> str:
+        return f"{self.prefix}feescore:{chain_id}"
+
+    async def write_fees(self, chain_id: int, preds: list[FeePrediction], retracted: list[FeePrediction],
+                         scores: dict[str, dict[str, float]]) -> None:
+        """One batch of fee forecasts in one round trip: retractions first, then the new forecasts.
+
+        The history stream takes auto ids: a re-forecast after a reorg is for a block number
+        already in it, which an id made of the block number could not express.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        for p in [*retracted, *preds]:
+            pipe.xadd(self.fee_history_key(chain_id), {k: "" if v is None else str(v)
+                                                        for k, v in p.model_dump(by_alias=True).items()},
+                      maxlen=self.maxlen, approximate=True)
+        latest: dict[str, str] = {}
+        if retracted:
+            latest |= {"retracted_block": str(retracted[-1].block), "retracted_hash": retracted[-1].block_hash}
+        for p in preds:
+            latest |= {"block": str(p.block), "block_hash": p.block_hash, "timestamp": str(p.timestamp),
+                       "base_fee_gwei": repr(p.base_fee_gwei), "updated_at": str(p.created_at)}
+            key = f"{p.target}.h{p.horizon}"
+            for name in ("y_hat", "q10", "q90", "reference", "forecast_gwei", "forecast_q10_gwei",
+                         "forecast_q90_gwei", "model_version"):
+                value = getattr(p, name)
+                if value is not None:
+                    latest[f"{key}.{name}"] = value if isinstance(value, str) else repr(value)
+        if latest:
+            pipe.hset(self.fee_key(chain_id), mapping=latest)
+        flat = {f"{key}.{k}": repr(v) for key, stats in scores.items() for k, v in stats.items()}
+        if flat:
+            pipe.hset(self.fee_score_key(chain_id), mapping=flat)
+        for res in await pipe.execute(raise_on_error=False):
+            if isinstance(res, Exception):
+                raise res
