@@ -29,6 +29,9 @@ def backtest_blocks(ctx: typer.Context, data: list[Path], horizon: int, models: 
     paths = [*data, *(Path(a) for a in ctx.args)]
     if len(paths) != 1:
         raise typer.BadParameter("a block backtest takes one block series file", param_hint="--data")
+    target_source = ctx.get_parameter_source("target")  # the market default is a market target
+    if target_source is None or target_source.name == "DEFAULT":
+        target = "base_fee"
     if target not in FEE_TARGETS:
         raise typer.BadParameter(f"{target!r} is not a block target ({', '.join(FEE_TARGETS)})",
                                  param_hint="--target")
