@@ -64,7 +64,7 @@ def test_a_retraction_withdraws_the_orphans_forecasts_and_the_replacement_is_for
     chain = FeeChain(None, WINDOW, 50)
     fold(chain, blocks[:30], models)
     orphan = blocks[29]
-    made = {p.block_hash for p in chain.pending}
+    made = {p["block_hash"] for p in chain.pending}
     assert orphan.hash in made
     out = chain.on_block(orphan.model_copy(update={"reorged": True}), models)
     assert len(out.retracted) == 3 and all(p.retracted and p.block_hash == orphan.hash for p in out.retracted)
