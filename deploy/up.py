@@ -281,7 +281,7 @@ def _refresh(status: Status, client: redis.Redis, settings: Settings, ports: dic
         status.trades = worker.get("chaincast_trades_total", status.trades)
         status.bars = worker.get("chaincast_bars_total", status.bars)
         status.predictions = worker.get("chaincast_predictions_total", status.predictions)
-    status.fee = client.hgetall(f"{settings.redis_prefix}fee:1") or status.fee
+    status.fee = client.hgetall(f"{settings.redis_prefix}fee:{settings.fee_chain_id}") or status.fee
     for sym in settings.symbols:
         latest = client.hgetall(f"{settings.redis_prefix}pred:{sym}")
         if latest:

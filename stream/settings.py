@@ -123,6 +123,7 @@ class Settings(BaseSettings):
     fee_retrain_every_blocks: int = Field(600, ge=0, validation_alias="CHAINCAST_FEE_RETRAIN_EVERY_BLOCKS")
     fee_history_blocks: int = Field(20_000, ge=500, validation_alias="CHAINCAST_FEE_HISTORY_BLOCKS")
     fee_retrain_family: str = Field("linear", validation_alias="CHAINCAST_FEE_RETRAIN_FAMILY")
+    fee_chain_id: int = Field(1, ge=1, validation_alias="CHAINCAST_FEE_CHAIN_ID")  # the chain the page and `up` show
 
     @field_validator("symbols", mode="before")
     @classmethod
