@@ -7,7 +7,6 @@ to ``backtest_blocks``; everything else stays the market backtest.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import typer
@@ -16,6 +15,7 @@ from chaincast.models.blocks import BlockFormatError, is_block_file, load_blocks
 from chaincast.models.fee_backtest import fee_backtest, format_fee_table
 from chaincast.models.fee_models import FEE_LEARNED, FeeFit, baselines_for
 from chaincast.models.fees import FEE_TARGETS
+from chaincast.models.logs import setup_logging
 
 
 def is_block_data(paths: list[Path]) -> bool:
@@ -43,7 +43,7 @@ def backtest_blocks(ctx: typer.Context, data: list[Path], horizon: int, models: 
     if bad or not chosen:
         raise typer.BadParameter(f"{', '.join(bad) or 'nothing'}: fee models are {', '.join(known)}",
                                  param_hint="--models")
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging("WARNING")
     try:
         series = load_blocks(paths[0])
     except BlockFormatError as exc:
@@ -81,7 +81,7 @@ def chain_serve(
     """Serve a real block series over JSON-RPC (HTTP and websocket newHeads) at N x real time."""
     import asyncio
 
-    from chaincast.deploy.cli import parse_speed
+    from chaincast.deploy.cli_args import parse_speed
     from chaincast.producers.chain_server import serve_chain
 
     if not data.is_file():

@@ -3,13 +3,12 @@
 One ``websockets`` server does both jobs: plain HTTP GET of ``/`` returns the
 page (via ``process_request``), and the page's websocket on ``/ws`` receives a
 snapshot every second: per symbol the last ``points`` predictions from the
-history stream ``{prefix}preds:{SYMBOL}``, the live score hash
-``{prefix}score:{SYMBOL}`` when the score agent has written one, and the
-serving model ``{prefix}model:{name}``; and for the chain ``CHAINCAST_FEE_CHAIN_ID`` the
-latest fee forecasts ``{prefix}fee:{chain}``, their live scores ``{prefix}feescore:{chain}`` and
-the recent base-fee forecasts from the history ``{prefix}fees:{chain}`` (retracted ones left
-out). The page draws price, forecast and its q10..q90 band as SVG, and the base fee with
-its forecast band h blocks ahead; it needs nothing from the internet.
+history stream, the live score hash when the score agent has written one, and
+the serving model's hash (keys from ``stream.redis_layout``); and for the chain
+``CHAINCAST_FEE_CHAIN_ID`` the latest fee forecasts, their live scores and the recent
+base-fee forecasts from the fee history (retracted ones left out). The page draws price,
+forecast and its q10..q90 band as SVG, and the base fee with its forecast band h blocks
+ahead; it needs nothing from the internet.
 """
 
 from __future__ import annotations
@@ -32,6 +31,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from chaincast.models.timeunits import MINUTE_MS
+from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def point(fields: dict[str, str]) -> Point | None:
     try:
         price = float(fields["price"])
         bar_ts, horizon = int(fields["bar_ts"]), int(fields["horizon"])
-        return Point(bar_ts, bar_ts + 60_000 * horizon, price, float(fields["price_hat"]),
+        return Point(bar_ts, bar_ts + MINUTE_MS * horizon, price, float(fields["price_hat"]),
                      price * math.exp(float(fields["q10"])), price * math.exp(float(fields["q90"])),
                      fields.get("model_version", ""))
     except (KeyError, ValueError):
@@ -88,17 +89,17 @@ class Snapshots:
             self._client = None
 
     async def read(self) -> dict:
-        prefix, pipe = self.settings.redis_prefix, self.client.pipeline(transaction=False)
+        keys, pipe = RedisLayout.of(self.settings), self.client.pipeline(transaction=False)
         for sym in self.settings.symbols:
-            pipe.xrevrange(f"{prefix}preds:{sym}", count=self.points)
-            pipe.hgetall(f"{prefix}score:{sym}")
-        pipe.hgetall(f"{prefix}model:{self.settings.model_name}")
+            pipe.xrevrange(keys.history(sym), count=self.points)
+            pipe.hgetall(keys.score(sym))
+        pipe.hgetall(keys.model(self.settings.model_name))
         chain = self.settings.fee_chain_id
-        pipe.hgetall(f"{prefix}fee:{chain}")
-        pipe.hgetall(f"{prefix}feescore:{chain}")
+        pipe.hgetall(keys.fee_latest(chain))
+        pipe.hgetall(keys.fee_score(chain))
         # every forecast is (targets x horizons) entries: read enough for `points` blocks of each
         per_block = 2 * len(self.settings.fee_horizons)
-        pipe.xrevrange(f"{prefix}fees:{chain}", count=self.points * per_block)
+        pipe.xrevrange(keys.fee_history(chain), count=self.points * per_block)
         replies = await pipe.execute()
         model = replies[-4]
         fee_latest, fee_score, fee_history = replies[-3:]
@@ -197,7 +198,7 @@ def page_command(
     points: Annotated[int, typer.Option(help="Predictions per chart.", min=2)] = 120,
 ) -> None:
     """Serve the live page of price, forecast band, model version and live skill (reads Redis)."""
-    from chaincast.deploy.cli import load_settings
+    from chaincast.deploy.cli_args import load_settings
 
     settings = load_settings()
     if not settings.redis_url:

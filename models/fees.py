@@ -49,8 +49,8 @@ REFERENCE = {"base_fee": "eip1559", "gas_ratio": "persistence"}
 def next_base_fee(base_fee: np.ndarray, gas_used: np.ndarray, gas_limit: np.ndarray) -> np.ndarray:
     """The EIP-1559 base fee of the block after each one (elasticity 2, change denominator 8).
 
-    >>> next_base_fee(np.array([1e9, 1e9, 1e9]), np.array([15e6, 30e6, 0.0]), np.array([30e6, 30e6, 30e6]))
-    array([1.00e+09, 1.125e+09, 8.75e+08])
+    >>> next_base_fee(np.array([1e9, 1e9, 1e9]), np.array([15e6, 30e6, 0.0]), np.array([30e6, 30e6, 30e6])).tolist()
+    [1000000000.0, 1125000000.0, 875000000.0]
     """
     target = np.floor(gas_limit / 2)
     diff = gas_used - target

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from chaincast.models.fees import FEE_FEATURES, FEE_TARGETS
 from chaincast.models.serving import Forecaster, ModelRejected
 from chaincast.stream.metrics import MODELS_REFUSED
-from chaincast.stream.models import ModelSlot, _assign, uri_path
+from chaincast.stream.model_slot import ModelSlot, _assign, uri_path
 from chaincast.stream.records import ModelUpdate
 from chaincast.stream.settings import Settings
 

@@ -26,7 +26,7 @@ from chaincast.stream.metrics import (
 from chaincast.stream.records import Block, FeePrediction
 
 if TYPE_CHECKING:
-    from chaincast.stream.app import Streams
+    from chaincast.stream.context import Streams
 
 log = logging.getLogger(__name__)
 SOURCE = "stream.fees"

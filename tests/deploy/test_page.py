@@ -16,6 +16,7 @@ from websockets.asyncio.client import connect
 
 from chaincast.deploy.page import serve_page
 from chaincast.stream.records import FeePrediction, Prediction
+from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.sink import RedisSink
 from tests.deploy.conftest import require
 
@@ -51,7 +52,7 @@ def page(settings_for) -> Iterator[tuple[str, object]]:  # noqa: ANN001 - the co
             await sink.write_fees(1, [fee(b, 1), fee(b, 5)], [], {})
         orphan = [fee(29, 1).model_copy(update={"retracted": True}), fee(29, 5).model_copy(update={"retracted": True})]
         await sink.write_fees(1, [], orphan, {"base_fee.h5": {"skill": 0.073, "mae": 0.05, "n": 25.0}})
-        await sink.client.hset(f"{settings.redis_prefix}score:BTCUSDT",
+        await sink.client.hset(RedisLayout.of(settings).score("BTCUSDT"),
                                mapping={"version": "v-test", "skill": "0.042", "mae": "0.0011"})
         await sink.close()
 

@@ -23,6 +23,7 @@ from chaincast.producers.chain import ChainFollower
 from chaincast.producers.chain_server import ReplayNode
 from chaincast.stream.publish import Publisher
 from chaincast.stream.records import Block, FeePrediction
+from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.topics import ensure_topics
 from tests.conftest import TEST_DATA
 from tests.integration.conftest import read_topic, start_worker
@@ -86,7 +87,7 @@ def test_fee_forecasts_reach_redis_and_the_topic_and_reorgs_retract_them(setting
     try:
         deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline:
-            latest = client.hgetall(f"{settings.redis_prefix}fee:1")
+            latest = client.hgetall(RedisLayout.of(settings).fee_latest(1))
             if latest.get("block") == str(canonical[-1].number):
                 break
             time.sleep(0.5)
@@ -94,9 +95,9 @@ def test_fee_forecasts_reach_redis_and_the_topic_and_reorgs_retract_them(setting
         for key in ("base_fee.h1", "base_fee.h5", "gas_ratio.h1", "gas_ratio.h5"):
             assert f"{key}.y_hat" in latest and f"{key}.model_version" in latest
         assert float(latest["base_fee.h5.forecast_gwei"]) > 0
-        history = client.xrange(f"{settings.redis_prefix}fees:1")
+        history = client.xrange(RedisLayout.of(settings).fee_history(1))
         assert {e["block_hash"] for _, e in history if e["retracted"] == "True"} >= orphans
-        scores = client.hgetall(f"{settings.redis_prefix}feescore:1")
+        scores = client.hgetall(RedisLayout.of(settings).fee_score(1))
         assert float(scores["base_fee.h1.n"]) > 0 and "base_fee.h5.skill" in scores
     finally:
         client.close()
