@@ -156,6 +156,7 @@ app.add_typer(exchange_cli.serve_app, name="exchange")
 from chaincast.deploy import fees_cli  # noqa: E402
 
 app.add_typer(fees_cli.chain_app, name="chain")
+app.command("retrain-fees")(fees_cli.retrain_fees)
 app.command("train", context_settings=models_cli.EXTRA)(models_cli.train)
 app.command("backtest", context_settings=models_cli.EXTRA)(models_cli.backtest)
 app.add_typer(models_registry_cli.models_app, name="models")

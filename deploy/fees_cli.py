@@ -106,3 +106,22 @@ def chain_serve(
         raise typer.BadParameter(str(exc), param_hint="--data") from None
     except KeyboardInterrupt:
         pass
+
+
+def retrain_fees() -> None:
+    """Run the fee retrainer: challengers on the recent blocks, promoted only when they beat champion and reference."""
+    import asyncio
+
+    from chaincast.consumers.fee_retrainer import run_fee_retrainer
+    from chaincast.deploy.cli_args import load_settings
+    from chaincast.deploy.metrics import serve_metrics
+
+    settings = load_settings()
+    if not settings.kafka_bootstrap_servers:
+        raise typer.BadParameter("the fee retrainer needs KAFKA_BOOTSTRAP_SERVERS")
+    if settings.metrics_port:
+        serve_metrics(settings.metrics_port, settings.metrics_host)
+    try:
+        asyncio.run(run_fee_retrainer(settings))
+    except KeyboardInterrupt:
+        pass

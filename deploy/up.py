@@ -166,6 +166,8 @@ def run_up(settings: Settings, paths: list[Path], duration: float | None, speed:
         procs, ports = start_processes(settings, files, replay_from, speed, log_dir, echo, chain)
         if "chain" in ports and settings.node_url is None and chain.source == "replay":
             start_fee_models(settings, chain, echo)
+        if "chain" in ports:  # fee challengers on the recent blocks, promoted only when better
+            procs.append(child("fee-retrainer", ["retrain-fees"], settings, log_dir, 0))
         page_port = settings.metrics_port + PAGE_PORT_OFFSET if settings.metrics_port else free_port()
         procs.append(child("page", ["page", "--port", str(page_port)], settings, log_dir, 0))
         echo(f"live page: http://127.0.0.1:{page_port}/")
