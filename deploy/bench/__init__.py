@@ -58,8 +58,9 @@ def bench(
                                         min=50, max=100_000)] = 2_100,
     scan: Annotated[str, typer.Option(help="Market counts of the symbol scan, or 'none'.")] = DEFAULT_SCAN,
     peer: Annotated[bool, typer.Option(help="Also run the Quix Streams peer on the same backlog.")] = True,
-    profile: Annotated[Optional[Path], typer.Option(help="Also profile a worker through timed closes; write "
-                                                         "the stage breakdown (JSON) here.")] = None,
+    profile: Annotated[Optional[Path], typer.Option(help="Also profile a worker (cProfile) through timed closes: "
+                                                         "its profile goes to this file, the stage breakdown "
+                                                         "into the results.")] = None,
 ) -> None:
     """Measure throughput, latency, scale-out, cost per market, footprint and a peer on the real system."""
     from chaincast.deploy.bench.plan import BenchPlan, files_of
@@ -82,7 +83,7 @@ def bench(
     plan = BenchPlan.for_duration(duration, scaling=workers_scaling, trades_per_bar=trades_per_bar,
                                   latency_closes=closes, scan_sizes=sizes, peer=peer)
     try:
-        result = run_bench(settings, plan, files, log_dir, typer.echo)
+        result = run_bench(settings, plan, files, log_dir, typer.echo, profile_out=profile)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     typer.echo("\n" + table(result))

@@ -24,7 +24,8 @@ from aiokafka import AIOKafkaProducer
 from chaincast.deploy.bench.plan import WARM_S, Close
 from chaincast.stream.settings import Settings
 
-DRAIN_S = 1.0  # after the last send: the last closes reach Redis
+SETTLE_S = 3.0  # after the last send: wait for the last forecasts until none came for this long
+CATCH_UP_S = 60.0  # ... or at most this long
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -108,7 +109,6 @@ async def send_closes(settings: Settings, closes: Sequence[Close], per_s: float,
             await swap
     finally:
         await producer.stop()
-    await asyncio.sleep(DRAIN_S)
     return Timed(sent, ack_ms)
 
 
@@ -133,6 +133,19 @@ class Latency:
                 "missing": self.closes_sent - len(self.e2e_ms), "producer_ack_ms_p50": percentile(self.ack_ms, 50)}
 
 
+def catch_up(reader: HistoryReader, expected: set[tuple[str, int]]) -> None:
+    """Until every timed close is seen, or none came for SETTLE_S (at most CATCH_UP_S): a busy
+    worker's late forecasts are counted, not lost; a close without a forecast is reported missing."""
+    deadline = time.monotonic() + CATCH_UP_S
+    seen, quiet_since = len(reader.seen), time.monotonic()
+    while not expected <= reader.seen.keys() and time.monotonic() < deadline:
+        time.sleep(0.05)
+        if len(reader.seen) != seen:
+            seen, quiet_since = len(reader.seen), time.monotonic()
+        elif time.monotonic() - quiet_since >= SETTLE_S:
+            return
+
+
 def measure(settings: Settings, keys: Mapping[str, str], closes: Sequence[Close], per_s: float,
             topic: str | None = None, halfway: Callable[[], Awaitable[object]] | None = None) -> Latency:
     """Time ``closes`` into the Redis streams ``keys`` (symbol -> stream key)."""
@@ -140,6 +153,7 @@ def measure(settings: Settings, keys: Mapping[str, str], closes: Sequence[Close]
     reader.start()
     try:
         timed = asyncio.run(send_closes(settings, closes, per_s, topic, halfway))
+        catch_up(reader, set(timed.sent))
     finally:
         reader.stop()
     warm = min(timed.sent.values()) + WARM_S

@@ -181,8 +181,9 @@ class Close:
 
 
 def closes(exchange: str, tail: Mapping[str, np.ndarray], last_ts: Mapping[str, int], count: int,
-           per_bar: int | Mapping[str, int]) -> list[Close]:
-    """``count`` closes, markets round robin: market m's i-th close opens ``tail[m][i]``."""
+           per_bar: int | Mapping[str, int], rest: bool = True) -> list[Close]:
+    """``count`` closes, markets round robin: market m's i-th close opens ``tail[m][i]``.
+    ``rest=False``: the closing trades only (the next bar holds one trade)."""
     symbols = list(tail)
     out: list[Close] = []
     open_ts = dict(last_ts)
@@ -194,9 +195,9 @@ def closes(exchange: str, tail: Mapping[str, np.ndarray], last_ts: Mapping[str, 
         n = per_bar if isinstance(per_bar, int) else per_bar[sym]
         trades = dense_trades(exchange, sym, tail[sym][i], n)
         key = market_key(exchange, sym).encode()
-        rest = TradeBatch(exchange=exchange, symbol=sym, trades=trades[1:]).dumps() if n > 1 else None
+        remainder = TradeBatch(exchange=exchange, symbol=sym, trades=trades[1:]).dumps() if rest and n > 1 else None
         out.append(Close(sym, open_ts[sym], key, TradeBatch(exchange=exchange, symbol=sym, trades=trades[:1]).dumps(),
-                         rest))
+                         remainder))
         open_ts[sym] = int(tail[sym][i][TS])
     return out
 
@@ -213,6 +214,15 @@ def sparse_trades(exchange: str, symbol: str, row: Sequence[float], n: int) -> l
     """
     first = int(row[TS]) // 60_000 * n
     return [t.model_copy(update={"trade_id": first + i}) for i, t in enumerate(bar_trades(exchange, symbol, row))]
+
+
+def warmup_messages(exchange: str, bars: Mapping[str, np.ndarray], per_bar: int) -> list[tuple[bytes, bytes]]:
+    """One message per market holding its bars as 4-trade bars (``sparse_trades``): the cheapest
+    way to fill the markets' forecast windows."""
+    return [(market_key(exchange, sym).encode(),
+             TradeBatch(exchange=exchange, symbol=sym,
+                        trades=[t for row in rows for t in sparse_trades(exchange, sym, row, per_bar)]).dumps())
+            for sym, rows in bars.items()]
 
 
 def scan_rates(n: int, low: float = SCAN_RATES[0], high: float = SCAN_RATES[1]) -> list[float]:
@@ -265,4 +275,4 @@ def scan_traffic(exchange: str, bars: Mapping[str, np.ndarray], n: int, warmup_b
         tails[sym] = rows[used:]
         last_ts[sym] = int(rows[used - 1][TS])
     return ScanTraffic(markets, per_bar, warmup, interleave(backlog), trades_sent, bars_closed,
-                       closes(exchange, tails, last_ts, n_closes, per_bar))
+                       closes(exchange, tails, last_ts, n_closes, per_bar, rest=False))

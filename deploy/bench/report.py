@@ -87,6 +87,10 @@ def table(result: dict[str, Any]) -> str:
     out = rows_table(rows)
     if result.get("symbols_scan"):
         out += "\n\n" + scan_table(result["symbols_scan"])
+    if result.get("profile"):
+        from chaincast.deploy.bench.profile import breakdown_table
+
+        out += "\n\n" + breakdown_table(result["profile"])
     return out
 
 

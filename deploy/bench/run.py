@@ -33,6 +33,7 @@ from chaincast.deploy.bench.harness import POLL_S, Worker, bare_faust, broker_na
 from chaincast.deploy.bench.latency import Latency, measure, percentile
 from chaincast.deploy.bench.peer import ratios, run_peer
 from chaincast.deploy.bench.plan import GOALS, BenchPlan, closes, derive_markets, expected_predictions, trade_messages
+from chaincast.deploy.bench.profile import profile_forecasts
 from chaincast.deploy.bench.report import code_version, machine
 from chaincast.deploy.bench.scan import scan_summary, symbol_scan
 from chaincast.deploy.embedded import embedded_stack
@@ -92,7 +93,7 @@ def latency_with_swap(settings: Settings, worker: Worker, timed: Sequence, per_s
 
 
 def run_bench(base: Settings, plan: BenchPlan, files: dict[str, list[Path]], log_dir: Path,
-              echo: Callable[[str], None]) -> dict[str, Any]:
+              echo: Callable[[str], None], profile_out: Path | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     bars = {s: load_many(p) for s, p in files.items()}
     length = plan.bars_per_market + plan.latency_bars(plan.markets)
@@ -161,6 +162,10 @@ def run_bench(base: Settings, plan: BenchPlan, files: dict[str, list[Path]], log
                             log_dir, TIMEOUT_S)
             echo(f"[peer] {peer.trades_per_s:,.0f} trades/s; p99 "
                  f"{peer.latency.p99 if peer.latency else float('nan'):.1f} ms")
+        profile = None
+        if profile_out is not None:
+            profile = profile_forecasts(base, f"{tag}-profile", markets, plan, home, log_dir, serving, profile_out)
+            echo("[profile] CPU ms per forecast: " + ", ".join(f"{k} {v:.3f}" for k, v in profile["ms_per_forecast"].items()))
     mine = {"trades_per_s": tput.trades_per_s, "cpu_s_per_million_trades": tput.cpu_s_per_million_trades,
             "p50_ms": lat.p50, "p99_ms": lat.p99}
     return {
@@ -194,6 +199,7 @@ def run_bench(base: Settings, plan: BenchPlan, files: dict[str, list[Path]], log
         "symbols_scan_summary": scan_summary(scan),
         "peer": None if peer is None else peer.summary(),
         "ratio_vs_peer": None if peer is None else ratios(mine, peer),
+        "profile": profile,
         "throughput_run": {k: v for k, v in asdict(tput).items() if k not in ("trades_by_worker", "partitions_by_worker")},
         "machine": machine(),
         "code": code_version(),

@@ -10,7 +10,7 @@ For each size (4, 64, 512 markets by default) a fresh worker on fresh topics:
    frame, so one trade per message, as the exchange producer frames them) is
    pre-loaded while the worker runs (batched records: faster than the worker
    reads) and timed from its first message to its last trade folded;
-4. latency: timed bar closes, markets round robin;
+4. latency: timed bar closes (the closing trades alone), markets round robin;
 5. RSS at the end; per market = (end - idle) / markets.
 """
 
