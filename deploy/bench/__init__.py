@@ -66,7 +66,7 @@ def bench(
     from chaincast.deploy.bench.plan import BenchPlan, files_of
     from chaincast.deploy.bench.report import table
     from chaincast.deploy.bench.run import run_bench
-    from chaincast.deploy.cli import check_files, load_settings
+    from chaincast.deploy.cli_args import check_files, load_settings
     from chaincast.deploy.up import bundled_files
 
     settings = load_settings()

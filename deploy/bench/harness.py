@@ -27,7 +27,7 @@ from chaincast.deploy.embedded import Process, free_port
 from chaincast.deploy.metrics import scrape, scrape_samples
 from chaincast.deploy.up import child
 from chaincast.stream.settings import Settings
-from chaincast.stream.topics import ensure_topics
+from chaincast.stream.topics import ensure_topics, renamed
 
 POLL_S = 0.1  # metrics polls: each costs the worker a scrape (~1% of its CPU at this rate)
 SETTLE_S = 5.0  # fallback: predictions unchanged this long (bars all emitted) = the backlog is done
@@ -40,8 +40,7 @@ def run_settings(base: Settings, run: str, symbols: Sequence[str], home: Path) -
     suffix = f"bench-{run}"
     return base.model_copy(update={
         "app_id": f"chaincast-{suffix}", "redis_prefix": f"{suffix}:", "home": home, "symbols": list(symbols),
-        **{f"topic_{t}": f"{getattr(base, f'topic_{t}')}.{suffix}"
-           for t in ("trades", "bars", "blocks", "txs", "predictions", "models", "deadletter")},
+        **renamed(base, suffix),
     })
 
 

@@ -32,7 +32,7 @@ from chaincast.deploy.bench.peer_app import peer_prefix
 from chaincast.deploy.embedded import Process
 from chaincast.stream.app import EMBEDDED_FETCH_WAIT_MS
 from chaincast.stream.settings import Settings
-from chaincast.stream.sink import RedisSink
+from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.topics import ensure_topics
 
 NAME = "quixstreams"
@@ -66,8 +66,8 @@ def run_peer(settings: Settings, messages: Sequence[tuple[bytes, bytes]], trades
     topic_in, topic_out = settings.topic_trades + "-peer", settings.topic_bars + "-peer"
     asyncio.run(ensure_topics(settings.model_copy(update={"topic_trades": topic_in, "topic_bars": topic_out})))
     asyncio.run(preload(settings, messages, topic=topic_in))
-    sink = RedisSink(settings.redis_url or "", peer_prefix(settings))
-    keys = {s: sink.history_key(s) for s in symbols}
+    layout = RedisLayout(peer_prefix(settings))
+    keys = {s: layout.history(s) for s in symbols}
     client = redis.Redis.from_url(settings.redis_url or "", decode_responses=True)
     with tempfile.TemporaryDirectory(prefix="chaincast-peer-") as state:
         first_out = Path(state) / "first.json"

@@ -5,7 +5,7 @@ trades, stamps each with its event time, folds a tumbling 1-minute window per
 market (``reduce`` then ``final``: a bar is emitted when the first trade of a
 later minute arrives, as chaincast closes bars), sends each bar to a topic and
 appends it to a Redis stream, the observation point the bench reads with
-``XREAD BLOCK`` (laid out by ``stream.sink.RedisSink`` under a prefix of its own).
+``XREAD BLOCK`` (keys from ``stream.redis_layout`` under a prefix of its own).
 
 It imports only what it needs (Quix Streams, redis, the settings and the Redis
 layout), so its RSS is the peer's own, not chaincast's.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -23,8 +22,9 @@ from typing import Any
 
 import redis
 
-from chaincast.stream.settings import Settings
-from chaincast.stream.sink import RedisSink
+from chaincast.models.logs import setup_logging
+from chaincast.stream.redis_layout import RedisLayout
+from chaincast.stream.settings import Settings, load_settings
 
 STREAM_MAXLEN = 100_000
 
@@ -79,7 +79,7 @@ def run_app(settings: Settings, topic_in: str, topic_out: str, group: str, state
                                            replication_factor=known.replication_factor or 1,
                                            extra_config={**known.extra_config, "retention.ms": "-1",
                                                          "retention.bytes": "-1"})
-    sink = RedisSink(settings.redis_url or "", peer_prefix(settings))
+    layout = RedisLayout(peer_prefix(settings))
     client = redis.Redis.from_url(settings.redis_url or "", decode_responses=True)
     started: list[float] = []
 
@@ -90,7 +90,7 @@ def run_app(settings: Settings, topic_in: str, topic_out: str, group: str, state
 
     def observe(bar: dict[str, Any], key: str, _ts: int, _headers: object) -> None:
         symbol = key.split(":", 1)[1]
-        client.xadd(sink.history_key(symbol), {"t": repr(time.time()), "close": repr(bar["close"])},
+        client.xadd(layout.history(symbol), {"t": repr(time.time()), "close": repr(bar["close"])},
                     id=f"{bar['ts']}-0", maxlen=STREAM_MAXLEN, approximate=True)
 
     sdf = app.dataframe(trades)
@@ -112,8 +112,8 @@ def main() -> None:
         parser.add_argument(arg)
     parser.add_argument("--fetch-wait-ms", type=int, default=None)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    run_app(Settings(), args.topic_in, args.topic_out, args.group, Path(args.state_dir), Path(args.first_out),
+    setup_logging()
+    run_app(load_settings(), args.topic_in, args.topic_out, args.group, Path(args.state_dir), Path(args.first_out),
             args.fetch_wait_ms)
 
 

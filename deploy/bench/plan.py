@@ -21,6 +21,7 @@ import numpy as np
 from aiokafka.partitioner import DefaultPartitioner
 
 from chaincast.models.history import TS, symbol_of
+from chaincast.models.timeunits import MINUTE_MS
 from chaincast.producers.synth import bar_trades, dense_trades
 from chaincast.stream.records import Trade, TradeBatch, market_key
 
@@ -212,7 +213,7 @@ def sparse_trades(exchange: str, symbol: str, row: Sequence[float], n: int) -> l
     >>> [t.trade_id for t in sparse_trades("binance", "BTCUSDT", [60_000, 10, 12, 9, 11, 8], 300)]
     [300, 301, 302, 303]
     """
-    first = int(row[TS]) // 60_000 * n
+    first = int(row[TS]) // MINUTE_MS * n
     return [t.model_copy(update={"trade_id": first + i}) for i, t in enumerate(bar_trades(exchange, symbol, row))]
 
 
@@ -269,7 +270,7 @@ def scan_traffic(exchange: str, bars: Mapping[str, np.ndarray], n: int, warmup_b
         per_message = max(1, round(per_bar[sym] / 60 * FRAME_MS / 1000))
         backlog += batches(exchange, sym, body, per_message)
         trades_sent += len(body)
-        opened = len({t.ts_event // 60_000 for t in live[:1 + len(body)]})  # minutes (= rows) the backlog reached
+        opened = len({t.ts_event // MINUTE_MS for t in live[:1 + len(body)]})  # minutes (= rows) the backlog reached
         bars_closed += opened - 1
         used = warmup_bars + opened
         tails[sym] = rows[used:]

@@ -36,7 +36,7 @@ from chaincast.deploy.embedded import Process, free_port
 from chaincast.models.history import TS
 from chaincast.stream.predict import history_size
 from chaincast.stream.settings import Settings
-from chaincast.stream.sink import RedisSink
+from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.topics import ensure_topics
 
 PROFILE_CLOSES = 150
@@ -103,8 +103,8 @@ def profile_forecasts(base: Settings, run: str, markets: Mapping[str, np.ndarray
         asyncio.run(preload(s, warm))
         drain([worker], s, 4 * w * len(markets), len(warm), (w - 1) * len(markets),
               expected_predictions({m: rows[:w] for m, rows in markets.items()}, s.window), TIMEOUT_S)
-        sink = RedisSink(s.redis_url or "", s.redis_prefix)
-        lat = measure(s, {m: sink.history_key(m) for m in markets}, timed, PROFILE_CLOSES_PER_S)
+        layout = RedisLayout.of(s)
+        lat = measure(s, {m: layout.history(m) for m in markets}, timed, PROFILE_CLOSES_PER_S)
         forecasts = int(counts([worker])["chaincast_predictions_total"])
     finally:
         worker.proc.stop(timeout=30)

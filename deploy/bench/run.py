@@ -40,7 +40,7 @@ from chaincast.deploy.embedded import embedded_stack
 from chaincast.models.build import build_model
 from chaincast.models.history import TS, load_many
 from chaincast.stream.settings import Settings
-from chaincast.stream.sink import RedisSink
+from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.topics import ensure_topics
 
 TIMEOUT_S = 600.0
@@ -81,8 +81,8 @@ def latency_with_swap(settings: Settings, worker: Worker, timed: Sequence, per_s
         announced["wall"], announced["perf"] = time.time(), time.perf_counter()
         await announce(settings, settings.model_name, swap_to)
 
-    sink = RedisSink(settings.redis_url or "", settings.redis_prefix)
-    lat = measure(settings, {s: sink.history_key(s) for s in settings.symbols}, timed, per_s, halfway=swap)
+    layout = RedisLayout.of(settings)
+    lat = measure(settings, {s: layout.history(s) for s in settings.symbols}, timed, per_s, halfway=swap)
     deadline = time.monotonic() + SWAP_WAIT_S
     while (loaded := worker.metrics().get("chaincast_model_loaded_timestamp_seconds", 0.0)) <= before:
         if time.monotonic() > deadline:

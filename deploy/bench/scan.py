@@ -31,7 +31,7 @@ from chaincast.deploy.bench.latency import measure
 from chaincast.deploy.bench.plan import BenchPlan, expected_predictions, scan_traffic
 from chaincast.stream.predict import history_size
 from chaincast.stream.settings import Settings
-from chaincast.stream.sink import RedisSink
+from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.topics import ensure_topics
 
 TIMEOUT_S = 600.0
@@ -61,8 +61,8 @@ def scan_size(base: Settings, run: str, bars: Mapping[str, np.ndarray], n: int, 
                          traffic.backlog_bars, TIMEOUT_S, baseline=before)
         finally:
             loading.join()
-        sink = RedisSink(s.redis_url or "", s.redis_prefix)
-        lat = measure(s, {m: sink.history_key(m) for m in traffic.markets}, traffic.closes, plan.closes_per_s)
+        layout = RedisLayout.of(s)
+        lat = measure(s, {m: layout.history(m) for m in traffic.markets}, traffic.closes, plan.closes_per_s)
         rss = worker.rss_mb()
     return {"symbols": n, "trades_per_s": tput.trades_per_s, "p50_ms": lat.p50, "p99_ms": lat.p99,
             "rss_mb": rss, "rss_kb_per_market": (rss - idle_rss) * 1024 / n, "idle_rss_mb": idle_rss,
