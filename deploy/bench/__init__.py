@@ -57,6 +57,10 @@ def bench(
     closes: Annotated[int, typer.Option(help="Bar closes timed for latency (the first second is left out).",
                                         min=50, max=100_000)] = 2_100,
     scan: Annotated[str, typer.Option(help="Market counts of the symbol scan, or 'none'.")] = DEFAULT_SCAN,
+    kafka: Annotated[bool, typer.Option(help="Start Apache Kafka (one KRaft node, deploy/kafka) for the run "
+                                             "instead of the embedded broker (KAFKA_BOOTSTRAP_SERVERS wins).")] = False,
+    closes_per_s: Annotated[float, typer.Option(help="Timed bar closes per second, all markets together.",
+                                                min=1, max=1_000)] = 40.0,
     peer: Annotated[bool, typer.Option(help="Also run the Quix Streams peer on the same backlog.")] = True,
     profile: Annotated[Optional[Path], typer.Option(help="Also profile a worker (cProfile) through timed closes: "
                                                          "its profile goes to this file, the stage breakdown "
@@ -81,9 +85,9 @@ def bench(
     log_dir = settings.home / "logs" / "bench"
     log_dir.mkdir(parents=True, exist_ok=True)
     plan = BenchPlan.for_duration(duration, scaling=workers_scaling, trades_per_bar=trades_per_bar,
-                                  latency_closes=closes, scan_sizes=sizes, peer=peer)
+                                  latency_closes=closes, closes_per_s=closes_per_s, scan_sizes=sizes, peer=peer)
     try:
-        result = run_bench(settings, plan, files, log_dir, typer.echo, profile_out=profile)
+        result = run_bench(settings, plan, files, log_dir, typer.echo, profile_out=profile, kafka=kafka)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     typer.echo("\n" + table(result))

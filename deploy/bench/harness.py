@@ -45,7 +45,13 @@ def run_settings(base: Settings, run: str, symbols: Sequence[str], home: Path) -
 
 
 def broker_name(settings: Settings) -> str:
-    """What the run measured: the embedded Tansu or the Kafka-protocol broker it was pointed at."""
+    """What the run measured: the embedded Tansu or the Kafka broker it was pointed at (or started).
+
+    >>> broker_name(Settings(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9092", CHAINCAST_EMBEDDED_BROKER="1"))
+    'tansu (embedded)'
+    >>> broker_name(Settings(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9092"))
+    'kafka at 127.0.0.1:9092'
+    """
     if settings.embedded_broker:
         return "tansu (embedded)"
     return f"kafka at {settings.kafka_bootstrap_servers}"

@@ -70,6 +70,19 @@ def ort_vs_torch(bars: np.ndarray, window: int, families: Sequence[str] | None) 
     return out
 
 
+def start_kafka(stack: ExitStack, log_dir: Path) -> str:
+    """Apache Kafka, one KRaft node (deploy/kafka), for the length of the run; its bootstrap address."""
+    try:
+        from chaincast.deploy.kafka import kafka_cluster
+    except ImportError:
+        raise ValueError("--kafka needs the Apache Kafka helper (chaincast.deploy.kafka) and its jars: "
+                         "bash deploy/install-test-deps.sh") from None
+    log_dir.mkdir(parents=True, exist_ok=True)
+    cluster = stack.enter_context(kafka_cluster(Path(stack.enter_context(
+        tempfile.TemporaryDirectory(prefix="kafka-", dir=log_dir))), nodes=1))
+    return cluster.bootstrap
+
+
 def latency_with_swap(settings: Settings, worker: Worker, timed: Sequence, per_s: float,
                       swap_to: Any) -> tuple[Latency, float, float | None]:
     """Timed closes on the warm worker; halfway a second model is announced. Returns the latency,
@@ -93,7 +106,9 @@ def latency_with_swap(settings: Settings, worker: Worker, timed: Sequence, per_s
 
 
 def run_bench(base: Settings, plan: BenchPlan, files: dict[str, list[Path]], log_dir: Path,
-              echo: Callable[[str], None], profile_out: Path | None = None) -> dict[str, Any]:
+              echo: Callable[[str], None], profile_out: Path | None = None, kafka: bool = False) -> dict[str, Any]:
+    """Every phase on one broker: the one in ``base`` (KAFKA_BOOTSTRAP_SERVERS), else Apache Kafka
+    started for the run (``kafka``: one KRaft node from deploy/kafka), else the embedded Tansu."""
     started = time.perf_counter()
     bars = {s: load_many(p) for s, p in files.items()}
     length = plan.bars_per_market + plan.latency_bars(plan.markets)
@@ -111,6 +126,9 @@ def run_bench(base: Settings, plan: BenchPlan, files: dict[str, list[Path]], log
     tag = uuid.uuid4().hex[:6]
     with ExitStack() as stack:
         want_broker, want_redis = base.kafka_bootstrap_servers is None, base.redis_url is None
+        if want_broker and kafka:
+            base = base.model_copy(update={"kafka_bootstrap_servers": start_kafka(stack, log_dir), "embedded_broker": False})
+            want_broker = False
         env = stack.enter_context(embedded_stack(log_dir, broker=want_broker, redis=want_redis))
         if want_broker:
             base = base.model_copy(update={"kafka_bootstrap_servers": env["KAFKA_BOOTSTRAP_SERVERS"],
