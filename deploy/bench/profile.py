@@ -54,7 +54,8 @@ STAGES: dict[str, tuple[tuple[tuple[str, str], ...], ...]] = {
     "inference (forecast)": ((("stream/predict.py", "forecast"),),),
     "Redis write (sink)": ((("stream/sink.py", "write"),),),
     "topic sends (bars, predictions)": ((("faust/topics.py", "send"),),),
-    "table writes (changelog)": ((("faust/tables/base.py", "_send_changelog"),),),
+    "table writes (changelog)": ((("faust/tables/table.py", "on_key_set"),),),
+    "Kafka produce requests (sender task, outside the agents)": ((("aiokafka/client.py", "send"),),),
     "Bar/Prediction records (pydantic)": ((("stream/records.py", "dumps"), ("stream/records.py", "loads")),),
 }
 AGENT_BODIES = ((("stream/agents/markets.py", "markets"),),
