@@ -134,6 +134,10 @@ class Tx(Record):
     gas_price: Wei | None = None
     max_fee_per_gas: Wei | None = None
     max_priority_fee_per_gas: Wei | None = None
+    # Features of the transaction-value model (models.txs); absent from older producers.
+    index: int | None = Field(None, ge=0)  # position in the block
+    gas: int | None = Field(None, ge=0)  # gas limit
+    input_size: int | None = Field(None, ge=0)  # bytes of call data
 
 
 class Prediction(Record):
