@@ -24,6 +24,8 @@ from chaincast.models.families import FAMILIES, LEARNED
 from chaincast.models.history import HistoryFormatError, load_many, symbol_of
 from chaincast.models.plot import PlotUnavailable, plot_last_window
 from chaincast.models.targets import TARGETS
+from chaincast.models.tx_backtest import TX_TARGET
+from chaincast.deploy import tx_cli
 from chaincast.models.train import FitOptions, train as run_train
 from chaincast.stream.settings import Settings
 
@@ -66,7 +68,7 @@ def train(
     model: str = typer.Option("gru", help=f"Family: {', '.join(FAMILIES)}."),
     horizon: int = typer.Option(1, min=1, max=1440, help="Bars ahead."),
     window: int = typer.Option(32, min=2, max=4096, help="Bars of features the model sees."),
-    target: str = typer.Option("log_return", help=f"Target: {', '.join(TARGETS)}."),
+    target: str = typer.Option("log_return", help=f"Target: {', '.join(TARGETS)}, or {TX_TARGET} (transactions)."),
     epochs: int = typer.Option(20, min=1, help="Max epochs (early stopping on validation)."),
     seed: int = typer.Option(0),
     name: str | None = typer.Option(None, help="Model name in the card (default: the family)."),
@@ -75,6 +77,11 @@ def train(
     threads: int = typer.Option(1, min=1, help="Torch threads."),
 ) -> None:
     """Train one model, export it to ONNX with a parity check and store it in the registry."""
+    if target == TX_TARGET:  # transaction histories, not bars: the tx side of the CLI
+        _setup(threads)
+        tx_cli.train_txs([*data, *(Path(a) for a in ctx.args)], window, epochs, seed, name,
+                         out or Settings().registry_dir, promote)
+        return
     _check(model, FAMILIES, "--model")
     _check(target, TARGETS, "--target")
     bars = load_series(ctx, data)
@@ -114,7 +121,7 @@ def backtest(
     horizon: int = typer.Option(1, min=1, max=1440, help="Bars ahead."),
     models: str = typer.Option(",".join(LEARNED), help="Comma-separated families beside the baselines."),
     window: int = typer.Option(32, min=2, max=4096),
-    target: str = typer.Option("log_return", help=f"Target: {', '.join(TARGETS)}."),
+    target: str = typer.Option("log_return", help=f"Target: {', '.join(TARGETS)}, or {TX_TARGET} (transactions)."),
     folds: int = typer.Option(3, min=1, max=50, help="Walk-forward test windows."),
     seed: int = typer.Option(0),
     min_skill: float = typer.Option(0.0, min=0.0, max=1.0, help="Skill vs persistence the gate demands (> it)."),
@@ -123,6 +130,11 @@ def backtest(
     threads: int = typer.Option(1, min=1, help="Torch threads."),
 ) -> None:
     """Walk-forward backtest of every model beside persistence and EMA drift; prints a table."""
+    if target == TX_TARGET:  # transaction histories: medians, linear, LightGBM and the encoder
+        families = tx_cli.families_of(models, ",".join(LEARNED))
+        _setup(threads)
+        tx_cli.backtest_txs([*data, *(Path(a) for a in ctx.args)], families, window, folds, seed, 6, json_out)
+        return
     chosen = tuple(m.strip() for m in models.split(",") if m.strip())
     if not chosen:
         raise typer.BadParameter("give at least one model", param_hint="--models")
