@@ -108,7 +108,7 @@ def faust_app(settings: Settings) -> faust.App:
 
 
 def create_app(settings: Settings) -> Streams:
-    from chaincast.stream.agents import bars, predict, score  # the agents register themselves on this app
+    from chaincast.stream.agents import bars, predict, score, txs  # the agents register themselves on this app
     from chaincast.stream import lag
 
     app = faust_app(settings)
@@ -137,6 +137,8 @@ def create_app(settings: Settings) -> Streams:
     bars.register(streams)
     predict.register(streams)
     score.register(streams)
+    if settings.chain_txs:  # transactions are opt-in: so is their value forecaster
+        txs.register(streams)
     lag.register(streams)  # consumer lag and model age, sampled on a timer
 
     @app.task

@@ -112,6 +112,13 @@ class Settings(BaseSettings):
     metrics_host: str = Field("127.0.0.1", validation_alias="CHAINCAST_METRICS_HOST")
     log_level: str = Field("WARNING", validation_alias="CHAINCAST_LOG_LEVEL")
 
+    # --- transactions (the value model, issue 17) ---
+    tx_model_name: str = Field("tx_value", validation_alias="CHAINCAST_TX_MODEL_NAME")
+    # A transaction above this calibrated quantile of its forecast is an alert.
+    tx_alert_level: float = Field(0.99, gt=0.5, lt=1, validation_alias="CHAINCAST_TX_ALERT_LEVEL")
+    tx_skill_window: int = Field(500, ge=10, validation_alias="CHAINCAST_TX_SKILL_WINDOW")  # forecasts scored
+    topic_alerts: str = Field("alerts", validation_alias="CHAINCAST_TOPIC_ALERTS")
+
     @field_validator("symbols", mode="before")
     @classmethod
     def _split_symbols(cls, value: Any) -> Any:

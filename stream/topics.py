@@ -23,9 +23,9 @@ def partitioned_topics(settings: Settings) -> list[str]:
 
 
 def single_partition_topics(settings: Settings) -> list[str]:
-    """Ordered, low-volume streams: blocks and txs (one chain), model updates, dead letters, gaps."""
+    """Ordered, low-volume streams: blocks and txs (one chain), model updates, dead letters, gaps, alerts."""
     return [settings.topic_blocks, settings.topic_txs, settings.topic_models, settings.topic_deadletter,
-            settings.topic_gaps]
+            settings.topic_gaps, settings.topic_alerts]
 
 
 async def ensure_topics(settings: Settings) -> None:
