@@ -68,6 +68,7 @@ class RollingSkill:
     def update(self, key: str, err_model: float, err_const: float) -> None:
         if key in self._items:
             self.revert(key)
+        err_model, err_const = float(err_model), float(err_const)
         self._items[key] = (err_model, err_const)
         self._model += err_model
         self._const += err_const

@@ -74,7 +74,7 @@ def register(s: "Streams") -> None:
         pipe.hset(latest_key(prefix, last.forecast.chain_id), mapping=_fields(last))
         mae, const, skill = live.skill.get()
         pipe.hset(score_key(prefix, settings.tx_model_name),
-                  mapping={"mae": repr(mae), "mae_constant": repr(const), "skill": repr(skill),
+                  mapping={"mae": str(mae), "mae_constant": str(const), "skill": str(skill),
                            "n": str(len(live.skill)), "version": last.forecast.model_version,
                            "updated_at": str(int(time.time() * 1000))})
         ids = iter(await pipe.execute())
