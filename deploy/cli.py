@@ -187,6 +187,7 @@ from chaincast.deploy import models_registry_cli  # noqa: E402
 
 app.add_typer(models_registry_cli.models_app, name="models")
 app.command("retrain")(models_registry_cli.retrain)
+app.command("retrain-txs")(models_registry_cli.retrain_txs)
 
 from chaincast.deploy import page  # noqa: E402
 
