@@ -190,7 +190,8 @@ def fold_predictions(table: TxTable, split: Split, window: int, families: tuple[
             out[m] = (f(row_features(p, split.val)), f(row_features(p, split.test)))
         elif m == "transformer":
             cfg = TxEncoderConfig(n_addresses=p.vocab.size, window=window)
-            model, _ = train_encoder(cfg, p.windows(split.train, window), p.windows(split.val, window), fit)
+            model, _ = train_encoder(cfg, p.windows(split.train, window), p.windows(split.val, window), fit,
+                                     p.vocab.buckets)
             out[m] = (predict_last(model, *p.windows(split.val, window)), predict_last(model, *p.windows(split.test, window)))
         else:
             raise ValueError(f"unknown family {m!r}; choose from {', '.join(ALL_FAMILIES)}")

@@ -98,7 +98,8 @@ def build_tx_model(table: TxTable, window: int = 32, fit: TxFit | None = None, m
     cfg = TxEncoderConfig(n_addresses=p.vocab.size, window=window)
     models: dict[str, nn.Module] = {m: median_model(m, p.vocab.size, p.ids[train], p.y[train], p.vocab.buckets)
                                     for m in MEDIANS}
-    models["transformer"], info = train_encoder(cfg, p.windows(train, window), p.windows(val, window), fit, progress)
+    models["transformer"], info = train_encoder(cfg, p.windows(train, window), p.windows(val, window), fit,
+                                                p.vocab.buckets, progress)
     q_val = {m: predict_last(mod, *p.windows(val, window)) for m, mod in models.items()}
     q_test = {m: predict_last(mod, *p.windows(test, window)) for m, mod in models.items()}
     y_val, y_test = p.y[val], p.y[test]

@@ -61,6 +61,7 @@ class TxEncoder(nn.Module):
         self.pos = nn.Parameter(torch.zeros(cfg.window, d))
         self.num = nn.Linear(cfg.n_num, d)
         self.value = nn.Linear(2, d)  # [scaled value or 0, masked flag]
+        self.prior = nn.Linear(2, d)  # [sender median, receiver median] of the training values, scaled
         layer = nn.TransformerEncoderLayer(d, cfg.n_heads, cfg.d_ff, cfg.dropout, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
@@ -70,6 +71,16 @@ class TxEncoder(nn.Module):
         self.register_buffer("num_std", torch.ones(cfg.n_num))
         self.register_buffer("y_mean", torch.zeros(()))
         self.register_buffer("y_std", torch.ones(()))
+        # Medians per known sender and receiver (MedianTable's q50), fitted on the train split: the encoder
+        # starts from what the median baselines know and learns the correction (residual), in the graph.
+        self.register_buffer("sender_q50", torch.zeros(cfg.n_addresses))
+        self.register_buffer("receiver_q50", torch.zeros(cfg.n_addresses))
+
+    def fit_priors(self, ids: np.ndarray, y: np.ndarray, buckets: int) -> None:
+        """Per-address medians from training rows ids (N, 4), y (N,)."""
+        for col, buf in ((SENDER, self.sender_q50), (RECEIVER, self.receiver_q50)):
+            table = MedianTable(self.cfg.n_addresses, col).fit(ids, y, buckets)
+            buf.copy_(table.table[:, 1])
 
     def fit_scaling(self, num: np.ndarray, y: np.ndarray) -> None:
         std = num.std(0)
@@ -81,12 +92,15 @@ class TxEncoder(nn.Module):
     def scaled(self, ids: torch.Tensor, num: torch.Tensor, value: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
         """Quantiles in scaled units (what the loss sees): (B, T, 3)."""
         v = (value - self.y_mean) / self.y_std * (1.0 - masked)  # (B, T): hidden values never leak
+        ps = (self.sender_q50[ids[..., SENDER]] - self.y_mean) / self.y_std  # (B, T)
+        pr = (self.receiver_q50[ids[..., RECEIVER]] - self.y_mean) / self.y_std  # (B, T)
         x = (self.sender(ids[..., SENDER]) + self.receiver(ids[..., RECEIVER]) + self.hour(ids[..., 2])
              + self.weekday(ids[..., 3]) + self.num((num - self.num_mean) / self.num_std)
-             + self.value(torch.stack([v, masked], dim=-1)) + self.pos)  # (B, T, d)
+             + self.value(torch.stack([v, masked], dim=-1)) + self.prior(torch.stack([ps, pr], dim=-1))
+             + self.pos)  # (B, T, d)
         h = self.norm(self.encoder(x, is_causal=False))  # (B, T, d); no mask: every position sees the window
         out = self.head(h)  # (B, T, 3)
-        mid = out[..., 0]
+        mid = 0.5 * (ps + pr) + out[..., 0]  # (B, T): a correction to the medians' view
         lo = mid - F.softplus(out[..., 1])  # quantiles cannot cross
         hi = mid + F.softplus(out[..., 2])
         return torch.stack([lo, mid, hi], dim=-1)  # (B, T, 3)
@@ -164,7 +178,7 @@ def predict_last(model: nn.Module, ids: np.ndarray, num: np.ndarray, y: np.ndarr
 
 
 def train_encoder(cfg: TxEncoderConfig, train: tuple[np.ndarray, np.ndarray, np.ndarray],
-                  val: tuple[np.ndarray, np.ndarray, np.ndarray], fit: TxFit | None = None,
+                  val: tuple[np.ndarray, np.ndarray, np.ndarray], fit: TxFit | None = None, buckets: int = 8,
                   progress: Callable[[int, float, float], None] | None = None) -> tuple[TxEncoder, dict[str, float]]:
     """Masked-value training on windows ``train`` = (ids (R,T,4), num (R,T,F), y (R,T)); early stopping on the
     validation MAE of the last position. Returns the best model and {"val_mae", "epochs"}."""
@@ -174,6 +188,7 @@ def train_encoder(cfg: TxEncoderConfig, train: tuple[np.ndarray, np.ndarray, np.
     model = TxEncoder(cfg)
     ids, num, y = train
     model.fit_scaling(num.reshape(-1, num.shape[-1]), y.reshape(-1))
+    model.fit_priors(ids[:, -1], y[:, -1].astype(np.float64), buckets)
     opt = torch.optim.AdamW(model.parameters(), lr=fit.lr, weight_decay=1e-4)
     levels = torch.tensor(QUANTILES)
     best, best_state, bad, epoch = math.inf, copy.deepcopy(model.state_dict()), 0, 0

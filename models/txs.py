@@ -39,6 +39,7 @@ ETL_REQUIRED = ("block_number", "transaction_index", "from_address", "to_address
                 "block_timestamp")
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _INT = re.compile(r"^[0-9]+$")
+MAX_FIELD = 1 << 24  # characters: the largest call data on mainnet is far below
 
 # The numeric features of one transaction, known before its value is revealed.
 NUM_FEATURES: tuple[str, ...] = (
@@ -230,6 +231,7 @@ def _rows(path: Path, refusals: Refusals) -> Iterator[dict[str, Any]]:
                 except RowRefused as exc:
                     refusals.add(str(exc))
             return
+        csv.field_size_limit(max(csv.field_size_limit(), MAX_FIELD))  # contract creations carry large inputs
         header = [h.strip() for h in next(csv.reader([first]))]
         missing = [c for c in ETL_REQUIRED if c not in header]
         if missing:
