@@ -33,17 +33,18 @@ from chaincast.consumers.bar_history import BarHistory
 from chaincast.consumers.challenge import ChallengeJob, ChallengeResult, run_challenge
 from chaincast.consumers.promotion import announce
 from chaincast.consumers.registry import ModelEntry, Registry
+from chaincast.models.logs import setup_logging
 from chaincast.stream.metrics import (PROMOTIONS, REFUSALS, RETRAIN_ACTIVE, RETRAIN_HISTORY, RETRAIN_RUNS, RETRAIN_SECONDS,
                             VAL_MAE, VAL_SKILL)
 from chaincast.stream.records import Bar
-from chaincast.stream.scoring import retrain_flag_key
+from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 def _child_init() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
 
 
 def training_pool() -> ProcessPoolExecutor:
@@ -83,6 +84,7 @@ class Retrainer:
         self.job: asyncio.Future[ChallengeResult] | None = None
         self.job_meta: tuple[str, float, dict[TopicPartition, int]] = ("", 0.0, {})
         self.rounds = 0
+        self.rounds_vs_champion = 0  # alpha spending: each round against one champion tests at a lower level
         self._consumer: AIOKafkaConsumer | None = None
         self._redis: aioredis.Redis | None = None
 
@@ -153,7 +155,7 @@ class Retrainer:
         if self._redis is None:
             self._redis = aioredis.Redis.from_url(self.settings.redis_url, decode_responses=True)
         try:
-            reason = await self._redis.getdel(retrain_flag_key(self.settings))
+            reason = await self._redis.getdel(RedisLayout.of(self.settings).retrain_flag(self.settings.model_name))
         except (RedisConnectionError, RedisTimeoutError) as exc:  # Redis restarting: the schedule goes on
             log.warning("cannot read the retrain flag: %s", exc)
             return False
@@ -171,11 +173,12 @@ class Retrainer:
             champion_path=str(champion.onnx_path) if champion else None,
             champion_sha256=champion.sha256 if champion else None,
             fallback=trigger == "live", trigger=trigger, seed=self.rounds,
-            parent=champion.version if champion else None,
+            parent=champion.version if champion else None, round_index=self.rounds_vs_champion + 1,
         )
         for sym, n in self.history.sizes().items():
             RETRAIN_HISTORY.labels(sym).set(n)
         self.rounds += 1
+        self.rounds_vs_champion += 1
         log.warning("round %d (%s): training a %s challenger on %d bars", self.rounds, trigger, job.family,
                     len(self.history))
         # The offsets this round has seen: committed only once its outcome is durable.
@@ -204,6 +207,7 @@ class Retrainer:
             VAL_SKILL.labels(role).set(sc.skill)
         if result.onnx is not None and result.card is not None:
             entry = await self.promote(result)
+            self.rounds_vs_champion = 0
             PROMOTIONS.labels(result.kind).inc()
             log.warning("promoted %s %s (%s; p=%s)", result.card["family"], entry.version, result.kind,
                         result.decision.p_value)

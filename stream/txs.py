@@ -7,11 +7,7 @@ above the calibrated bound at ``level`` is an alert. A reorg retraction of a
 block takes that block's forecasts out of the running score and returns them
 (and their alerts) so the agent can retract them downstream.
 
-Redis layout of this forecaster (prefix default ``cc:``; documented in the README):
-- ``{prefix}txpreds:{chain_id}``   stream, one entry per forecast (capped);
-- ``{prefix}txpred:{chain_id}``    hash, the latest forecast;
-- ``{prefix}txalerts:{chain_id}``  stream, alerts (``retracted=true`` entries follow a reorg);
-- ``{prefix}txscore:{name}``       hash, the running MAE of the model and of the constant, and the skill.
+Its Redis keys (``tx_*``) are formatted by ``stream.redis_layout.RedisLayout``.
 """
 
 from __future__ import annotations
@@ -27,22 +23,6 @@ from chaincast.models.txs import TxTable, record_row
 from chaincast.stream.records import Tx, TxAlert, TxForecast
 
 KEEP_BLOCKS = 256  # blocks whose forecasts can still be retracted (the producer's reorg depth is 64 by default)
-
-
-def forecasts_key(prefix: str, chain_id: int) -> str:
-    return f"{prefix}txpreds:{chain_id}"
-
-
-def latest_key(prefix: str, chain_id: int) -> str:
-    return f"{prefix}txpred:{chain_id}"
-
-
-def alerts_key(prefix: str, chain_id: int) -> str:
-    return f"{prefix}txalerts:{chain_id}"
-
-
-def score_key(prefix: str, name: str) -> str:
-    return f"{prefix}txscore:{name}"
 
 
 class RollingSkill:

@@ -27,12 +27,13 @@ from pydantic import ValidationError
 from chaincast.models.serving import ORT_ERRORS
 from chaincast.models.tx_serving import TxForecaster
 from chaincast.stream.metrics import TX_ALERTS, TX_FORECASTS, TX_LIVE_MAE, TX_LIVE_SKILL, TX_RETRACTED
-from chaincast.stream.models import ModelSlot, uri_path, watch_models
+from chaincast.stream.model_slot import ModelSlot, uri_path, watch_models
 from chaincast.stream.records import Block, ModelUpdate, Tx
-from chaincast.stream.txs import Outcome, TxLive, alerts_key, forecasts_key, latest_key, score_key
+from chaincast.stream.redis_layout import RedisLayout
+from chaincast.stream.txs import Outcome, TxLive
 
 if TYPE_CHECKING:
-    from chaincast.stream.app import Streams
+    from chaincast.stream.context import Streams
 
 log = logging.getLogger(__name__)
 SOURCE = "stream.txs"
@@ -51,7 +52,7 @@ def _fields(o: Outcome) -> dict[str, str]:
 
 def register(s: "Streams") -> None:
     settings = s.settings
-    prefix = settings.redis_prefix
+    keys = RedisLayout.of(settings)
     slot = TxModelSlot(settings.tx_model_name, threads=settings.onnx_threads)
     live = TxLive(window=32, skill_window=settings.tx_skill_window, level=settings.tx_alert_level)
     both = s.app.topic(settings.topic_txs, settings.topic_blocks, key_serializer="raw", value_serializer="raw")
@@ -64,16 +65,16 @@ def register(s: "Streams") -> None:
         for o in outcomes:
             chain = o.forecast.chain_id
             fields = _fields(o)
-            pipe.xadd(forecasts_key(prefix, chain), fields, maxlen=settings.history_maxlen, approximate=True)
+            pipe.xadd(keys.tx_history(chain), fields, maxlen=settings.history_maxlen, approximate=True)
             if o.alert is not None:
-                pipe.xadd(alerts_key(prefix, chain), {**fields, "level": str(o.alert.level),
+                pipe.xadd(keys.tx_alerts(chain), {**fields, "level": str(o.alert.level),
                           "excess": str(o.alert.excess), "retracted": "false"},
                           maxlen=settings.history_maxlen, approximate=True)
         last = outcomes[-1]
-        pipe.delete(latest_key(prefix, last.forecast.chain_id))
-        pipe.hset(latest_key(prefix, last.forecast.chain_id), mapping=_fields(last))
+        pipe.delete(keys.tx_latest(last.forecast.chain_id))
+        pipe.hset(keys.tx_latest(last.forecast.chain_id), mapping=_fields(last))
         mae, const, skill = live.skill.get()
-        pipe.hset(score_key(prefix, settings.tx_model_name),
+        pipe.hset(keys.tx_score(settings.tx_model_name),
                   mapping={"mae": str(mae), "mae_constant": str(const), "skill": str(skill),
                            "n": str(len(live.skill)), "version": last.forecast.model_version,
                            "updated_at": str(int(time.time() * 1000))})
@@ -98,10 +99,10 @@ def register(s: "Streams") -> None:
         chain = gone[0].forecast.chain_id
         pipe = s.sink.client.pipeline(transaction=False)
         for o in gone:
-            pipe.xdel(forecasts_key(prefix, chain), o.entry_ids[0])
+            pipe.xdel(keys.tx_history(chain), o.entry_ids[0])
             if o.alert is not None:
-                pipe.xdel(alerts_key(prefix, chain), *o.entry_ids[1:])
-                pipe.xadd(alerts_key(prefix, chain), {**_fields(o), "retracted": "true"},
+                pipe.xdel(keys.tx_alerts(chain), *o.entry_ids[1:])
+                pipe.xadd(keys.tx_alerts(chain), {**_fields(o), "retracted": "true"},
                           maxlen=settings.history_maxlen, approximate=True)
         await pipe.execute()
         TX_RETRACTED.inc(len(gone))

@@ -22,7 +22,7 @@ from chaincast.models.txs import read_transactions
 from chaincast.producers.chain import follow_chain
 from chaincast.stream.records import TxAlert
 from chaincast.stream.topics import ensure_topics
-from chaincast.stream.txs import alerts_key, forecasts_key, score_key
+from chaincast.stream.redis_layout import RedisLayout
 from tests.conftest import TEST_DATA
 from tests.integration.conftest import read_topic, start_worker
 
@@ -46,8 +46,7 @@ async def until(check, what: str) -> None:
 
 @pytest.mark.timeout(900)
 def test_live_forecasts_alert_and_retract(settings_for, tmp_path: Path) -> None:
-    suffix = tmp_path.name.replace("_", "-")
-    settings = settings_for(CHAINCAST_CHAIN_TXS="true", CHAINCAST_TOPIC_ALERTS=f"alerts.{suffix}",
+    settings = settings_for(CHAINCAST_CHAIN_TXS="true",
                             CHAINCAST_CHAIN_FROM_BLOCK="0", CHAINCAST_CHAIN_POLL_INTERVAL="0.2")
     asyncio.run(ensure_topics(settings))
     table, _ = read_transactions([TEST_DATA / "chain" / "mainnet_txs_03300000_03302204.csv.gz"])
@@ -61,7 +60,8 @@ def test_live_forecasts_alert_and_retract(settings_for, tmp_path: Path) -> None:
     chain, http_url, ws_url = start_hardhat(tmp_path / "hardhat")
     worker = start_worker(settings, tmp_path)
     r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    preds, alerts_stream = forecasts_key(settings.redis_prefix, 31337), alerts_key(settings.redis_prefix, 31337)
+    keys = RedisLayout.of(settings)
+    preds, alerts_stream = keys.tx_history(31337), keys.tx_alerts(31337)
     try:
         rpc(http_url, "evm_setAutomine", [False])  # blocks are mined on demand below, several transactions each
         rpc(http_url, "hardhat_setBalance", [DEV_ACCOUNTS[5], hex(10**9 * 10**18)])
@@ -123,6 +123,6 @@ def test_live_forecasts_alert_and_retract(settings_for, tmp_path: Path) -> None:
     assert whale in {e[1]["hash"] for e in r.xrange(alerts_stream)}
     ordinary = [f for f in forecasts if f["hash"] != whale]
     assert sum(float(f["y"]) > float(f["threshold"]) for f in ordinary) <= len(ordinary) // 2
-    score = r.hgetall(score_key(settings.redis_prefix, settings.tx_model_name))
+    score = r.hgetall(keys.tx_score(settings.tx_model_name))
     assert int(score["n"]) >= len(forecasts) - 1 and np.isfinite(float(score["mae"]))
     assert not set(orphan) & {f["hash"] for f in forecasts}
