@@ -124,6 +124,7 @@ def run_bench(base: Settings, plan: BenchPlan, files: dict[str, list[Path]], log
     """Every phase on one broker: the one in ``base`` (KAFKA_BOOTSTRAP_SERVERS), else Apache Kafka
     started for the run (``kafka``: one KRaft node from deploy/kafka), else the embedded Tansu."""
     started = time.perf_counter()
+    code = code_version()  # at the start: the code the workers run
     bars = {s: load_many(p) for s, p in files.items()}
     length = plan.bars_per_market + plan.latency_bars(plan.markets)
     markets = derive_markets(bars, plan.markets, length, base.exchange, base.partitions,
@@ -233,7 +234,7 @@ def run_bench(base: Settings, plan: BenchPlan, files: dict[str, list[Path]], log
         "profile": profile,
         "throughput_run": {k: v for k, v in asdict(tput).items() if k not in ("trades_by_worker", "partitions_by_worker")},
         "machine": machine(),
-        "code": code_version(),
+        "code": code,
         "settings": {"markets": symbols, "files": {s: [str(p) for p in ps] for s, ps in files.items()},
                      "bars_per_market": plan.bars_per_market, "trades_per_message": plan.trades_per_message,
                      "trades_per_bar": plan.trades_per_bar, "latency_closes": plan.latency_closes,
