@@ -81,7 +81,7 @@ def faust_app(settings: Settings) -> faust.App:
 
 
 def create_app(settings: Settings) -> Streams:
-    from chaincast.stream.agents import bars, fees, predict, score  # the agents register themselves on this app
+    from chaincast.stream.agents import bars, fees, predict, score, txs  # the agents register themselves on this app
     from chaincast.stream import lag
 
     app = faust_app(settings)
@@ -112,6 +112,8 @@ def create_app(settings: Settings) -> Streams:
     predict.register(streams)
     score.register(streams)
     fees.register(streams)  # fee forecasts from chain.blocks
+    if settings.chain_txs:  # transactions are opt-in: so is their value forecaster
+        txs.register(streams)
     lag.register(streams)  # consumer lag and model age, sampled on a timer
 
     @app.task

@@ -21,7 +21,12 @@ Prefix default ``cc:``:
                                        ``retracted_hash`` name the last block withdrawn;
 - ``{prefix}fees:{CHAIN_ID}``          stream, every fee forecast and retraction (auto ids: a re-forecast after
                                        a reorg is for a block number already in it), capped;
-- ``{prefix}feescore:{CHAIN_ID}``      hash, live ``{target}.h{H}.{n,mae,mae_reference,skill,coverage_80}``.
+- ``{prefix}feescore:{CHAIN_ID}``      hash, live ``{target}.h{H}.{n,mae,mae_reference,skill,coverage_80}``;
+- ``{prefix}txpreds:{CHAIN_ID}``       stream, one transaction-value forecast per transaction (auto ids), capped;
+                                       a reorg deletes the entries of the orphaned block;
+- ``{prefix}txpred:{CHAIN_ID}``        hash, the latest transaction-value forecast;
+- ``{prefix}txalerts:{CHAIN_ID}``      stream, alerts (``retracted=false``) and their retractions (``true``);
+- ``{prefix}txscore:{model name}``     hash, running MAE of the tx model and of the constant, skill, n, version.
 
 >>> keys = RedisLayout("cc:")
 >>> keys.latest("BTCUSDT"), keys.history("BTCUSDT"), keys.model("forecaster")
@@ -32,6 +37,8 @@ Prefix default ``cc:``:
 ('cc:pred:BTCUSDT:volatility:5', 'cc:preds:BTCUSDT:volatility:5')
 >>> keys.fee_latest(1), keys.fee_history(1), keys.fee_score(1)
 ('cc:fee:1', 'cc:fees:1', 'cc:feescore:1')
+>>> keys.tx_history(1), keys.tx_latest(1), keys.tx_alerts(1), keys.tx_score("tx_value")
+('cc:txpreds:1', 'cc:txpred:1', 'cc:txalerts:1', 'cc:txscore:tx_value')
 """
 
 from __future__ import annotations
@@ -84,3 +91,15 @@ class RedisLayout:
 
     def fee_score(self, chain_id: int) -> str:
         return f"{self.prefix}feescore:{chain_id}"
+
+    def tx_history(self, chain_id: int) -> str:
+        return f"{self.prefix}txpreds:{chain_id}"
+
+    def tx_latest(self, chain_id: int) -> str:
+        return f"{self.prefix}txpred:{chain_id}"
+
+    def tx_alerts(self, chain_id: int) -> str:
+        return f"{self.prefix}txalerts:{chain_id}"
+
+    def tx_score(self, model_name: str) -> str:
+        return f"{self.prefix}txscore:{model_name}"

@@ -149,6 +149,19 @@ class Settings(BaseSettings):
         """The served forecasters, the default one first."""
         return parse_forecasts(self.forecasts or f"log_return:{self.horizon}")
 
+    # --- transactions (the value model, issue 17) ---
+    tx_model_name: str = Field("tx_value", validation_alias="CHAINCAST_TX_MODEL_NAME")
+    # A transaction above this calibrated quantile of its forecast is an alert.
+    tx_alert_level: float = Field(0.99, gt=0.5, lt=1, validation_alias="CHAINCAST_TX_ALERT_LEVEL")
+    tx_skill_window: int = Field(500, ge=10, validation_alias="CHAINCAST_TX_SKILL_WINDOW")  # forecasts scored
+    topic_alerts: str = Field(DEFAULTS["topic_alerts"], validation_alias="CHAINCAST_TOPIC_ALERTS")
+    tx_window: int = Field(32, ge=2, le=1024, validation_alias="CHAINCAST_TX_WINDOW")  # transactions per window
+    # The tx retrainer runs a round every this many new transactions (0 = off) ...
+    tx_retrain_every: int = Field(5000, ge=0, validation_alias="CHAINCAST_TX_RETRAIN_EVERY")
+    # ... on at most this many of the newest.
+    tx_retrain_history: int = Field(50_000, ge=500, validation_alias="CHAINCAST_TX_RETRAIN_HISTORY")
+    tx_retrain_epochs: int = Field(4, ge=1, validation_alias="CHAINCAST_TX_RETRAIN_EPOCHS")
+
     @field_validator("symbols", mode="before")
     @classmethod
     def _split_symbols(cls, value: Any) -> Any:

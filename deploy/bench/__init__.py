@@ -20,6 +20,7 @@ This module holds only the command, so that ``chaincast --help`` imports none of
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -75,6 +76,8 @@ def bench(
 
     settings = load_settings()
     sizes = parse_sizes(scan)
+    if peer and importlib.util.find_spec("quixstreams") is None:
+        raise typer.BadParameter("the peer needs Quix Streams: pip install quixstreams, or pass --no-peer")
     try:
         files = files_of(check_files(data)) if data else bundled_files(["BTCUSDT", "ETHUSDT"])
     except ValueError as exc:

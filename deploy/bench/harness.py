@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import sys
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -29,6 +30,7 @@ from chaincast.deploy.up import child
 from chaincast.stream.settings import Settings
 from chaincast.stream.topics import ensure_topics, renamed
 
+WORKER_START_S = 300.0  # process start -> serving a model, on a loaded machine
 POLL_S = 0.1  # metrics polls: each costs the worker a scrape (~1% of its CPU at this rate)
 SETTLE_S = 5.0  # fallback: predictions unchanged this long (bars all emitted) = the backlog is done
 COUNTS = ("chaincast_trade_messages_total", "chaincast_trades_total", "chaincast_bars_total",
@@ -200,6 +202,22 @@ def drain(ws: list[Worker], settings: Settings, trades: int, messages: int, bars
                 partitions_by_worker=[sorted({partition_of(settings.exchange, sym, settings.partitions)
                                               for sym, n in s.items() if n > 0}) for s in by_symbol])
         time.sleep(POLL_S)
+
+
+def timed_backlog(ws: list[Worker], settings: Settings, messages: Sequence[tuple[bytes, bytes]], trades: int,
+                  bars: int, predictions: int, timeout: float, baseline: dict[str, float] | None = None) -> Throughput:
+    """Every worker up and serving first, so that all of them are in the group before the first
+    message (on Kafka a worker that joins late takes partitions over mid-run); then the backlog is
+    pre-loaded while they run (batched records: faster than the workers read it) and drained."""
+    for w in ws:
+        w.wait_for("chaincast_model_loaded_timestamp_seconds", WORKER_START_S)
+    loading = threading.Thread(target=lambda: asyncio.run(preload(settings, messages, batched=True)),
+                               name="bench-preload")
+    loading.start()
+    try:
+        return drain(ws, settings, trades, len(messages), bars, predictions, timeout, baseline)
+    finally:
+        loading.join()
 
 
 def counts(ws: list[Worker]) -> dict[str, float]:

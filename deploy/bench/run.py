@@ -1,8 +1,9 @@
 """One bench run, phase by phase, each on fresh topics and a fresh consumer group.
 
-1. throughput, one worker: the trades topic is pre-loaded, then a worker
-   starts; the clock runs from its first processed message to the last
-   forecast of the backlog; RSS and CPU seconds are read at the end;
+1. throughput, one worker: once the worker serves a model, the backlog is
+   pre-loaded while it runs (``harness.timed_backlog``); the clock runs from
+   its first processed message to the last forecast of the backlog; RSS and
+   CPU seconds are read at the end;
 2. latency on that warm worker (``latency``); halfway, a second model is
    announced: swap time;
 3. the bare-Faust ceiling (raw messages counted, the worker's broker settings);
@@ -30,7 +31,15 @@ import numpy as np
 
 from chaincast.consumers.promotion import announce
 from chaincast.consumers.registry import Registry
-from chaincast.deploy.bench.harness import POLL_S, Worker, bare_faust, broker_name, drain, preload, run_settings, workers
+from chaincast.deploy.bench.harness import (
+    POLL_S,
+    Worker,
+    bare_faust,
+    broker_name,
+    run_settings,
+    timed_backlog,
+    workers,
+)
 from chaincast.deploy.bench.latency import Latency, measure, percentile
 from chaincast.deploy.bench.peer import ratios, run_peer
 from chaincast.deploy.bench.plan import GOALS, BenchPlan, closes, derive_markets, expected_predictions, trade_messages
@@ -115,6 +124,7 @@ def run_bench(base: Settings, plan: BenchPlan, files: dict[str, list[Path]], log
     """Every phase on one broker: the one in ``base`` (KAFKA_BOOTSTRAP_SERVERS), else Apache Kafka
     started for the run (``kafka``: one KRaft node from deploy/kafka), else the embedded Tansu."""
     started = time.perf_counter()
+    code = code_version()  # at the start: the code the workers run
     bars = {s: load_many(p) for s, p in files.items()}
     length = plan.bars_per_market + plan.latency_bars(plan.markets)
     markets = derive_markets(bars, plan.markets, length, base.exchange, base.partitions,
@@ -157,13 +167,11 @@ def run_bench(base: Settings, plan: BenchPlan, files: dict[str, list[Path]], log
             s = run_settings(base, f"{tag}-{run}", symbols, home)
             asyncio.run(ensure_topics(s))
             asyncio.run(announce(s, s.model_name, serving))
-            preload_s = asyncio.run(preload(s, messages))
-            echo(f"[{run}] pre-loaded the trades topic in {preload_s:.1f}s ({len(messages) / preload_s:.0f} msg/s)")
             return s
 
         one = prepared("one")
         with workers(one, 1, log_dir) as (worker,):
-            tput = drain([worker], one, n_trades, len(messages), n_bars, n_preds, TIMEOUT_S)
+            tput = timed_backlog([worker], one, messages, n_trades, n_bars, n_preds, TIMEOUT_S)
             echo(f"[one] {tput.trades_per_s:,.0f} trades/s ({tput.messages_per_s:,.0f} msg/s) over "
                  f"{tput.seconds:.1f}s; RSS {tput.rss_mb[0]:.0f} MB; {tput.cpu_s_per_million_trades:.1f} CPU s/M trades")
             lat, swap_s, swap_first = latency_with_swap(one, worker, timed, plan.closes_per_s, swap_to)
@@ -176,7 +184,7 @@ def run_bench(base: Settings, plan: BenchPlan, files: dict[str, list[Path]], log
         if plan.scaling:
             pair = prepared("two")
             with workers(pair, 2, log_dir) as ws:
-                two = drain(ws, pair, n_trades, len(messages), n_bars, n_preds, TIMEOUT_S)
+                two = timed_backlog(ws, pair, messages, n_trades, n_bars, n_preds, TIMEOUT_S)
             echo(f"[two] {two.trades_per_s:,.0f} trades/s, {two.cpu_s_per_million_trades:.1f} CPU s/M trades; "
                  f"partitions {two.partitions_by_worker}, trades {[int(t) for t in two.trades_by_worker]}")
         scan = symbol_scan(base, tag, bars, plan, home, log_dir, serving, echo) if plan.scan_sizes else []
@@ -226,7 +234,7 @@ def run_bench(base: Settings, plan: BenchPlan, files: dict[str, list[Path]], log
         "profile": profile,
         "throughput_run": {k: v for k, v in asdict(tput).items() if k not in ("trades_by_worker", "partitions_by_worker")},
         "machine": machine(),
-        "code": code_version(),
+        "code": code,
         "settings": {"markets": symbols, "files": {s: [str(p) for p in ps] for s, ps in files.items()},
                      "bars_per_market": plan.bars_per_market, "trades_per_message": plan.trades_per_message,
                      "trades_per_bar": plan.trades_per_bar, "latency_closes": plan.latency_closes,

@@ -17,7 +17,6 @@ For each size (4, 64, 512 markets by default) a fresh worker on fresh topics:
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import numpy as np
 
 from chaincast.consumers.promotion import announce
 from chaincast.consumers.registry import ModelEntry
-from chaincast.deploy.bench.harness import counts, drain, preload, run_settings, workers
+from chaincast.deploy.bench.harness import WORKER_START_S, counts, drain, preload, run_settings, timed_backlog, workers
 from chaincast.deploy.bench.latency import measure
 from chaincast.deploy.bench.plan import BenchPlan, expected_predictions, scan_traffic
 from chaincast.stream.predict import history_size
@@ -35,7 +34,6 @@ from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.topics import ensure_topics
 
 TIMEOUT_S = 600.0
-WORKER_START_S = 120.0
 
 
 def scan_size(base: Settings, run: str, bars: Mapping[str, np.ndarray], n: int, plan: BenchPlan, home: Path,
@@ -52,15 +50,8 @@ def scan_size(base: Settings, run: str, bars: Mapping[str, np.ndarray], n: int, 
         idle_rss = worker.rss_mb()
         asyncio.run(preload(s, traffic.warmup))
         drain([worker], s, warm_trades, len(traffic.warmup), n * warmup_bars, warm_preds, TIMEOUT_S)
-        before = counts([worker])
-        loading = threading.Thread(target=lambda: asyncio.run(preload(s, traffic.backlog, batched=True)),
-                                   name="bench-scan-preload")
-        loading.start()
-        try:
-            tput = drain([worker], s, traffic.backlog_trades, len(traffic.backlog), traffic.backlog_bars,
-                         traffic.backlog_bars, TIMEOUT_S, baseline=before)
-        finally:
-            loading.join()
+        tput = timed_backlog([worker], s, traffic.backlog, traffic.backlog_trades, traffic.backlog_bars,
+                             traffic.backlog_bars, TIMEOUT_S, baseline=counts([worker]))
         layout = RedisLayout.of(s)
         lat = measure(s, {m: layout.history(m) for m in traffic.markets}, traffic.closes, plan.closes_per_s)
         rss = worker.rss_mb()
