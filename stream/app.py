@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer
@@ -41,19 +43,19 @@ class Streams:
     bars: faust.TopicT
     predictions: faust.TopicT
     deadletter: faust.TopicT
-    bar_state: faust.Table  # market key (str) -> BarBuilder dict
-    windows: faust.Table  # market key (str) -> recent bar rows
+    markets: faust.Table  # market key (str) -> stream.market.MarketState dict
     slot: ModelSlot
     sink: RedisSink
     chain: ChainMinutes
     chain_ready: asyncio.Event
 
     async def dead_letter(self, source: str, raw: bytes | str | None, reason: str, *,
-                          topic: str | None = None, key: bytes | None = None) -> None:
+                          topic: str | None = None, key: bytes | None = None) -> Awaitable[Any]:
+        """Send a dead letter; returns the broker's ack to await before the batch's state is recorded."""
         DEADLETTERED.labels(source, reason_kind(reason)).inc()
-        letter = DeadLetter(source=source, topic=topic, key=DeadLetter.text(key) or None, reason=reason,
+        letter = DeadLetter(source=source, topic=topic, key=DeadLetter.text(key, 1024) or None, reason=reason,
                             raw=DeadLetter.text(raw), ts=int(time.time() * 1000))
-        await self.deadletter.send(key=source.encode(), value=letter.dumps())
+        return await self.deadletter.send(key=source.encode(), value=letter.dumps())
 
 
 # Kafka answers a fetch as soon as data arrives; Tansu only when the fetch's max wait
@@ -108,7 +110,7 @@ def faust_app(settings: Settings) -> faust.App:
 
 
 def create_app(settings: Settings) -> Streams:
-    from chaincast.stream.agents import bars, predict, score  # the agents register themselves on this app
+    from chaincast.stream.agents import markets, score  # the agents register themselves on this app
     from chaincast.stream import lag
 
     app = faust_app(settings)
@@ -123,19 +125,17 @@ def create_app(settings: Settings) -> Streams:
         bars=topic(settings.topic_bars, settings.partitions),
         predictions=topic(settings.topic_predictions, settings.partitions),
         deadletter=topic(settings.topic_deadletter, 1),
-        # Both tables are written once per market per batch (stream.take): the key, not the
-        # current event, picks the partition, which matches the input topic's because both
-        # are keyed by market with the default partitioner.
-        bar_state=app.Table("bar-state", partitions=settings.partitions, key_type=str, use_partitioner=True),
-        windows=app.Table("windows", partitions=settings.partitions, key_type=str,
-                          use_partitioner=True),
+        # Written once per market per batch (stream.take): the key, not the current event,
+        # picks the partition, which matches the input topic's because both are keyed by
+        # market with the default partitioner.
+        markets=app.Table("markets", partitions=settings.partitions, key_type=str, use_partitioner=True),
         slot=ModelSlot(settings.model_name, threads=settings.onnx_threads, window=settings.window),
-        sink=RedisSink(settings.redis_url or "", settings.redis_prefix, settings.history_maxlen),
+        sink=RedisSink(settings.redis_url or "", settings.redis_prefix, settings.history_maxlen,
+                       settings.redis_retry_budget_s),
         chain=ChainMinutes(),
         chain_ready=asyncio.Event(),
     )
-    bars.register(streams)
-    predict.register(streams)
+    markets.register(streams)
     score.register(streams)
     lag.register(streams)  # consumer lag and model age, sampled on a timer
 

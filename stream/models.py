@@ -53,6 +53,10 @@ class ModelSlot:
         self.current: Forecaster | None = None
         self.ready = asyncio.Event()
 
+    def serving(self) -> list[Forecaster]:
+        """The forecasters a closed bar is forecast with (one today; one per target and horizon later)."""
+        return [] if self.current is None else [self.current]
+
     def _load(self, update: ModelUpdate) -> Forecaster:
         model = Forecaster.load(uri_path(update.uri), expected_sha256=update.sha256, threads=self.threads)
         if self.window is not None and model.window != self.window:

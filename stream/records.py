@@ -185,7 +185,7 @@ class Gap(Record):
 
 
 class DeadLetter(Record):
-    source: str  # the stage that refused it: "stream.bars", "producer.exchange", ...
+    source: str  # the stage that refused it: "stream.markets", "producer.exchange", ...
     topic: str | None = None
     key: str | None = None
     reason: str

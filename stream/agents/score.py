@@ -16,7 +16,9 @@ import time
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
+from redis.asyncio.client import Pipeline
 
+from chaincast.stream.failure import stop_unacknowledged
 from chaincast.stream.metrics import LIVE_COVERAGE, LIVE_MAE, LIVE_SCORED, LIVE_SKILL, RETRAIN_REQUESTS
 from chaincast.stream.records import Bar, Prediction
 from chaincast.stream.scoring import MarketScore, Update, retrain_flag_key
@@ -57,14 +59,18 @@ def register(s: "Streams") -> None:
         fields = {**latest.fields(), "updated_at": str(int(time.time() * 1000))}
         for v in state.scores:
             fields.update({f"{k}@{v}": val for k, val in state.stats(v).fields().items() if k != "version"})
-        pipe = s.sink.client.pipeline(transaction=True)
-        pipe.delete(score_key(settings.redis_prefix, symbol))
-        pipe.hset(score_key(settings.redis_prefix, symbol), mapping=fields)
+        key = score_key(settings.redis_prefix, symbol)
         if update.retrain:
             RETRAIN_REQUESTS.labels(symbol).inc()
             log.warning("%s: %s; asking the retrainer for a round", symbol, update.retrain)
-            pipe.set(retrain_flag_key(settings), f"{symbol}: {update.retrain}")
-        await pipe.execute()
+
+        def build(pipe: Pipeline) -> None:
+            pipe.delete(key)
+            pipe.hset(key, mapping=fields)
+            if update.retrain:
+                pipe.set(retrain_flag_key(settings), f"{symbol}: {update.retrain}")
+
+        await s.sink.execute(build)
 
     @s.app.agent(both, name="score")
     async def score(stream):  # noqa: ANN001 - a faust stream
@@ -87,6 +93,9 @@ def register(s: "Streams") -> None:
                 states[market] = (symbol, state, Update(stats=total.stats + update.stats,
                                                         dropped=total.dropped + update.dropped,
                                                         retrain=update.retrain or total.retrain))
-            for market, (symbol, state, total) in states.items():
-                table[market] = state.state
-                await publish(symbol, state, total)
+            try:  # Redis first, then the state that stands for it (see stream.failure)
+                for market, (symbol, state, total) in states.items():
+                    await publish(symbol, state, total)
+                    table[market] = state.state
+            except Exception as exc:  # noqa: BLE001 - Redis beyond its retry budget, or a bug: never ack
+                stop_unacknowledged(SOURCE, exc)
