@@ -180,5 +180,5 @@ def parse_trades(raw: bytes | None, key: bytes | None, symbols: frozenset[str], 
         raise Refused(f"unknown_symbol: {symbol[:64]!r}")  # cut: a reason is a log line, not a payload
     expected = market_key(exchange, symbol)
     if key is None or key.decode("utf-8", "replace") != expected:
-        raise Refused(f"bad_key: {key[:128]!r} for {expected[:128]}")
+        raise Refused(f"bad_key: {key[:128] if key else key!r} for {expected[:128]}")
     return trades
