@@ -39,6 +39,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from chaincast.producers import binance, coinbase
 from chaincast.producers.binance import BadMessage, Control, Event, Kline
 from chaincast.producers.checkpoint import Checkpoint, Position
+from chaincast.stream.bounds import Bounds, OutOfBounds
 from chaincast.stream.publish import Publisher
 from chaincast.stream.records import Gap, Trade, TradeBatch, market_key
 from chaincast.stream.settings import Settings
@@ -142,6 +143,10 @@ class TradeCursor:
     def advance(self, trade: Trade) -> None:
         self.last[trade.symbol] = Position(trade.trade_id, trade.ts_event)
 
+    def forget(self, symbol: str) -> None:
+        """After a venue reset: the next trade of ``symbol`` is first seen."""
+        self.last.pop(symbol, None)
+
 
 @dataclass
 class ProducerStats:
@@ -155,6 +160,7 @@ class ProducerStats:
     missing: int = 0
     dead_letters: int = 0
     klines_closed: int = 0
+    resets: int = 0  # trade-id jumps beyond the bound, taken as venue resets
     connections: int = 0
     reasons: list[str] = field(default_factory=list)  # dead-letter reasons, for the CLI summary
 
@@ -177,7 +183,8 @@ class ExchangeProducer:
         self.streams = list(streams)
         self.by_agg_id = "aggTrade" in self.streams
         self.stats = ProducerStats()
-        self.checkpoint = Checkpoint.for_venue(settings.home, venue.name)
+        self.checkpoint = Checkpoint.for_endpoint(settings.home, venue.name, url)
+        self.bounds = Bounds.from_settings(settings)
         self.acked: dict[str, Position] = {s: p for s, p in self.checkpoint.load().items() if s in self.symbols}
         self.cursor = TradeCursor(self.acked)
         self._rng = rng or random.Random()
@@ -303,6 +310,17 @@ class ExchangeProducer:
         await self.publisher.dead_letter(SOURCE, raw, reason, key=self.venue.name)
 
     async def _on_trade(self, trade: Trade) -> None:
+        try:
+            self.bounds.check_trade(trade.ts_event, trade.price, trade.qty)
+        except OutOfBounds as exc:
+            kind, _, detail = str(exc).partition(": ")
+            raise BadMessage(kind, detail) from None
+        last = self.cursor.last.get(trade.symbol)
+        if last is not None and self.bounds.is_reset(last.trade_id, trade.trade_id):
+            # Not a gap of billions to backfill, nor a stream of "duplicates": the ids restarted.
+            self.bounds.reset(SOURCE, trade.symbol, last.trade_id, trade.trade_id)
+            self.stats.resets += 1
+            self.cursor.forget(trade.symbol)
         skipped = self.cursor.jump(trade.symbol, trade.trade_id)
         if skipped < 0:
             DUPLICATES.labels(self.venue.name, trade.symbol).inc()
@@ -411,7 +429,8 @@ class ExchangeProducer:
         for t in trades:
             lag.observe(max(0.0, now - t.ts_event / 1000))
         prev = self.acked.get(symbol)
-        if prev is None or last.trade_id > prev.trade_id:
+        # Batches of one symbol are acked in send order, so a lower id here is a venue reset.
+        if prev is None or last.trade_id > prev.trade_id or self.bounds.is_reset(prev.trade_id, last.trade_id):
             self.acked[symbol] = Position(last.trade_id, last.ts_event)
             self._dirty = True
 

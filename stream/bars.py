@@ -113,15 +113,14 @@ class BarBuilder:
         ``bounds.max_id_jump`` (either way) is a venue reset: the id position is
         re-based and the trade folds in as the next one.
         """
+        reset = False
         if bounds is not None:
             try:
                 bounds.check_trade(t.ts_event, t.price, t.qty)
             except OutOfBounds as exc:
                 raise Refused(str(exc)) from None
-            if bounds.is_reset(self.last_trade_id, t.trade_id):
-                bounds.reset(SOURCE, self.symbol, self.last_trade_id, t.trade_id)
-                self.last_trade_id, self.closer_id = t.trade_id - 1, -1
-        if t.trade_id <= self.last_trade_id:
+            reset = bounds.is_reset(self.last_trade_id, t.trade_id)
+        if t.trade_id <= self.last_trade_id and not reset:
             if t.trade_id == self.closer_id and self.last_closed is not None:
                 return [self.last_closed.to_bar(self.exchange, self.symbol)]
             raise Duplicate(f"duplicate: trade id {t.trade_id} <= last seen {self.last_trade_id}")
@@ -140,6 +139,11 @@ class BarBuilder:
             self.bar = OpenBar.first(minute, t)
         else:
             raise Refused(f"late: trade at {t.ts_event} is before the open bar {self.bar.ts}")
+        if reset:  # said only now: a refused trade changes nothing, not even the id position
+            assert bounds is not None
+            bounds.reset(SOURCE, self.symbol, self.last_trade_id, t.trade_id)
+            if not closed:
+                self.closer_id = -1
         self.last_trade_id = t.trade_id
         return closed
 
