@@ -25,7 +25,7 @@ from chaincast.stream.chain import watch_chain
 from chaincast.stream.chainfeatures import ChainMinutes
 from chaincast.stream.metrics import DEADLETTERED, reason_kind
 from chaincast.stream.models import ModelSlot, watch_models
-from chaincast.stream.records import DeadLetter
+from chaincast.stream.records import DeadLetter, ModelUpdate
 from chaincast.stream.settings import Settings
 from chaincast.stream.sink import RedisSink
 from chaincast.stream.topics import ensure_topics
@@ -129,7 +129,9 @@ def create_app(settings: Settings) -> Streams:
         # picks the partition, which matches the input topic's because both are keyed by
         # market with the default partitioner.
         markets=app.Table("markets", partitions=settings.partitions, key_type=str, use_partitioner=True),
-        slot=ModelSlot(settings.model_name, threads=settings.onnx_threads, window=settings.window),
+        slot=ModelSlot(settings.model_name, threads=settings.onnx_threads, window=settings.window,
+                       registry_dir=settings.registry_dir, signing_key=settings.model_signing_key,
+                       max_bytes=settings.model_max_bytes),
         sink=RedisSink(settings.redis_url or "", settings.redis_prefix, settings.history_maxlen,
                        settings.redis_retry_budget_s),
         chain=ChainMinutes(),
@@ -151,7 +153,11 @@ def create_app(settings: Settings) -> Streams:
     @app.task
     async def follow_models() -> None:
         try:
-            await watch_models(settings, streams.slot, on_swap=streams.sink.write_model)
+            async def refused(update: ModelUpdate, reason: str) -> None:
+                await (await streams.dead_letter("stream.models", update.dumps(), reason,
+                                                 topic=settings.topic_models, key=update.name.encode()))
+
+            await watch_models(settings, streams.slot, on_swap=streams.sink.write_model, on_refused=refused)
         finally:  # cancelled at shutdown: the worker's one Redis client goes with it
             await streams.sink.close()
 

@@ -167,6 +167,7 @@ class ModelUpdate(Record):
     metrics: dict[str, float] = Field(default_factory=dict)
     created_at: int = 0
     parent: str | None = None
+    signature: str = ""  # HMAC-SHA256 by the announcer (stream.model_trust); workers verify it when keyed
 
 
 class Gap(Record):
