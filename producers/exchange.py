@@ -40,6 +40,7 @@ from chaincast.producers import binance, coinbase
 from chaincast.producers.binance import BadMessage, Control, Event, Kline
 from chaincast.producers.checkpoint import Checkpoint, Position
 from chaincast.stream.bounds import Bounds, OutOfBounds
+from chaincast.stream.health import HEALTH
 from chaincast.stream.publish import Publisher
 from chaincast.stream.records import Gap, Trade, TradeBatch, market_key
 from chaincast.stream.settings import Settings
@@ -203,6 +204,7 @@ class ExchangeProducer:
     # --- the connection loop ------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> ProducerStats:
+        heartbeat = asyncio.create_task(HEALTH.heartbeat())  # /livez fails if this loop stalls
         ticker = asyncio.create_task(self._tick(stop))
         ticker.add_done_callback(self._ticker_done)
         attempt = 0
@@ -223,6 +225,7 @@ class ExchangeProducer:
                     await asyncio.wait_for(stop.wait(), delay)
         finally:
             ticker.cancel()
+            heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
             await self._shutdown()

@@ -23,6 +23,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from chaincast.stream.chain import watch_chain
 from chaincast.stream.chainfeatures import ChainMinutes
+from chaincast.stream.health import HEALTH, broker_reachable
 from chaincast.stream.metrics import DEADLETTERED, reason_kind
 from chaincast.stream.models import ModelSlot, watch_models
 from chaincast.stream.records import DeadLetter, ModelUpdate
@@ -140,6 +141,21 @@ def create_app(settings: Settings) -> Streams:
     markets.register(streams)
     score.register(streams)
     lag.register(streams)  # consumer lag and model age, sampled on a timer
+
+    # /livez and /readyz (stream.health): the loop's heartbeat, Redis and the broker.
+    HEALTH.heartbeat_timeout_s = settings.heartbeat_timeout_s
+
+    @app.task
+    async def heartbeat() -> None:
+        await HEALTH.heartbeat()
+
+    @app.task
+    async def redis_ready() -> None:
+        await HEALTH.watch("redis", streams.sink.ping)
+
+    @app.task
+    async def broker_ready() -> None:
+        await HEALTH.watch("broker", broker_reachable(settings.kafka_bootstrap_servers or ""))
 
     @app.task
     async def follow_chain() -> None:

@@ -76,6 +76,10 @@ class RedisSink:
             await self._client.aclose()
             self._client = None
 
+    async def ping(self) -> None:
+        """One round trip (a readiness check)."""
+        await self.client.ping()
+
     def latest_key(self, symbol: str) -> str:
         return f"{self.prefix}pred:{symbol}"
 
