@@ -20,6 +20,7 @@ import faust
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from chaincast.stream.chain import watch_chain
 from chaincast.stream.chainfeatures import ChainMinutes
@@ -180,9 +181,21 @@ def create_app(settings: Settings) -> Streams:
     return streams
 
 
+async def wait_for_broker(settings: Settings) -> None:
+    """Create the topics, retrying (jittered backoff, no limit) while the broker is unreachable."""
+    def unreachable(state: RetryCallState) -> None:
+        log.warning("broker unreachable at %s (attempt %d): %s; retrying", settings.kafka_bootstrap_servers,
+                    state.attempt_number, state.outcome.exception() if state.outcome else "")
+
+    async for attempt in AsyncRetrying(retry=retry_if_exception_type(KafkaError),
+                                       wait=wait_random_exponential(multiplier=0.5, max=10), before_sleep=unreachable):
+        with attempt:
+            await ensure_topics(settings)
+
+
 def run_worker(settings: Settings) -> None:
     """Run one stream worker until SIGTERM/SIGINT."""
-    asyncio.run(ensure_topics(settings))  # a worker may start before any producer
+    asyncio.run(wait_for_broker(settings))  # a worker may start before the broker, or any producer
     streams = create_app(settings)
     worker = faust.Worker(streams.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

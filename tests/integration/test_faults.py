@@ -13,9 +13,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from chaincast.deploy.embedded import Process, free_port, redis_binary, wait_for_port
+from chaincast.consumers.promotion import announce
+from chaincast.consumers.registry import Registry
+from chaincast.deploy.embedded import Process, free_port, redis_binary, start_broker, wait_for_port
+from chaincast.models.build import build_model
+from chaincast.stream.predict import history_size
+from chaincast.stream.topics import ensure_topics
 from chaincast.producers.replay import Market, replay
-from chaincast.stream.records import DeadLetter, Prediction
+from chaincast.stream.records import Bar, DeadLetter, Prediction
 from tests.integration.conftest import day_of, markets, read_topic, send_raw, start_worker
 from tests.integration.test_pipeline import (
     CLOSED_PER_SYMBOL,
@@ -95,6 +100,38 @@ def test_redis_stopped_10s_mid_replay_every_forecast_is_in_redis_afterwards(serv
     assert len(made) == 2 * n
     assert stored == made  # every forecast id, once: none lost in the outage, none doubled by retries
     assert latest == {sym: str(int(day_of(sym)[CLOSED_PER_SYMBOL - 1, 0])) for sym in SYMBOLS}
+
+
+def test_broker_unreachable_at_start_the_worker_waits_then_loses_nothing(settings_for, tmp_path):
+    port = free_port()
+    settings = settings_for(KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{port}")  # nothing listens there yet
+    worker = start_worker(settings, tmp_path)
+    log = tmp_path / "worker.log"
+    broker = None
+    try:
+        deadline = time.monotonic() + 120
+        while "broker unreachable" not in (log.read_text() if log.exists() else ""):
+            assert worker.alive() and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        (tmp_path / "broker").mkdir()
+        broker, _ = start_broker(tmp_path / "broker", port)
+        asyncio.run(ensure_topics(settings))
+        registry = Registry(settings.registry_dir)
+        entry = build_model([day_of("BTCUSDT")], "persistence", settings.window, settings.horizon, registry,
+                            name=settings.model_name)
+        registry.set_champion(settings.model_name, entry.version)
+        asyncio.run(announce(settings, settings.model_name, entry))
+        asyncio.run(replay(settings, [Market("BTCUSDT", day_of("BTCUSDT")[:120])]))
+        bars = asyncio.run(read_topic(settings, settings.topic_bars, lambda m: len(m) >= 119, timeout=180))
+        n = 119 - history_size(settings.window) + 1
+        preds = asyncio.run(read_topic(settings, settings.topic_predictions, lambda m: len(m) >= n))
+    finally:
+        code = worker.stop()
+        if broker is not None:
+            broker.stop()
+    assert code == 0, log.read_text()[-3000:]
+    assert sorted(Bar.loads(m.value).ts for m in bars) == [int(t) for t in day_of("BTCUSDT")[:119, 0]]
+    assert len({Prediction.loads(m.value).bar_ts for m in preds}) == n
 
 
 def test_garbage_at_volume_all_dead_lettered_worker_keeps_going(served, tmp_path):
