@@ -3,9 +3,8 @@
 One ``websockets`` server does both jobs: plain HTTP GET of ``/`` returns the
 page (via ``process_request``), and the page's websocket on ``/ws`` receives a
 snapshot every second: per symbol the last ``points`` predictions from the
-history stream ``{prefix}preds:{SYMBOL}``, the live score hash
-``{prefix}score:{SYMBOL}`` when the score agent has written one, and the
-serving model ``{prefix}model:{name}``. The page draws price, forecast and its
+history stream, the live score hash when the score agent has written one, and
+the serving model's hash (keys from ``stream.redis_layout``). The page draws price, forecast and its
 q10..q90 band as SVG; it needs nothing from the internet.
 """
 
@@ -29,6 +28,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from chaincast.models.timeunits import MINUTE_MS
+from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def point(fields: dict[str, str]) -> Point | None:
     try:
         price = float(fields["price"])
         bar_ts, horizon = int(fields["bar_ts"]), int(fields["horizon"])
-        return Point(bar_ts, bar_ts + 60_000 * horizon, price, float(fields["price_hat"]),
+        return Point(bar_ts, bar_ts + MINUTE_MS * horizon, price, float(fields["price_hat"]),
                      price * math.exp(float(fields["q10"])), price * math.exp(float(fields["q90"])),
                      fields.get("model_version", ""))
     except (KeyError, ValueError):
@@ -85,11 +86,11 @@ class Snapshots:
             self._client = None
 
     async def read(self) -> dict:
-        prefix, pipe = self.settings.redis_prefix, self.client.pipeline(transaction=False)
+        keys, pipe = RedisLayout.of(self.settings), self.client.pipeline(transaction=False)
         for sym in self.settings.symbols:
-            pipe.xrevrange(f"{prefix}preds:{sym}", count=self.points)
-            pipe.hgetall(f"{prefix}score:{sym}")
-        pipe.hgetall(f"{prefix}model:{self.settings.model_name}")
+            pipe.xrevrange(keys.history(sym), count=self.points)
+            pipe.hgetall(keys.score(sym))
+        pipe.hgetall(keys.model(self.settings.model_name))
         replies = await pipe.execute()
         model = replies[-1]
         symbols = {}
@@ -151,7 +152,7 @@ def page_command(
     points: Annotated[int, typer.Option(help="Predictions per chart.", min=2)] = 120,
 ) -> None:
     """Serve the live page of price, forecast band, model version and live skill (reads Redis)."""
-    from chaincast.deploy.cli import load_settings
+    from chaincast.deploy.cli_args import load_settings
 
     settings = load_settings()
     if not settings.redis_url:

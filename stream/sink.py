@@ -1,9 +1,9 @@
-"""Predictions into Redis: one pipeline per batch, idempotent.
+"""Everything a worker writes to Redis: one pipeline per batch, idempotent.
 
-Layout (an interface, documented in the README), prefix default ``cc:``:
-- ``{prefix}pred:{SYMBOL}``   hash, the latest prediction (only ever moved forward in bar time);
-- ``{prefix}preds:{SYMBOL}``  stream, the history, entry id ``{bar_ts}-{horizon}``, capped;
-- ``{prefix}model:{name}``    hash, the serving model version and its metrics.
+The keys come from ``stream.redis_layout`` (the layout is an interface, documented
+in the README): predictions (latest hash + capped history stream), the serving
+model's hash (written once this worker accepted the version), live scores and the
+retrain flag. Nothing else in a worker writes Redis.
 
 Redelivered predictions (at-least-once) are harmless: the stream refuses an id
 it already holds, and the hash is only replaced by a newer bar.
@@ -12,7 +12,7 @@ it already holds, and the hash is only replaced by a newer bar.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -25,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
 from chaincast.stream.records import ModelUpdate, Prediction
+from chaincast.stream.redis_layout import RedisLayout
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def _fields(pred: Prediction) -> dict[str, str]:
 class RedisSink:
     def __init__(self, url: str, prefix: str = "cc:", maxlen: int = 10_000, retry_budget_s: float = 120.0) -> None:
         self.url = url
-        self.prefix = prefix
+        self.keys = RedisLayout(prefix)
         self.maxlen = maxlen
         self.retry_budget_s = retry_budget_s
         self._client: aioredis.Redis | None = None
@@ -79,15 +80,6 @@ class RedisSink:
     async def ping(self) -> None:
         """One round trip (a readiness check)."""
         await self.client.ping()
-
-    def latest_key(self, symbol: str) -> str:
-        return f"{self.prefix}pred:{symbol}"
-
-    def history_key(self, symbol: str) -> str:
-        return f"{self.prefix}preds:{symbol}"
-
-    def model_key(self, name: str) -> str:
-        return f"{self.prefix}model:{name}"
 
     async def write(self, preds: Iterable[Prediction]) -> int:
         """Write a batch in one round trip; return how many history entries were new.
@@ -124,8 +116,8 @@ class RedisSink:
         for pred in preds:
             fields = _fields(pred)
             flat = [x for kv in fields.items() for x in kv]
-            await self._set_if_newer(keys=[self.latest_key(pred.symbol)], args=[pred.bar_ts, *flat], client=pipe)
-            pipe.xadd(self.history_key(pred.symbol), fields, id=f"{pred.bar_ts}-{pred.horizon}",
+            await self._set_if_newer(keys=[self.keys.latest(pred.symbol)], args=[pred.bar_ts, *flat], client=pipe)
+            pipe.xadd(self.keys.history(pred.symbol), fields, id=self.keys.history_id(pred.bar_ts, pred.horizon),
                       maxlen=self.maxlen, approximate=True)
             count += 1
         if not count:
@@ -147,5 +139,18 @@ class RedisSink:
         fields = {"version": update.version, "sha256": update.sha256, "uri": update.uri,
                   "family": update.family, "created_at": str(update.created_at)}
         fields.update({f"metric.{k}": repr(v) for k, v in update.metrics.items()})
-        key = self.model_key(update.name)
+        key = self.keys.model(update.name)
         await self.execute(lambda pipe: pipe.delete(key).hset(key, mapping=fields))
+
+    async def write_score(self, symbol: str, fields: Mapping[str, str], *, model_name: str,
+                          retrain_reason: str | None = None) -> None:
+        """Replace the live score hash of ``symbol``; with a reason, also ask the retrainer for a round."""
+        key = self.keys.score(symbol)
+
+        def build(pipe: Pipeline) -> None:
+            pipe.delete(key)
+            pipe.hset(key, mapping=dict(fields))
+            if retrain_reason is not None:
+                pipe.set(self.keys.retrain_flag(model_name), retrain_reason)
+
+        await self.execute(build)

@@ -16,6 +16,7 @@ from websockets.asyncio.client import connect
 
 from chaincast.deploy.page import serve_page
 from chaincast.stream.records import Prediction
+from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.sink import RedisSink
 from tests.deploy.conftest import require
 
@@ -38,7 +39,7 @@ def page(settings_for) -> Iterator[tuple[str, object]]:  # noqa: ANN001 - the co
         sink = RedisSink(settings.redis_url, settings.redis_prefix)
         await sink.write([prediction(s, m, base + 3 * m) for m in range(20)
                           for s, base in (("BTCUSDT", 28_000.0), ("ETHUSDT", 1_800.0))])
-        await sink.client.hset(f"{settings.redis_prefix}score:BTCUSDT",
+        await sink.client.hset(RedisLayout.of(settings).score("BTCUSDT"),
                                mapping={"version": "v-test", "skill": "0.042", "mae": "0.0011"})
         await sink.close()
 

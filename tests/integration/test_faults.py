@@ -21,6 +21,7 @@ from chaincast.stream.predict import history_size
 from chaincast.stream.topics import ensure_topics
 from chaincast.producers.replay import Market, replay
 from chaincast.stream.records import Bar, DeadLetter, Prediction
+from chaincast.stream.redis_layout import RedisLayout
 from tests.integration.conftest import day_of, markets, read_topic, send_raw, start_worker
 from tests.integration.test_pipeline import (
     CLOSED_PER_SYMBOL,
@@ -85,14 +86,14 @@ def test_redis_stopped_10s_mid_replay_every_forecast_is_in_redis_afterwards(serv
         preds = asyncio.run(replay_through_an_outage())
         made = {(p.symbol, f"{p.bar_ts}-{p.horizon}") for p in (Prediction.loads(m.value) for m in preds)}
         r = redis.Redis.from_url(url, decode_responses=True)
-        key = f"{settings.redis_prefix}preds:{{}}"
+        keys = RedisLayout.of(settings)
         stored: set = set()
         for _ in range(600):  # the topic send follows the Redis write; allow the last pipeline to land
-            stored = {(sym, i) for sym in SYMBOLS for i, _ in r.xrange(key.format(sym))}
+            stored = {(sym, i) for sym in SYMBOLS for i, _ in r.xrange(keys.history(sym))}
             if stored >= made:
                 break
             time.sleep(0.1)
-        latest = {sym: r.hget(f"{settings.redis_prefix}pred:{sym}", "bar_ts") for sym in SYMBOLS}
+        latest = {sym: r.hget(keys.latest(sym), "bar_ts") for sym in SYMBOLS}
     finally:
         worker.stop()
         proc.stop()

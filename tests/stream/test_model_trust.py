@@ -12,7 +12,7 @@ from chaincast.consumers.registry import Registry
 from chaincast.models.build import build_model
 from chaincast.models.history import load_bars
 from chaincast.stream.model_trust import signed
-from chaincast.stream.models import ModelSlot
+from chaincast.stream.model_slot import ModelSlot
 from chaincast.stream.records import ModelUpdate
 from tests.conftest import PROJECT_DATA
 
