@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 import redis
 
 from chaincast.deploy.kafka import kafka_cluster
@@ -31,6 +32,7 @@ from tests.integration.test_pipeline import (
 OUTAGE_S = 20
 
 
+@pytest.mark.timeout(900)  # a JVM broker started twice, a day replayed, on a shared two-core machine
 def test_kafka_stopped_20s_mid_run_nothing_missing(served, tmp_path):
     with kafka_cluster(tmp_path / "kafka") as cluster:
         settings, _ = served(KAFKA_BOOTSTRAP_SERVERS=cluster.bootstrap, CHAINCAST_EMBEDDED_BROKER="0")
