@@ -65,6 +65,7 @@ class MarketBatch:
     def __init__(self, s: "Streams", bounds: Bounds) -> None:
         self.s = s
         self.bounds = bounds
+        self.symbols = frozenset(s.settings.symbols)
         self.window = s.settings.window
         self.size = history_size(s.settings.window)
         self.arrived = time.perf_counter()
@@ -78,7 +79,7 @@ class MarketBatch:
     async def add(self, key: bytes | None, raw: bytes | None) -> None:
         s = self.s
         try:
-            trades = parse_trades(raw, key, frozenset(s.settings.symbols), s.settings.max_message_bytes)
+            trades = parse_trades(raw, key, self.symbols, s.settings.max_message_bytes)
         except Refused as exc:
             await self.dead_letter(raw, str(exc), key)
             return

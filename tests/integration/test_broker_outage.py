@@ -3,8 +3,9 @@
 The embedded broker keeps everything in memory (a restart loses it), so this fault runs
 on the reference broker: one KRaft node from deploy/kafka, stopped (SIGTERM) between two
 halves of a replayed day and started again on the same ports and data. The test plays
-the supervisor's part: a worker that stopped itself before acknowledging a batch (exit
-75, stream.failure) is started again, as Kubernetes or compose would.
+the supervisor's part: a worker that stopped (itself before acknowledging a batch, exit 75,
+stream.failure; or crashed by Faust once the broker stayed away past its metadata timeout)
+is started again, as Kubernetes or compose would.
 """
 
 from __future__ import annotations
@@ -72,9 +73,12 @@ def test_kafka_stopped_20s_mid_run_nothing_missing(served, tmp_path):
                     break
                 time.sleep(0.1)
         finally:
-            codes = [w.stop() for w in workers]
-    assert all(c in (0, None) for c in codes[-1:]), (tmp_path / f"w{len(workers) - 1}" / "worker.log").read_text()[-3000:]
-    assert all(code == 75 for code in restarts), restarts  # only ever the deliberate stop-before-ack
+            codes = [w.stop(timeout=60) for w in workers]
+    assert codes[-1] == 0, (tmp_path / f"w{len(workers) - 1}" / "worker.log").read_text()[-3000:]
+    # Measured: when the broker stays away past the client's metadata timeout, Faust crashes the
+    # worker (exit 1, "Unable to get cluster metadata") or the worker stops itself before acking
+    # (75); either way the supervisor's restart redoes the unacknowledged batch.
+    assert set(restarts) <= {1, 75}, restarts
     assert_bars_match_file(bars_by_symbol(bar_msgs))
     preds = {(Prediction.loads(m.value).symbol, Prediction.loads(m.value).bar_ts) for m in pred_msgs}
     assert len(preds) == 2 * n
