@@ -84,7 +84,7 @@ def faust_app(settings: Settings) -> faust.App:
 
 
 def create_app(settings: Settings) -> Streams:
-    from chaincast.stream.agents import markets, score  # the agents register themselves on this app
+    from chaincast.stream.agents import fees, markets, score, txs  # the agents register themselves on this app
     from chaincast.stream import lag
 
     app = faust_app(settings)
@@ -107,12 +107,16 @@ def create_app(settings: Settings) -> Streams:
                        registry_dir=settings.registry_dir, signing_key=settings.model_signing_key,
                        max_bytes=settings.model_max_bytes),
         sink=RedisSink(settings.redis_url or "", settings.redis_prefix, settings.history_maxlen,
-                       settings.redis_retry_budget_s),
+                       (settings.forecast_specs[0].target, settings.forecast_specs[0].horizon),
+                       retry_budget_s=settings.redis_retry_budget_s),
         chain=ChainMinutes(),
         chain_ready=asyncio.Event(),
     )
     markets.register(streams)
     score.register(streams)
+    fees.register(streams)  # fee forecasts from chain.blocks
+    if settings.chain_txs:  # transactions are opt-in: so is their value forecaster
+        txs.register(streams)
     lag.register(streams)  # consumer lag and model age, sampled on a timer
 
     # /livez and /readyz (stream.health): the loop's heartbeat, Redis and the broker.

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from chaincast.models.serving import Forecaster, ModelRejected
 from chaincast.stream.metrics import MODEL_INFO, MODEL_LOADED_AT, MODEL_SWAP, MODELS_REFUSED
-from chaincast.stream.model_trust import trusted_path, verify
+from chaincast.stream.model_trust import trusted_path, uri_path, verify
 from chaincast.stream.records import ModelUpdate
 from chaincast.stream.settings import Settings
 
@@ -38,7 +38,7 @@ OnRefused = Callable[[ModelUpdate, str], Awaitable[object]]  # (update, dead-let
 class ModelSlot:
     """Holds the serving Forecaster; ``current`` is replaced atomically."""
 
-    def __init__(self, name: str, threads: int = 1, window: int | None = None, *, registry_dir: Path,
+    def __init__(self, name: str, threads: int = 1, window: int | None = None, *, registry_dir: Path | None = None,
                  signing_key: str | None = None, max_bytes: int = 256_000_000) -> None:
         self.name = name
         self.threads = threads
@@ -54,7 +54,9 @@ class ModelSlot:
         return [] if self.current is None else [self.current]
 
     def _load(self, update: ModelUpdate) -> Forecaster:
-        path = trusted_path(update, self.registry_dir, self.signing_key, self.max_bytes)
+        # No registry given (a test slot): the uri is taken as it is; workers always give one.
+        path = (uri_path(update.uri) if self.registry_dir is None
+                else trusted_path(update, self.registry_dir, self.signing_key, self.max_bytes))
         model = Forecaster.load(path, expected_sha256=update.sha256, threads=self.threads)
         if self.window is not None and model.window != self.window:
             raise ModelRejected(f"model window {model.window} differs from the stream's window {self.window}")

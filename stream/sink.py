@@ -24,7 +24,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
-from chaincast.stream.records import ModelUpdate, Prediction
+from chaincast.stream.records import FeePrediction, ModelUpdate, Prediction
 from chaincast.stream.redis_layout import RedisLayout
 
 log = logging.getLogger(__name__)
@@ -46,17 +46,22 @@ def _log_retry(state: RetryCallState) -> None:
 
 
 def _fields(pred: Prediction) -> dict[str, str]:
-    return {k: str(v) for k, v in pred.model_dump(by_alias=True).items()}
+    # A volatility forecast has no price_hat: the field is absent, not the string "None".
+    return {k: str(v) for k, v in pred.model_dump(by_alias=True).items() if v is not None}
 
 
 class RedisSink:
-    def __init__(self, url: str, prefix: str = "cc:", maxlen: int = 10_000, retry_budget_s: float = 120.0) -> None:
+    def __init__(self, url: str, prefix: str = "cc:", maxlen: int = 10_000,
+                 default_forecast: tuple[str, int] | None = None, retry_budget_s: float = 120.0) -> None:
         self.url = url
         self.keys = RedisLayout(prefix)
         self.maxlen = maxlen
         self.retry_budget_s = retry_budget_s
         self._client: aioredis.Redis | None = None
         self._set_if_newer = None
+        # (target, horizon) of the default forecaster, whose keys are cc:pred:{SYMBOL}; any other
+        # forecaster's predictions go to its own keys. None: every prediction is the default's.
+        self.default_forecast = default_forecast
 
     @property
     def client(self) -> aioredis.Redis:
@@ -116,8 +121,10 @@ class RedisSink:
         for pred in preds:
             fields = _fields(pred)
             flat = [x for kv in fields.items() for x in kv]
-            await self._set_if_newer(keys=[self.keys.latest(pred.symbol)], args=[pred.bar_ts, *flat], client=pipe)
-            pipe.xadd(self.keys.history(pred.symbol), fields, id=self.keys.history_id(pred.bar_ts, pred.horizon),
+            extra = () if self.default_forecast in (None, (pred.target, pred.horizon)) else (pred.target, pred.horizon)
+            await self._set_if_newer(keys=[self.keys.latest(pred.symbol, *extra)], args=[pred.bar_ts, *flat],
+                                     client=pipe)
+            pipe.xadd(self.keys.history(pred.symbol, *extra), fields, id=self.keys.history_id(pred.bar_ts, pred.horizon),
                       maxlen=self.maxlen, approximate=True)
             count += 1
         if not count:
@@ -154,3 +161,36 @@ class RedisSink:
                 pipe.set(self.keys.retrain_flag(model_name), retrain_reason)
 
         await self.execute(build)
+
+    async def write_fees(self, chain_id: int, preds: list[FeePrediction], retracted: list[FeePrediction],
+                         scores: dict[str, dict[str, float]]) -> None:
+        """One batch of fee forecasts in one round trip: retractions first, then the new forecasts.
+
+        The history stream takes auto ids: a re-forecast after a reorg is for a block number
+        already in it, which an id made of the block number could not express.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        for p in [*retracted, *preds]:
+            pipe.xadd(self.keys.fee_history(chain_id), {k: "" if v is None else str(v)
+                                                        for k, v in p.model_dump(by_alias=True).items()},
+                      maxlen=self.maxlen, approximate=True)
+        latest: dict[str, str] = {}
+        if retracted:
+            latest |= {"retracted_block": str(retracted[-1].block), "retracted_hash": retracted[-1].block_hash}
+        for p in preds:
+            latest |= {"block": str(p.block), "block_hash": p.block_hash, "timestamp": str(p.timestamp),
+                       "base_fee_gwei": repr(p.base_fee_gwei), "updated_at": str(p.created_at)}
+            key = f"{p.target}.h{p.horizon}"
+            for name in ("y_hat", "q10", "q90", "reference", "forecast_gwei", "forecast_q10_gwei",
+                         "forecast_q90_gwei", "model_version"):
+                value = getattr(p, name)
+                if value is not None:
+                    latest[f"{key}.{name}"] = value if isinstance(value, str) else repr(value)
+        if latest:
+            pipe.hset(self.keys.fee_latest(chain_id), mapping=latest)
+        flat = {f"{key}.{k}": repr(v) for key, stats in scores.items() for k, v in stats.items()}
+        if flat:
+            pipe.hset(self.keys.fee_score(chain_id), mapping=flat)
+        for res in await pipe.execute(raise_on_error=False):
+            if isinstance(res, Exception):
+                raise res
