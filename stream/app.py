@@ -17,11 +17,14 @@ import faust
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from chaincast.stream.chain import watch_chain
 from chaincast.stream.chainfeatures import ChainMinutes
 from chaincast.stream.context import Streams
+from chaincast.stream.health import HEALTH, broker_reachable
 from chaincast.stream.model_slot import ModelSlot, watch_models
+from chaincast.stream.records import ModelUpdate
 from chaincast.stream.settings import Settings
 from chaincast.stream.sink import RedisSink
 from chaincast.stream.topics import ensure_topics
@@ -81,7 +84,7 @@ def faust_app(settings: Settings) -> faust.App:
 
 
 def create_app(settings: Settings) -> Streams:
-    from chaincast.stream.agents import bars, fees, predict, score, txs  # the agents register themselves on this app
+    from chaincast.stream.agents import fees, markets, score, txs  # the agents register themselves on this app
     from chaincast.stream import lag
 
     app = faust_app(settings)
@@ -96,25 +99,40 @@ def create_app(settings: Settings) -> Streams:
         bars=topic(settings.topic_bars, settings.partitions),
         predictions=topic(settings.topic_predictions, settings.partitions),
         deadletter=topic(settings.topic_deadletter, 1),
-        # Both tables are written once per market per batch (stream.take): the key, not the
-        # current event, picks the partition, which matches the input topic's because both
-        # are keyed by market with the default partitioner.
-        bar_state=app.Table("bar-state", partitions=settings.partitions, key_type=str, use_partitioner=True),
-        windows=app.Table("windows", partitions=settings.partitions, key_type=str,
-                          use_partitioner=True),
-        slot=ModelSlot(settings.model_name, threads=settings.onnx_threads, window=settings.window),
+        # Written once per market per batch (stream.take): the key, not the current event,
+        # picks the partition, which matches the input topic's because both are keyed by
+        # market with the default partitioner.
+        markets=app.Table("markets", partitions=settings.partitions, key_type=str, use_partitioner=True),
+        slot=ModelSlot(settings.model_name, threads=settings.onnx_threads, window=settings.window,
+                       registry_dir=settings.registry_dir, signing_key=settings.model_signing_key,
+                       max_bytes=settings.model_max_bytes),
         sink=RedisSink(settings.redis_url or "", settings.redis_prefix, settings.history_maxlen,
-                       (settings.forecast_specs[0].target, settings.forecast_specs[0].horizon)),
+                       (settings.forecast_specs[0].target, settings.forecast_specs[0].horizon),
+                       retry_budget_s=settings.redis_retry_budget_s),
         chain=ChainMinutes(),
         chain_ready=asyncio.Event(),
     )
-    bars.register(streams)
-    predict.register(streams)
+    markets.register(streams)
     score.register(streams)
     fees.register(streams)  # fee forecasts from chain.blocks
     if settings.chain_txs:  # transactions are opt-in: so is their value forecaster
         txs.register(streams)
     lag.register(streams)  # consumer lag and model age, sampled on a timer
+
+    # /livez and /readyz (stream.health): the loop's heartbeat, Redis and the broker.
+    HEALTH.heartbeat_timeout_s = settings.heartbeat_timeout_s
+
+    @app.task
+    async def heartbeat() -> None:
+        await HEALTH.heartbeat()
+
+    @app.task
+    async def redis_ready() -> None:
+        await HEALTH.watch("redis", streams.sink.ping)
+
+    @app.task
+    async def broker_ready() -> None:
+        await HEALTH.watch("broker", broker_reachable(settings.kafka_bootstrap_servers or ""))
 
     @app.task
     async def follow_chain() -> None:
@@ -128,16 +146,32 @@ def create_app(settings: Settings) -> Streams:
     @app.task
     async def follow_models() -> None:
         try:
-            await watch_models(settings, streams.slot, on_swap=streams.sink.write_model)
+            async def refused(update: ModelUpdate, reason: str) -> None:
+                await (await streams.dead_letter("stream.models", update.dumps(), reason,
+                                                 topic=settings.topic_models, key=update.name.encode()))
+
+            await watch_models(settings, streams.slot, on_swap=streams.sink.write_model, on_refused=refused)
         finally:  # cancelled at shutdown: the worker's one Redis client goes with it
             await streams.sink.close()
 
     return streams
 
 
+async def wait_for_broker(settings: Settings) -> None:
+    """Create the topics, retrying (jittered backoff, no limit) while the broker is unreachable."""
+    def unreachable(state: RetryCallState) -> None:
+        log.warning("broker unreachable at %s (attempt %d): %s; retrying", settings.kafka_bootstrap_servers,
+                    state.attempt_number, state.outcome.exception() if state.outcome else "")
+
+    async for attempt in AsyncRetrying(retry=retry_if_exception_type(KafkaError),
+                                       wait=wait_random_exponential(multiplier=0.5, max=10), before_sleep=unreachable):
+        with attempt:
+            await ensure_topics(settings)
+
+
 def run_worker(settings: Settings) -> None:
     """Run one stream worker until SIGTERM/SIGINT."""
-    asyncio.run(ensure_topics(settings))  # a worker may start before any producer
+    asyncio.run(wait_for_broker(settings))  # a worker may start before the broker, or any producer
     streams = create_app(settings)
     worker = faust.Worker(streams.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

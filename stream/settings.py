@@ -162,6 +162,23 @@ class Settings(BaseSettings):
     tx_retrain_history: int = Field(50_000, ge=500, validation_alias="CHAINCAST_TX_RETRAIN_HISTORY")
     tx_retrain_epochs: int = Field(4, ge=1, validation_alias="CHAINCAST_TX_RETRAIN_EPOCHS")
 
+    # --- delivery ---
+    # Bounds on well-formed records that would wedge a market (stream.bounds owns the checks).
+    # A trade dated later than now + this is refused; older trades stay valid (a backfill).
+    max_clock_skew_s: float = Field(300.0, gt=0, validation_alias="CHAINCAST_MAX_CLOCK_SKEW_S")
+    # 0 exempts event time from the wall clock: replays and backtests of data dated ahead of it.
+    clock_check: bool = Field(True, validation_alias="CHAINCAST_CLOCK_CHECK")
+    # A trade id this far from the last one (either way) is a venue reset, not a gap or duplicates.
+    max_id_jump: int = Field(100_000_000, ge=1, validation_alias="CHAINCAST_MAX_ID_JUMP")
+    # A worker retries Redis this long, then exits before acknowledging the batch (redone on restart).
+    redis_retry_budget_s: float = Field(120.0, gt=0, validation_alias="CHAINCAST_REDIS_RETRY_BUDGET_S")
+    # HMAC-SHA256 key of model updates; set, a worker serves only updates signed with it.
+    model_signing_key: str | None = Field(None, validation_alias="CHAINCAST_MODEL_SIGNING_KEY", repr=False)
+    # Largest model file a worker reads (the size is checked before reading).
+    model_max_bytes: int = Field(256_000_000, ge=1024, validation_alias="CHAINCAST_MODEL_MAX_BYTES")
+    # The liveness probe fails when the worker's event loop has not ticked for this long.
+    heartbeat_timeout_s: float = Field(30.0, gt=0, validation_alias="CHAINCAST_HEARTBEAT_TIMEOUT_S")
+
     @field_validator("symbols", mode="before")
     @classmethod
     def _split_symbols(cls, value: Any) -> Any:

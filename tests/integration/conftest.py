@@ -66,13 +66,13 @@ def start_worker(settings: Settings, log_dir: Path) -> Process:
 
 @pytest.fixture
 def served(settings_for) -> Callable[..., tuple[Settings, ModelEntry]]:
-    """Settings with topics created and a persistence model announced (fast to fit)."""
+    """Settings with topics created and a model announced (persistence unless told: fast to fit)."""
 
-    def make(**env: str) -> tuple[Settings, ModelEntry]:
+    def make(family: str = "persistence", **env: str) -> tuple[Settings, ModelEntry]:
         settings = settings_for(**env)
         asyncio.run(ensure_topics(settings))
         registry = Registry(settings.registry_dir)
-        entry = build_model([day_of("BTCUSDT")], "persistence", settings.window, settings.horizon, registry,
+        entry = build_model([day_of("BTCUSDT")], family, settings.window, settings.horizon, registry,
                             name=settings.model_name)
         registry.set_champion(settings.model_name, entry.version)
         asyncio.run(announce(settings, settings.model_name, entry))
