@@ -59,6 +59,7 @@ from chaincast.models.history import TS, load_many, symbol_of
 from chaincast.producers.synth import dense_trades
 from chaincast.stream.predict import history_size
 from chaincast.stream.records import TradeBatch, market_key
+from chaincast.stream import kafka_options
 from chaincast.stream.settings import Settings
 from chaincast.stream.topics import ensure_topics
 
@@ -136,9 +137,8 @@ def trade_messages(exchange: str, bars: dict[str, np.ndarray], per_message: int,
 async def preload(settings: Settings, messages: Sequence[tuple[bytes, bytes]], batched: bool = False) -> float:
     """Send everything to the trades topic, wait for every ack; returns the seconds it took.
     ``batched``: many records per batch even on the embedded broker (for topics only counted)."""
-    config = {**settings.producer_config(), **({"max_batch_size": 16_384, "linger_ms": 5} if batched else {})}
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                                max_request_size=max(settings.max_message_bytes * 2, 1_048_576), **config)
+    producer = AIOKafkaProducer(**kafka_options.producer(
+        settings, **({"max_batch_size": 16_384, "linger_ms": 5} if batched else {})))
     await producer.start()
     t0 = time.perf_counter()
     try:
@@ -328,7 +328,7 @@ async def close_bars(settings: Settings, next_rows: dict[str, np.ndarray], last_
                      seconds: float, halfway: Callable[[], Any], per_bar: int) -> dict[tuple[str, int], float]:
     """Send each symbol its next bar every LATENCY_INTERVAL_S (staggered across symbols); the bar's
     first trade closes the previous one. Returns (symbol, closed bar ts) -> perf_counter before the send."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, **settings.producer_config())
+    producer = AIOKafkaProducer(**kafka_options.producer(settings))
     await producer.start()
     sent: dict[tuple[str, int], float] = {}
     symbols = list(next_rows)

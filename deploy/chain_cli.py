@@ -19,6 +19,7 @@ from prometheus_client import start_http_server
 from chaincast.producers.chain import ChainFollower, follow_chain
 from chaincast.producers.chain_node import redact
 from chaincast.producers.cursor import CursorError
+from chaincast.deploy.preflight import kafka_ready
 from chaincast.stream.publish import Publisher
 from chaincast.stream.settings import Settings
 from chaincast.stream.topics import ensure_topics
@@ -66,9 +67,7 @@ def chain(
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not settings.node_url:
         raise typer.BadParameter("give --node URL or set CHAINCAST_NODE_URL", param_hint="--node")
-    if not settings.kafka_bootstrap_servers:
-        typer.echo("KAFKA_BOOTSTRAP_SERVERS is not set (chaincast up starts an embedded broker)", err=True)
-        raise typer.Exit(2)
+    settings = kafka_ready(settings)
     if settings.metrics_port:
         try:
             start_http_server(settings.metrics_port, addr="127.0.0.1")

@@ -30,6 +30,7 @@ from chaincast.deploy.embedded import EmbeddedError, Process, embedded_stack, fr
 from chaincast.deploy.hardhat import start_hardhat
 from chaincast.deploy.metrics import scrape
 from chaincast.models.history import MINUTE_MS, TS, load_many, symbol_of
+from chaincast.stream import kafka_options
 from chaincast.stream.predict import history_size
 from chaincast.stream.settings import Settings
 from chaincast.stream.topics import ensure_topics
@@ -118,6 +119,7 @@ def run_up(settings: Settings, paths: list[Path], duration: float | None, speed:
         if want_redis:
             settings = settings.model_copy(update={"redis_url": env["REDIS_URL"]})
             echo(f"embedded Redis on {settings.redis_url}")
+        settings = asyncio.run(kafka_options.resolve(settings))
         asyncio.run(ensure_topics(settings))
 
         bars = {sym: load_many(p) for sym, p in files.items()}

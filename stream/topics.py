@@ -12,6 +12,7 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from chaincast.stream import kafka_options
 from chaincast.stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,13 +30,29 @@ def single_partition_topics(settings: Settings) -> list[str]:
 
 
 async def ensure_topics(settings: Settings) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    """Create the missing topics with the settings' partitions and replication factor.
+
+    An existing topic with fewer replicas than asked is refused (KafkaSetupError):
+    it would silently lose data when its one broker goes, whatever acks=all promises.
+    """
+    rf = kafka_options.replication_factor(settings)
+    configs = kafka_options.topic_configs(settings)
+    admin = AIOKafkaAdminClient(**kafka_options.admin(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [NewTopic(t, settings.partitions, 1) for t in partitioned_topics(settings) if t not in existing]
+        ours = partitioned_topics(settings) + single_partition_topics(settings)
+        if rf > 1 and (present := [t for t in ours if t in existing]):
+            for desc in await admin.describe_topics(present):
+                have = min((len(p["replicas"]) for p in desc["partitions"]), default=rf)
+                if have < rf:
+                    raise kafka_options.KafkaSetupError(
+                        f"topic {desc['topic']} has {have} replica(s), CHAINCAST_REPLICATION_FACTOR asks {rf}")
+        wanted = [NewTopic(t, settings.partitions, rf, topic_configs=configs)
+                  for t in partitioned_topics(settings) if t not in existing]
         wanted += [
-            NewTopic(t, 1, 1, topic_configs={"cleanup.policy": "compact"} if t == settings.topic_models else {})
+            NewTopic(t, 1, rf, topic_configs={**configs, **({"cleanup.policy": "compact"}
+                                                           if t == settings.topic_models else {})})
             for t in single_partition_topics(settings)
             if t not in existing
         ]
