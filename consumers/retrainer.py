@@ -33,18 +33,20 @@ from chaincast.consumers.bar_history import BarHistory
 from chaincast.consumers.challenge import ChallengeJob, ChallengeResult, run_challenge
 from chaincast.consumers.promotion import announce
 from chaincast.consumers.registry import ModelEntry, Registry
+from chaincast.models.targets import ForecastSpec
+from chaincast.models.logs import setup_logging
 from chaincast.stream import kafka_options
 from chaincast.stream.metrics import (PROMOTIONS, REFUSALS, RETRAIN_ACTIVE, RETRAIN_HISTORY, RETRAIN_RUNS, RETRAIN_SECONDS,
                             VAL_MAE, VAL_SKILL)
 from chaincast.stream.records import Bar
-from chaincast.stream.scoring import retrain_flag_key
+from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 def _child_init() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
 
 
 def training_pool() -> ProcessPoolExecutor:
@@ -72,8 +74,14 @@ class _Rewind(ConsumerRebalanceListener):
 
 
 class Retrainer:
-    def __init__(self, settings: Settings, registry: Registry | None = None, pool: Executor | None = None) -> None:
+    """Retrains ONE forecaster of ``CHAINCAST_FORECASTS`` (the default one unless ``spec`` says otherwise)."""
+
+    def __init__(self, settings: Settings, registry: Registry | None = None, pool: Executor | None = None,
+                 spec: ForecastSpec | None = None) -> None:
         self.settings = settings
+        specs = settings.forecast_specs
+        self.spec = spec or specs[0]
+        self.name = self.spec.model_name(settings.model_name, default=self.spec == specs[0])
         self.registry = registry or Registry(settings.registry_dir)
         self.pool = pool
         self.history = BarHistory(settings.history_bars)
@@ -84,6 +92,7 @@ class Retrainer:
         self.job: asyncio.Future[ChallengeResult] | None = None
         self.job_meta: tuple[str, float, dict[TopicPartition, int]] = ("", 0.0, {})
         self.rounds = 0
+        self.rounds_vs_champion = 0  # alpha spending: each round against one champion tests at a lower level
         self._consumer: AIOKafkaConsumer | None = None
         self._redis: aioredis.Redis | None = None
 
@@ -95,7 +104,7 @@ class Retrainer:
     async def run(self, stopping: asyncio.Event | None = None) -> None:
         s = self.settings
         self._consumer = AIOKafkaConsumer(**kafka_options.consumer(
-            s, group_id=f"{s.app_id}-retrainer-{s.model_name}", enable_auto_commit=False,
+            s, group_id=f"{s.app_id}-retrainer-{self.name}", enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_interval_ms=3_600_000,  # rounds run beside the loop; polling never pauses long anyway
         ))
@@ -152,7 +161,7 @@ class Retrainer:
         if self._redis is None:
             self._redis = aioredis.Redis.from_url(self.settings.redis_url, decode_responses=True)
         try:
-            reason = await self._redis.getdel(retrain_flag_key(self.settings))
+            reason = await self._redis.getdel(RedisLayout.of(self.settings).retrain_flag(self.name))
         except (RedisConnectionError, RedisTimeoutError) as exc:  # Redis restarting: the schedule goes on
             log.warning("cannot read the retrain flag: %s", exc)
             return False
@@ -162,19 +171,20 @@ class Retrainer:
 
     def _start(self, trigger: str) -> None:
         s = self.settings
-        champion = self.registry.champion(s.model_name)
+        champion = self.registry.champion(self.name)
         job = ChallengeJob(
-            bars=self.history.arrays(), name=s.model_name, family=s.retrain_family, window=s.window,
-            horizon=s.horizon, val_bars=s.retrain_val_bars, max_epochs=s.retrain_max_epochs,
+            bars=self.history.arrays(), name=self.name, family=s.retrain_family, window=s.window,
+            horizon=self.spec.horizon, target=self.spec.target, val_bars=s.retrain_val_bars, max_epochs=s.retrain_max_epochs,
             margin=s.promote_margin, alpha=s.retrain_alpha,
             champion_path=str(champion.onnx_path) if champion else None,
             champion_sha256=champion.sha256 if champion else None,
             fallback=trigger == "live", trigger=trigger, seed=self.rounds,
-            parent=champion.version if champion else None,
+            parent=champion.version if champion else None, round_index=self.rounds_vs_champion + 1,
         )
         for sym, n in self.history.sizes().items():
             RETRAIN_HISTORY.labels(sym).set(n)
         self.rounds += 1
+        self.rounds_vs_champion += 1
         log.warning("round %d (%s): training a %s challenger on %d bars", self.rounds, trigger, job.family,
                     len(self.history))
         # The offsets this round has seen: committed only once its outcome is durable.
@@ -203,6 +213,7 @@ class Retrainer:
             VAL_SKILL.labels(role).set(sc.skill)
         if result.onnx is not None and result.card is not None:
             entry = await self.promote(result)
+            self.rounds_vs_champion = 0
             PROMOTIONS.labels(result.kind).inc()
             log.warning("promoted %s %s (%s; p=%s)", result.card["family"], entry.version, result.kind,
                         result.decision.p_value)
@@ -219,7 +230,7 @@ class Retrainer:
     async def promote(self, result: ChallengeResult) -> ModelEntry:
         """Registry write (atomic, write-once), champion pointer, then the announcement."""
         assert result.onnx is not None and result.card is not None
-        name = self.settings.model_name
+        name = self.name
         entry = await asyncio.to_thread(self.registry.put, result.onnx, result.card)
         entry = self.registry.set_champion(name, entry.version)
         await announce(self.settings, name, entry)
@@ -227,10 +238,11 @@ class Retrainer:
 
     async def _reannounce(self) -> None:
         """Finish a promotion a crash interrupted between the champion pointer and the announcement."""
-        champion = self.registry.champion(self.settings.model_name)
+        champion = self.registry.champion(self.name)
         if champion is not None:
-            await announce(self.settings, self.settings.model_name, champion)
+            await announce(self.settings, self.name, champion)
 
 
 async def run_retrainer(settings: Settings, stopping: asyncio.Event | None = None) -> None:
-    await Retrainer(settings).run(stopping)
+    """One retrainer per served forecaster, side by side (each its own consumer group and training process)."""
+    await asyncio.gather(*(Retrainer(settings, spec=spec).run(stopping) for spec in settings.forecast_specs))

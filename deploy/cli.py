@@ -3,57 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from pydantic import ValidationError
 
+from chaincast.deploy import bench, chain_cli, exchange_cli, models_cli, models_registry_cli, page
+from chaincast.deploy.cli_args import DataOpt, SymbolsOpt, check_files, load_settings, parse_speed, run_app
 from chaincast.deploy.preflight import kafka_ready
 from chaincast.stream.kafka_options import KafkaSetupError
-from chaincast.stream.settings import Settings
+from chaincast.stream.redis_layout import RedisLayout
+from chaincast.stream.topics import DEFAULTS
+
+__all__ = ["app", "check_files", "load_settings", "main", "parse_speed"]
 
 app = typer.Typer(help="chaincast: streaming crypto forecasts (Kafka + Faust + ONNX, predictions in Redis).",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-
-
-def load_settings(**overrides: object) -> Settings:
-    """Settings from the environment plus CLI overrides; a bad value is a one-line error."""
-    env = {k: v for k, v in overrides.items() if v is not None}
-    try:
-        settings = Settings(**env)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "settings"
-        raise typer.BadParameter(f"{where}: {err['msg']}") from None
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return settings
-
-
-def parse_speed(value: str) -> float | None:
-    """`max` or a positive number (market seconds per wall second)."""
-    if value.lower() == "max":
-        return None
-    try:
-        speed = float(value)
-    except ValueError:
-        raise typer.BadParameter(f"--speed must be a positive number or 'max', not {value!r}") from None
-    if not math.isfinite(speed) or speed <= 0:
-        raise typer.BadParameter(f"--speed must be a positive number or 'max', not {value!r}")
-    return speed
-
-
-def check_files(paths: list[Path]) -> list[Path]:
-    for p in paths:
-        if not p.is_file():
-            raise typer.BadParameter(f"no such file: {p}")
-    return paths
-
-
-DataOpt = Annotated[Optional[list[Path]], typer.Option("--data", help="History file(s); repeat the option.")]
-SymbolsOpt = Annotated[Optional[str], typer.Option(help="Comma-separated symbols (env CHAINCAST_SYMBOLS).")]
 
 
 @app.command()
@@ -62,15 +27,23 @@ def up(
     speed: Annotated[str, typer.Option(help="Replay speed: market seconds per second, or 'max'.")] = "600",
     symbols: SymbolsOpt = None,
     data: DataOpt = None,
+    chain: Annotated[str, typer.Option(help="Local chain when CHAINCAST_NODE_URL is unset: 'replay' (real "
+                                            "mainnet blocks) or 'hardhat' (an empty dev chain).")] = "replay",
+    chain_speed: Annotated[str, typer.Option(help="Replay node: block time per wall time, or 'max'.")] = "12",
+    chain_reorg_every: Annotated[int, typer.Option(help="Replay node: fork the newest 1..3 blocks every N heads "
+                                                        "(0 = never).", min=0)] = 0,
 ) -> None:
     """Run the whole system on this machine (embedded broker and Redis unless configured)."""
-    from chaincast.deploy.up import run_up
+    from chaincast.deploy.up import ChainOptions, run_up
 
     settings = load_settings(CHAINCAST_SYMBOLS=symbols)
     replay_speed = parse_speed(speed)
+    if chain not in ("replay", "hardhat"):
+        raise typer.BadParameter(f"--chain must be 'replay' or 'hardhat', not {chain!r}")
+    options = ChainOptions(source=chain, speed=parse_speed(chain_speed), reorg_every=chain_reorg_every)
     try:
         code = run_up(settings, check_files(data or []), duration, replay_speed,
-                      echo=lambda s: typer.echo(s, nl=not s.startswith("\r")))
+                      echo=lambda s: typer.echo(s, nl=not s.startswith("\r")), chain=options)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     except KafkaSetupError as exc:
@@ -136,9 +109,10 @@ def predictions(symbol: Annotated[Optional[str], typer.Argument(help="One symbol
         raise typer.BadParameter("set REDIS_URL to the Redis that chaincast writes to")
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     symbols = [symbol.upper()] if symbol else settings.symbols
+    keys = RedisLayout.of(settings)
     try:
         for sym in symbols:
-            p = client.hgetall(f"{settings.redis_prefix}pred:{sym}")
+            p = client.hgetall(keys.latest(sym))
             if not p:
                 typer.echo(f"{sym}: no prediction yet")
                 continue
@@ -154,7 +128,8 @@ def predictions(symbol: Annotated[Optional[str], typer.Argument(help="One symbol
 
 @app.command()
 def tail(
-    topic: Annotated[str, typer.Argument(help="Topic to follow.")] = "predictions",
+    topic: Annotated[Optional[str], typer.Argument(
+        help="Topic to follow.", show_default=f"the predictions topic: {DEFAULTS['topic_predictions']}")] = None,
     from_beginning: Annotated[bool, typer.Option(help="Start at the oldest message.")] = False,
     limit: Annotated[Optional[int], typer.Option(help="Stop after this many messages.", min=1)] = None,
     timeout: Annotated[Optional[float], typer.Option(help="Stop after this many idle seconds.", min=0.1)] = None,
@@ -163,12 +138,10 @@ def tail(
     from chaincast.deploy.tail import follow
 
     settings = kafka_ready(load_settings())
-    asyncio.run(follow(settings, topic, from_beginning, limit, timeout, typer.echo))
+    asyncio.run(follow(settings, topic or settings.topic_predictions, from_beginning, limit, timeout, typer.echo))
 
 
-# Commands that live beside their stage's code.
-from chaincast.deploy import chain_cli, exchange_cli, models_cli  # noqa: E402
-
+# Commands that live beside their stage's code (each sub-app imports cli_args, never this module).
 produce_app = typer.Typer(help="Run one producer alone.", no_args_is_help=True)
 
 
@@ -186,25 +159,21 @@ produce_app.command("exchange")(exchange_cli.produce_exchange)
 produce_app.command("chain")(chain_cli.chain)
 app.add_typer(produce_app, name="produce")
 app.add_typer(exchange_cli.serve_app, name="exchange")
+from chaincast.deploy import fees_cli  # noqa: E402
+
+app.add_typer(fees_cli.chain_app, name="chain")
+app.command("retrain-fees")(fees_cli.retrain_fees)
 app.command("train", context_settings=models_cli.EXTRA)(models_cli.train)
 app.command("backtest", context_settings=models_cli.EXTRA)(models_cli.backtest)
-
-from chaincast.deploy import models_registry_cli  # noqa: E402
-
 app.add_typer(models_registry_cli.models_app, name="models")
 app.command("retrain")(models_registry_cli.retrain)
-
-from chaincast.deploy import page  # noqa: E402
-
+app.command("retrain-txs")(models_registry_cli.retrain_txs)
 app.command("page")(page.page_command)
-
-from chaincast.deploy import bench  # noqa: E402
-
 app.command("bench")(bench.bench)
 
 
 def main() -> None:
-    app()
+    run_app(app)
 
 
 if __name__ == "__main__":

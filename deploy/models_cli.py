@@ -16,16 +16,21 @@ import torch
 import typer
 
 from chaincast.consumers.registry import Registry
+from chaincast.deploy.cli_args import load_settings, run_app
 from chaincast.models.backtest import backtest as run_backtest
 from chaincast.models.backtest import format_table
 from chaincast.models.build import export_checked
 from chaincast.models.export import ExportError
 from chaincast.models.families import FAMILIES, LEARNED
 from chaincast.models.history import HistoryFormatError, load_many, symbol_of
+from chaincast.models.features import GROUPS
+from chaincast.models.logs import setup_logging
 from chaincast.models.plot import PlotUnavailable, plot_last_window
+from chaincast.models.report import write_report
 from chaincast.models.targets import TARGETS
+from chaincast.models.tx_backtest import TX_TARGET
+from chaincast.deploy import tx_cli
 from chaincast.models.train import FitOptions, train as run_train
-from chaincast.stream.settings import Settings
 
 app = typer.Typer(help="Train and backtest chaincast models.", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
@@ -38,25 +43,30 @@ def load_series(ctx: typer.Context, data: list[Path]) -> list[np.ndarray]:
     groups: dict[str, list[Path]] = {}
     for p in paths:
         if str(p).startswith("-"):
-            raise typer.BadParameter(f"unknown option {p}")
+            raise fail(f"unknown option {p}")
         if not p.is_file():
-            raise typer.BadParameter(f"no such file: {p}", param_hint="--data")
+            raise fail(f"--data: no such file: {p}")
         groups.setdefault(symbol_of(p) or str(p), []).append(p)
     try:
         return [load_many(list(g)) for g in groups.values()]
     except HistoryFormatError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--data") from None
+        raise fail(f"--data: {exc}") from None
+
+
+def fail(message: str) -> typer.BadParameter:
+    """A bad argument or unusable data: ``run_app`` prints it as one line and exits 2."""
+    return typer.BadParameter(message)
 
 
 def _check(choice: str, allowed: tuple[str, ...], hint: str) -> str:
     if choice not in allowed:
-        raise typer.BadParameter(f"{choice!r} is not one of {', '.join(allowed)}", param_hint=hint)
+        raise fail(f"{hint}: {choice!r} is not one of {', '.join(allowed)}")
     return choice
 
 
 def _setup(threads: int) -> None:
     torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
 
 
 @app.command(context_settings=EXTRA)
@@ -66,7 +76,7 @@ def train(
     model: str = typer.Option("gru", help=f"Family: {', '.join(FAMILIES)}."),
     horizon: int = typer.Option(1, min=1, max=1440, help="Bars ahead."),
     window: int = typer.Option(32, min=2, max=4096, help="Bars of features the model sees."),
-    target: str = typer.Option("log_return", help=f"Target: {', '.join(TARGETS)}."),
+    target: str = typer.Option("log_return", help=f"Target: {', '.join(TARGETS)}, or {TX_TARGET} (transactions)."),
     epochs: int = typer.Option(20, min=1, help="Max epochs (early stopping on validation)."),
     seed: int = typer.Option(0),
     name: str | None = typer.Option(None, help="Model name in the card (default: the family)."),
@@ -75,6 +85,11 @@ def train(
     threads: int = typer.Option(1, min=1, help="Torch threads."),
 ) -> None:
     """Train one model, export it to ONNX with a parity check and store it in the registry."""
+    if target == TX_TARGET:  # transaction histories, not bars: the tx side of the CLI
+        _setup(threads)
+        tx_cli.train_txs([*data, *(Path(a) for a in ctx.args)], window, epochs, seed, name,
+                         out or load_settings().registry_dir, promote)
+        return
     _check(model, FAMILIES, "--model")
     _check(target, TARGETS, "--target")
     bars = load_series(ctx, data)
@@ -89,11 +104,11 @@ def train(
                            options=FitOptions(max_epochs=epochs), name=name, progress=progress)
         onnx_bytes, card = export_checked(result)
     except ValueError as exc:  # too little contiguous data for the splits
-        raise typer.BadParameter(str(exc), param_hint="--data") from None
+        raise fail(f"--data: {exc}") from None
     except ExportError as exc:
         typer.echo(f"export refused: {exc}", err=True)
         raise typer.Exit(1) from None
-    registry = Registry(out or Settings().registry_dir)
+    registry = Registry(out or load_settings().registry_dir)
     entry = registry.put(onnx_bytes, card)
     test = card["metrics"]["test"]
     typer.echo(f"stored {entry.onnx_path} (version {entry.version}, parity {card['parity_max_abs_diff']:.2g})")
@@ -112,34 +127,56 @@ def backtest(
     ctx: typer.Context,
     data: list[Path] = typer.Option(..., "--data", help="History file(s)."),
     horizon: int = typer.Option(1, min=1, max=1440, help="Bars ahead."),
-    models: str = typer.Option(",".join(LEARNED), help="Comma-separated families beside the baselines."),
+    models: str = typer.Option(",".join(LEARNED), help="Comma-separated families beside the references."),
     window: int = typer.Option(32, min=2, max=4096),
-    target: str = typer.Option("log_return", help=f"Target: {', '.join(TARGETS)}."),
+    target: str = typer.Option("log_return", help=f"Target: {', '.join(TARGETS)}, or {TX_TARGET} (transactions)."),
     folds: int = typer.Option(3, min=1, max=50, help="Walk-forward test windows."),
     seed: int = typer.Option(0),
     min_skill: float = typer.Option(0.0, min=0.0, max=1.0, help="Skill vs persistence the gate demands (> it)."),
+    features: str = typer.Option("base", help=f"Feature groups, comma-separated: {', '.join(GROUPS)}."),
+    ablation: bool = typer.Option(False, help="Also score linear and lightgbm with/without each feature group."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the results as JSON here."),
+    report_dir: Path | None = typer.Option(None, "--report", help="Write a self-contained HTML report into this directory."),
     plot: Path | None = typer.Option(None, help="Plot the last test window's forecast band (needs matplotlib)."),
     threads: int = typer.Option(1, min=1, help="Torch threads."),
 ) -> None:
-    """Walk-forward backtest of every model beside persistence and EMA drift; prints a table."""
+    """Walk-forward backtest of every model beside persistence, EMA drift and HAR; prints a table.
+
+    ``selected`` is chosen on validation rows only; bands are calibrated online (adaptive conformal).
+    On a block series (detected from the header) the fee backtest runs instead (deploy/fees_cli.py).
+    """
+    if target == TX_TARGET:  # transaction histories: medians, linear, LightGBM and the encoder
+        families = tx_cli.families_of(models, ",".join(LEARNED))
+        _setup(threads)
+        tx_cli.backtest_txs([*data, *(Path(a) for a in ctx.args)], families, window, folds, seed, 6, json_out)
+        return
+    from chaincast.deploy import fees_cli
+
+    if fees_cli.is_block_data(data):
+        fees_cli.backtest_blocks(ctx, data, horizon, models, window, target, seed, min_skill, json_out, threads)
+        return
     chosen = tuple(m.strip() for m in models.split(",") if m.strip())
     if not chosen:
-        raise typer.BadParameter("give at least one model", param_hint="--models")
+        raise fail("--models: give at least one model")
     for m in chosen:
         _check(m, FAMILIES, "--models")
     _check(target, TARGETS, "--target")
+    groups = tuple(g.strip() for g in features.split(",") if g.strip())
+    for g in groups:
+        _check(g, tuple(GROUPS), "--features")
     bars = load_series(ctx, data)
     _setup(threads)
     try:
         report = run_backtest(bars, horizon, chosen, window, target, folds, seed=seed, min_skill=min_skill,
-                              progress=lambda msg: typer.echo(f"  {msg}", err=True))
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--data") from None
+                              groups=groups, ablation=ablation, progress=lambda msg: typer.echo(f"  {msg}", err=True))
+    except ValueError as exc:  # horizon longer than the data, too few rows for the folds, no chain columns
+        raise fail(str(exc)) from None
     typer.echo(format_table(report))
     if json_out is not None:
         json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
         typer.echo(f"wrote {json_out}")
+    if report_dir is not None:
+        typer.echo(f"wrote {write_report(report, report_dir)}")
     if plot is not None:
         try:
             typer.echo(f"wrote {plot_last_window(report, plot)}")
@@ -148,7 +185,7 @@ def backtest(
 
 
 def main() -> None:
-    app()
+    run_app(app)
 
 
 if __name__ == "__main__":

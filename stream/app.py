@@ -1,7 +1,8 @@
 """The Faust app of one stream worker: topics, tables and agents, declared once.
 
 ``create_app(settings)`` builds it from the settings (no module-level app, so
-tests and workers choose their broker at run time); ``main()`` runs a worker.
+tests and workers choose their broker at run time) into the shared context
+(``stream.context.Streams``) that the agents import downward; ``run_worker`` runs a worker.
 Topics carry raw bytes: the agents decode them with the records of
 ``stream.records`` so that anything malformed reaches the dead-letter topic
 with a reason instead of stopping a worker.
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from dataclasses import dataclass
 
 import faust
 from aiokafka.errors import KafkaError
@@ -20,39 +19,13 @@ from aiokafka.errors import KafkaError
 from chaincast.stream import kafka_options
 from chaincast.stream.chain import watch_chain
 from chaincast.stream.chainfeatures import ChainMinutes
-from chaincast.stream.metrics import DEADLETTERED, reason_kind
-from chaincast.stream.models import ModelSlot, watch_models
-from chaincast.stream.records import DeadLetter
+from chaincast.stream.context import Streams
+from chaincast.stream.model_slot import ModelSlot, watch_models
 from chaincast.stream.settings import Settings
 from chaincast.stream.sink import RedisSink
 from chaincast.stream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Streams:
-    """Everything the agents share in one worker."""
-
-    settings: Settings
-    app: faust.App
-    trades: faust.TopicT
-    bars: faust.TopicT
-    predictions: faust.TopicT
-    deadletter: faust.TopicT
-    bar_state: faust.Table  # market key (str) -> BarBuilder dict
-    windows: faust.Table  # market key (str) -> recent bar rows
-    slot: ModelSlot
-    sink: RedisSink
-    chain: ChainMinutes
-    chain_ready: asyncio.Event
-
-    async def dead_letter(self, source: str, raw: bytes | str | None, reason: str, *,
-                          topic: str | None = None, key: bytes | None = None) -> None:
-        DEADLETTERED.labels(source, reason_kind(reason)).inc()
-        letter = DeadLetter(source=source, topic=topic, key=DeadLetter.text(key) or None, reason=reason,
-                            raw=DeadLetter.text(raw), ts=int(time.time() * 1000))
-        await self.deadletter.send(key=source.encode(), value=letter.dumps())
 
 
 def faust_app(settings: Settings) -> faust.App:
@@ -61,7 +34,7 @@ def faust_app(settings: Settings) -> faust.App:
 
 
 def create_app(settings: Settings) -> Streams:
-    from chaincast.stream.agents import bars, predict, score  # the agents register themselves on this app
+    from chaincast.stream.agents import bars, fees, predict, score, txs  # the agents register themselves on this app
     from chaincast.stream import lag
 
     app = faust_app(settings)
@@ -84,13 +57,17 @@ def create_app(settings: Settings) -> Streams:
         windows=app.Table("windows", partitions=settings.partitions, key_type=str, use_partitioner=True,
                           extra_topic_configs=kafka_options.topic_configs(settings)),
         slot=ModelSlot(settings.model_name, threads=settings.onnx_threads, window=settings.window),
-        sink=RedisSink(settings.redis_url or "", settings.redis_prefix, settings.history_maxlen),
+        sink=RedisSink(settings.redis_url or "", settings.redis_prefix, settings.history_maxlen,
+                       (settings.forecast_specs[0].target, settings.forecast_specs[0].horizon)),
         chain=ChainMinutes(),
         chain_ready=asyncio.Event(),
     )
     bars.register(streams)
     predict.register(streams)
     score.register(streams)
+    fees.register(streams)  # fee forecasts from chain.blocks
+    if settings.chain_txs:  # transactions are opt-in: so is their value forecaster
+        txs.register(streams)
     lag.register(streams)  # consumer lag and model age, sampled on a timer
 
     @app.task

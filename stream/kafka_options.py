@@ -23,7 +23,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 from aiokafka import AIOKafkaConsumer
@@ -32,7 +32,8 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.helpers import create_ssl_context
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from chaincast.stream.settings import Settings
+if TYPE_CHECKING:  # settings -> topics -> here: only the type is needed
+    from chaincast.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 

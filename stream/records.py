@@ -13,6 +13,8 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
 
+from chaincast.models.timeunits import MINUTE_MS
+
 SCHEMA_VERSION = 1
 
 PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -87,7 +89,7 @@ class Bar(Record):
     exchange: str
     symbol: str
     ts: int = Field(ge=0)  # bar open time, ms
-    interval_ms: int = 60_000
+    interval_ms: int = MINUTE_MS
     open: PositiveFinite
     high: PositiveFinite
     low: PositiveFinite
@@ -134,6 +136,42 @@ class Tx(Record):
     gas_price: Wei | None = None
     max_fee_per_gas: Wei | None = None
     max_priority_fee_per_gas: Wei | None = None
+    # Features of the transaction-value model (models.txs); absent from older producers.
+    index: int | None = Field(None, ge=0)  # position in the block
+    gas: int | None = Field(None, ge=0)  # gas limit
+    input_size: int | None = Field(None, ge=0)  # bytes of call data
+
+
+class TxForecast(Record):
+    """The value forecast of one transaction, made before its value was revealed to the model,
+    with the revealed value beside it (log(value_eth + eps) units, models.txs)."""
+
+    chain_id: int
+    block: int = Field(ge=0)
+    block_hash: str | None = None
+    hash: str
+    from_: str = Field(alias="from")
+    to: str | None
+    q10: Finite
+    q50: Finite
+    q90: Finite
+    threshold: Finite  # the calibrated upper bound at the alert level
+    y: Finite  # the revealed log value
+    value_eth: NonNegFinite
+    model_name: str
+    model_version: str
+    created_at: int  # ms, wall clock
+
+
+class TxAlert(Record):
+    """A transaction whose value lies above its calibrated bound (the "whale alert");
+    sent again with ``retracted=true`` when a reorg orphans its block."""
+
+    source: str = "txs"
+    forecast: TxForecast
+    level: float = Field(gt=0, lt=1)
+    excess: Finite  # y - threshold, log units
+    retracted: bool = False
 
 
 class Prediction(Record):
@@ -147,7 +185,8 @@ class Prediction(Record):
     q50: Finite
     q90: Finite
     price: PositiveFinite  # the close the forecast starts from
-    price_hat: PositiveFinite  # price * exp(y_hat)
+    # price * exp(y_hat) for a return forecast; None for a volatility forecast, which forecasts no price.
+    price_hat: PositiveFinite | None = None
     model_name: str
     model_version: str
     created_at: int  # ms, wall clock
@@ -155,7 +194,7 @@ class Prediction(Record):
 
     @property
     def target_ts(self) -> int:
-        return self.bar_ts + 60_000 * self.horizon
+        return self.bar_ts + MINUTE_MS * self.horizon
 
 
 class ModelUpdate(Record):
@@ -206,3 +245,32 @@ class DeadLetter(Record):
             return ""
         text = raw.decode("utf-8", errors="backslashreplace") if isinstance(raw, bytes) else raw
         return text if len(text) <= limit else f"{text[:limit]}...[{len(text)} characters, truncated]"
+
+
+class FeePrediction(Record):
+    """A fee forecast made when block ``block`` arrived, on the ``predictions.chain`` topic (key: chain id).
+
+    ``target`` ``base_fee``: ``y_hat`` / quantiles are log(base_fee[block+h] / base_fee[block]) and the
+    ``*_gwei`` fields the forecast base fee; ``gas_ratio``: gas_used / gas_limit of block+h (no gwei).
+    ``retracted: true`` withdraws the forecast made on an orphaned block (same block and hash).
+    """
+
+    chain_id: int
+    block: int = Field(ge=0)
+    block_hash: str
+    timestamp: int = Field(ge=0)  # seconds, of the block the forecast saw
+    target: Literal["base_fee", "gas_ratio"]
+    horizon: int = Field(ge=1)  # blocks ahead
+    y_hat: Finite
+    q10: Finite
+    q50: Finite
+    q90: Finite
+    base_fee_gwei: NonNegFinite  # of the block the forecast saw
+    forecast_gwei: NonNegFinite | None = None
+    forecast_q10_gwei: NonNegFinite | None = None
+    forecast_q90_gwei: NonNegFinite | None = None
+    reference: Finite  # what the reference (EIP-1559 / persistence) says, in target units
+    model_name: str
+    model_version: str
+    created_at: int  # ms, wall clock
+    retracted: bool = False

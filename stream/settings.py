@@ -9,8 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from chaincast.models.targets import ForecastSpec, parse_forecasts
+
+from chaincast.stream.topics import DEFAULTS
 
 
 class Settings(BaseSettings):
@@ -29,14 +33,14 @@ class Settings(BaseSettings):
     exchange: str = Field("binance", validation_alias="CHAINCAST_EXCHANGE")
     home: Path = Field(Path(".chaincast"), validation_alias="CHAINCAST_HOME")
 
-    # Topics (DESIGN.md defaults).
-    topic_trades: str = Field("ticks.trades", validation_alias="CHAINCAST_TOPIC_TRADES")
-    topic_bars: str = Field("bars.1m", validation_alias="CHAINCAST_TOPIC_BARS")
-    topic_blocks: str = Field("chain.blocks", validation_alias="CHAINCAST_TOPIC_BLOCKS")
-    topic_txs: str = Field("chain.txs", validation_alias="CHAINCAST_TOPIC_TXS")
-    topic_predictions: str = Field("predictions", validation_alias="CHAINCAST_TOPIC_PREDICTIONS")
-    topic_models: str = Field("models.updates", validation_alias="CHAINCAST_TOPIC_MODELS")
-    topic_deadletter: str = Field("deadletter", validation_alias="CHAINCAST_TOPIC_DEADLETTER")
+    # Topics: names default to the registry's (stream.topics, DESIGN.md).
+    topic_trades: str = Field(DEFAULTS["topic_trades"], validation_alias="CHAINCAST_TOPIC_TRADES")
+    topic_bars: str = Field(DEFAULTS["topic_bars"], validation_alias="CHAINCAST_TOPIC_BARS")
+    topic_blocks: str = Field(DEFAULTS["topic_blocks"], validation_alias="CHAINCAST_TOPIC_BLOCKS")
+    topic_txs: str = Field(DEFAULTS["topic_txs"], validation_alias="CHAINCAST_TOPIC_TXS")
+    topic_predictions: str = Field(DEFAULTS["topic_predictions"], validation_alias="CHAINCAST_TOPIC_PREDICTIONS")
+    topic_models: str = Field(DEFAULTS["topic_models"], validation_alias="CHAINCAST_TOPIC_MODELS")
+    topic_deadletter: str = Field(DEFAULTS["topic_deadletter"], validation_alias="CHAINCAST_TOPIC_DEADLETTER")
     partitions: int = Field(4, ge=1, validation_alias="CHAINCAST_PARTITIONS")
 
     # Stream worker.
@@ -69,8 +73,9 @@ class Settings(BaseSettings):
     exchange_checkpoint_interval_s: float = Field(
         0.5, ge=0, validation_alias="CHAINCAST_EXCHANGE_CHECKPOINT_INTERVAL_S"
     )
-    topic_exchange_klines: str = Field("bars.exchange", validation_alias="CHAINCAST_TOPIC_EXCHANGE_KLINES")
-    topic_gaps: str = Field("ticks.gaps", validation_alias="CHAINCAST_TOPIC_GAPS")
+    topic_exchange_klines: str = Field(DEFAULTS["topic_exchange_klines"],
+                                       validation_alias="CHAINCAST_TOPIC_EXCHANGE_KLINES")
+    topic_gaps: str = Field(DEFAULTS["topic_gaps"], validation_alias="CHAINCAST_TOPIC_GAPS")
 
     # Chain producer.
     # A node URL often embeds an API key: kept out of repr (and out of logs, via producers.chain_node.redact).
@@ -112,6 +117,50 @@ class Settings(BaseSettings):
     metrics_host: str = Field("127.0.0.1", validation_alias="CHAINCAST_METRICS_HOST")
     log_level: str = Field("WARNING", validation_alias="CHAINCAST_LOG_LEVEL")
 
+    # --- fees ---
+    # Fee forecasts (issue 16): a topic of their own, not `predictions` (whose records and keys are per market).
+    topic_fee_predictions: str = Field(DEFAULTS["topic_fee_predictions"],
+                                       validation_alias="CHAINCAST_TOPIC_FEE_PREDICTIONS")
+    fee_horizons: Annotated[list[int], NoDecode] = Field([1, 5, 25], validation_alias="CHAINCAST_FEE_HORIZONS")
+    fee_window: int = Field(32, ge=2, le=512, validation_alias="CHAINCAST_FEE_WINDOW")  # blocks the models see
+    fee_model_prefix: str = Field("fees", validation_alias="CHAINCAST_FEE_MODEL_PREFIX")  # fees.base_fee.h5, ...
+    fee_score_window: int = Field(500, ge=10, validation_alias="CHAINCAST_FEE_SCORE_WINDOW")  # forecasts scored
+    # The fee retrainer: a round after this many new blocks (0 = off), on this many recent blocks.
+    fee_retrain_every_blocks: int = Field(600, ge=0, validation_alias="CHAINCAST_FEE_RETRAIN_EVERY_BLOCKS")
+    fee_history_blocks: int = Field(20_000, ge=500, validation_alias="CHAINCAST_FEE_HISTORY_BLOCKS")
+    fee_retrain_family: str = Field("linear", validation_alias="CHAINCAST_FEE_RETRAIN_FAMILY")
+    fee_chain_id: int = Field(1, ge=1, validation_alias="CHAINCAST_FEE_CHAIN_ID")  # the chain the page and `up` show
+
+    # --- forecast ---
+    # The served forecasters, target:horizon, comma-separated (e.g. log_return:1,volatility:5). The first
+    # is the default forecaster (model CHAINCAST_MODEL_NAME, Redis cc:pred:{SYMBOL}); each other one gets
+    # its own model name ({name}-{target}-{horizon}), Redis hash and history. Unset: log_return:CHAINCAST_HORIZON.
+    forecasts: str | None = Field(None, validation_alias="CHAINCAST_FORECASTS")
+
+    @field_validator("forecasts")
+    @classmethod
+    def _check_forecasts(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_forecasts(value)  # a bad entry is a ValueError: one line naming CHAINCAST_FORECASTS
+        return value
+
+    @property
+    def forecast_specs(self) -> tuple[ForecastSpec, ...]:
+        """The served forecasters, the default one first."""
+        return parse_forecasts(self.forecasts or f"log_return:{self.horizon}")
+
+    # --- transactions (the value model, issue 17) ---
+    tx_model_name: str = Field("tx_value", validation_alias="CHAINCAST_TX_MODEL_NAME")
+    # A transaction above this calibrated quantile of its forecast is an alert.
+    tx_alert_level: float = Field(0.99, gt=0.5, lt=1, validation_alias="CHAINCAST_TX_ALERT_LEVEL")
+    tx_skill_window: int = Field(500, ge=10, validation_alias="CHAINCAST_TX_SKILL_WINDOW")  # forecasts scored
+    topic_alerts: str = Field(DEFAULTS["topic_alerts"], validation_alias="CHAINCAST_TOPIC_ALERTS")
+    tx_window: int = Field(32, ge=2, le=1024, validation_alias="CHAINCAST_TX_WINDOW")  # transactions per window
+    # The tx retrainer runs a round every this many new transactions (0 = off) ...
+    tx_retrain_every: int = Field(5000, ge=0, validation_alias="CHAINCAST_TX_RETRAIN_EVERY")
+    # ... on at most this many of the newest.
+    tx_retrain_history: int = Field(50_000, ge=500, validation_alias="CHAINCAST_TX_RETRAIN_HISTORY")
+    tx_retrain_epochs: int = Field(4, ge=1, validation_alias="CHAINCAST_TX_RETRAIN_EPOCHS")
     # --- kafka: security, replication, delivery (the clients are built by stream.kafka_options) ---
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", validation_alias="CHAINCAST_KAFKA_SECURITY_PROTOCOL")
@@ -150,6 +199,16 @@ class Settings(BaseSettings):
             return symbols
         return value
 
+    @field_validator("fee_horizons", mode="before")
+    @classmethod
+    def _split_horizons(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [int(h) for h in value.replace(" ", ",").split(",") if h]
+        if isinstance(value, (list, tuple)):
+            if not value or any(int(h) < 1 or int(h) > 1000 for h in value):
+                raise ValueError("fee horizons are 1..1000 blocks, at least one")
+            return sorted({int(h) for h in value})
+        return value
     @model_validator(mode="after")
     def _check_kafka_security(self) -> "Settings":
         if self.kafka_security_protocol.startswith("SASL") and not (
@@ -183,8 +242,32 @@ class Settings(BaseSettings):
             if isinstance(value, SecretStr):  # a child's environment, never its argv or a log
                 value = value.get_secret_value()
             elif isinstance(value, list):
-                value = ",".join(value)
+                value = ",".join(str(v) for v in value)
             elif isinstance(value, bool):
                 value = "1" if value else "0"
             out[key] = str(value)
         return out
+
+
+class SettingsError(ValueError):
+    """A setting with a bad value; the message is one line naming its environment variable."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """The Settings from the environment, with ``overrides`` (by env name; None = not given) on top.
+
+    Every entry point builds its settings here, so a bad value is always the same one-line
+    ``SettingsError`` (the CLI prints it and exits 2), never a traceback.
+
+    >>> load_settings(CHAINCAST_PARTITIONS="0")
+    Traceback (most recent call last):
+    ...
+    chaincast.stream.settings.SettingsError: CHAINCAST_PARTITIONS: Input should be greater than or equal to 1
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        raise SettingsError(f"{where}: {err['msg']}") from None

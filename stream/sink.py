@@ -1,9 +1,9 @@
-"""Predictions into Redis: one pipeline per batch, idempotent.
+"""Everything a worker writes to Redis: one pipeline per batch, idempotent.
 
-Layout (an interface, documented in the README), prefix default ``cc:``:
-- ``{prefix}pred:{SYMBOL}``   hash, the latest prediction (only ever moved forward in bar time);
-- ``{prefix}preds:{SYMBOL}``  stream, the history, entry id ``{bar_ts}-{horizon}``, capped;
-- ``{prefix}model:{name}``    hash, the serving model version and its metrics.
+The keys come from ``stream.redis_layout`` (the layout is an interface, documented
+in the README): predictions (latest hash + capped history stream), the serving
+model's hash (written once this worker accepted the version), live scores and the
+retrain flag. Nothing else in a worker writes Redis.
 
 Redelivered predictions (at-least-once) are harmless: the stream refuses an id
 it already holds, and the hash is only replaced by a newer bar.
@@ -12,7 +12,7 @@ it already holds, and the hash is only replaced by a newer bar.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -21,7 +21,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from chaincast.stream.records import ModelUpdate, Prediction
+from chaincast.stream.records import FeePrediction, ModelUpdate, Prediction
+from chaincast.stream.redis_layout import RedisLayout
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +37,21 @@ return 1
 
 
 def _fields(pred: Prediction) -> dict[str, str]:
-    return {k: str(v) for k, v in pred.model_dump(by_alias=True).items()}
+    # A volatility forecast has no price_hat: the field is absent, not the string "None".
+    return {k: str(v) for k, v in pred.model_dump(by_alias=True).items() if v is not None}
 
 
 class RedisSink:
-    def __init__(self, url: str, prefix: str = "cc:", maxlen: int = 10_000) -> None:
+    def __init__(self, url: str, prefix: str = "cc:", maxlen: int = 10_000,
+                 default_forecast: tuple[str, int] | None = None) -> None:
         self.url = url
-        self.prefix = prefix
+        self.keys = RedisLayout(prefix)
         self.maxlen = maxlen
         self._client: aioredis.Redis | None = None
         self._set_if_newer = None
+        # (target, horizon) of the default forecaster, whose keys are cc:pred:{SYMBOL}; any other
+        # forecaster's predictions go to its own keys. None: every prediction is the default's.
+        self.default_forecast = default_forecast
 
     @property
     def client(self) -> aioredis.Redis:
@@ -64,15 +70,6 @@ class RedisSink:
             await self._client.aclose()
             self._client = None
 
-    def latest_key(self, symbol: str) -> str:
-        return f"{self.prefix}pred:{symbol}"
-
-    def history_key(self, symbol: str) -> str:
-        return f"{self.prefix}preds:{symbol}"
-
-    def model_key(self, name: str) -> str:
-        return f"{self.prefix}model:{name}"
-
     async def write(self, preds: Iterable[Prediction]) -> int:
         """Write a batch in one round trip; return how many history entries were new."""
         client = self.client
@@ -81,8 +78,10 @@ class RedisSink:
         for pred in preds:
             fields = _fields(pred)
             flat = [x for kv in fields.items() for x in kv]
-            await self._set_if_newer(keys=[self.latest_key(pred.symbol)], args=[pred.bar_ts, *flat], client=pipe)
-            pipe.xadd(self.history_key(pred.symbol), fields, id=f"{pred.bar_ts}-{pred.horizon}",
+            extra = () if self.default_forecast in (None, (pred.target, pred.horizon)) else (pred.target, pred.horizon)
+            await self._set_if_newer(keys=[self.keys.latest(pred.symbol, *extra)], args=[pred.bar_ts, *flat],
+                                     client=pipe)
+            pipe.xadd(self.keys.history(pred.symbol, *extra), fields, id=self.keys.history_id(pred.bar_ts, pred.horizon),
                       maxlen=self.maxlen, approximate=True)
             count += 1
         if not count:
@@ -105,6 +104,49 @@ class RedisSink:
                   "family": update.family, "created_at": str(update.created_at)}
         fields.update({f"metric.{k}": repr(v) for k, v in update.metrics.items()})
         pipe = self.client.pipeline(transaction=True)
-        pipe.delete(self.model_key(update.name))
-        pipe.hset(self.model_key(update.name), mapping=fields)
+        pipe.delete(self.keys.model(update.name))
+        pipe.hset(self.keys.model(update.name), mapping=fields)
         await pipe.execute()
+
+    async def write_score(self, symbol: str, fields: Mapping[str, str], *, model_name: str,
+                          retrain_reason: str | None = None) -> None:
+        """Replace the live score hash of ``symbol``; with a reason, also ask the retrainer for a round."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self.keys.score(symbol))
+        pipe.hset(self.keys.score(symbol), mapping=dict(fields))
+        if retrain_reason is not None:
+            pipe.set(self.keys.retrain_flag(model_name), retrain_reason)
+        await pipe.execute()
+
+    async def write_fees(self, chain_id: int, preds: list[FeePrediction], retracted: list[FeePrediction],
+                         scores: dict[str, dict[str, float]]) -> None:
+        """One batch of fee forecasts in one round trip: retractions first, then the new forecasts.
+
+        The history stream takes auto ids: a re-forecast after a reorg is for a block number
+        already in it, which an id made of the block number could not express.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        for p in [*retracted, *preds]:
+            pipe.xadd(self.keys.fee_history(chain_id), {k: "" if v is None else str(v)
+                                                        for k, v in p.model_dump(by_alias=True).items()},
+                      maxlen=self.maxlen, approximate=True)
+        latest: dict[str, str] = {}
+        if retracted:
+            latest |= {"retracted_block": str(retracted[-1].block), "retracted_hash": retracted[-1].block_hash}
+        for p in preds:
+            latest |= {"block": str(p.block), "block_hash": p.block_hash, "timestamp": str(p.timestamp),
+                       "base_fee_gwei": repr(p.base_fee_gwei), "updated_at": str(p.created_at)}
+            key = f"{p.target}.h{p.horizon}"
+            for name in ("y_hat", "q10", "q90", "reference", "forecast_gwei", "forecast_q10_gwei",
+                         "forecast_q90_gwei", "model_version"):
+                value = getattr(p, name)
+                if value is not None:
+                    latest[f"{key}.{name}"] = value if isinstance(value, str) else repr(value)
+        if latest:
+            pipe.hset(self.keys.fee_latest(chain_id), mapping=latest)
+        flat = {f"{key}.{k}": repr(v) for key, stats in scores.items() for k, v in stats.items()}
+        if flat:
+            pipe.hset(self.keys.fee_score(chain_id), mapping=flat)
+        for res in await pipe.execute(raise_on_error=False):
+            if isinstance(res, Exception):
+                raise res

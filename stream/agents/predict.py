@@ -20,7 +20,7 @@ from chaincast.stream.predict import MAX_ABS_OUTPUT, Ready, forecast, history_si
 from chaincast.stream.records import Bar, market_key
 
 if TYPE_CHECKING:
-    from chaincast.stream.app import Streams
+    from chaincast.stream.context import Streams
 
 log = logging.getLogger(__name__)
 SOURCE = "stream.predict"
@@ -68,7 +68,8 @@ def register(s: "Streams") -> None:
             for p in preds:
                 BAR_TO_REDIS.observe(done - arrived)
                 PREDICTIONS.labels(p.symbol).inc()
-                FORECAST.labels(p.symbol, "mid").set(p.price_hat)
-                FORECAST.labels(p.symbol, "q10").set(p.price * math.exp(p.q10))
-                FORECAST.labels(p.symbol, "q90").set(p.price * math.exp(p.q90))
+                if p.price_hat is not None:  # a return forecast: the price band
+                    FORECAST.labels(p.symbol, "mid").set(p.price_hat)
+                    FORECAST.labels(p.symbol, "q10").set(p.price * math.exp(p.q10))
+                    FORECAST.labels(p.symbol, "q90").set(p.price * math.exp(p.q90))
                 await s.predictions.send(key=market_key(p.exchange, p.symbol).encode(), value=p.dumps())

@@ -22,6 +22,7 @@ from chaincast.models.build import build_model
 from chaincast.producers.replay import replay
 from chaincast.stream import kafka_options
 from chaincast.stream.records import market_key
+from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.settings import Settings
 from chaincast.stream.topics import ensure_topics
 from tests.integration.conftest import day_of, markets, read_topic, start_worker
@@ -44,7 +45,7 @@ async def replicas_and_isr(settings: Settings, topic: str) -> tuple[set[int], st
     await admin.start()
     try:
         (desc,) = await admin.describe_topics([topic])
-        from aiokafka.admin import ConfigResource, ConfigResourceType
+        from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
         (configs,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
         entries = {c[0]: c[1] for c in configs.resources[0][4]}
@@ -93,4 +94,4 @@ def test_leader_of_a_trades_partition_killed_mid_run_nothing_lost(cluster, tmp_p
     assert len({(m.key, m.value) for m in preds}) >= 2 * n
     r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     for sym in SYMBOLS:  # every forecast in the history, once
-        assert r.xlen(f"{settings.redis_prefix}preds:{sym}") == n
+        assert r.xlen(RedisLayout.of(settings).history(sym)) == n

@@ -5,6 +5,7 @@ from __future__ import annotations
 import redis
 
 from chaincast.stream.records import ModelUpdate, Prediction
+from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.sink import RedisSink
 
 
@@ -23,13 +24,13 @@ async def test_writes_latest_and_history_idempotently(redis_url, tmp_path):
     finally:
         await sink.close()
     r = redis.Redis.from_url(redis_url, decode_responses=True)
-    latest = r.hgetall(f"{tmp_path.name}:pred:BTCUSDT")
+    latest = r.hgetall(RedisLayout(f"{tmp_path.name}:").latest("BTCUSDT"))
     assert latest["bar_ts"] == "120000" and float(latest["y_hat"]) == 0.001
     assert set(latest) >= {"symbol", "bar_ts", "horizon", "y_hat", "price_hat", "q10", "q90", "model_version",
                            "created_at"}
-    history = r.xrange(f"{tmp_path.name}:preds:BTCUSDT")
+    history = r.xrange(RedisLayout(f"{tmp_path.name}:").history("BTCUSDT"))
     assert [entry_id for entry_id, _ in history] == ["60000-1", "120000-1"]
-    assert r.xlen(f"{tmp_path.name}:preds:ETHUSDT") == 1
+    assert r.xlen(RedisLayout(f"{tmp_path.name}:").history("ETHUSDT")) == 1
 
 
 async def test_model_hash(redis_url, tmp_path):
@@ -40,5 +41,26 @@ async def test_model_hash(redis_url, tmp_path):
         await sink.write_model(update)
     finally:
         await sink.close()
-    h = redis.Redis.from_url(redis_url, decode_responses=True).hgetall(f"{tmp_path.name}:model:m")
+    h = redis.Redis.from_url(redis_url, decode_responses=True).hgetall(RedisLayout(f"{tmp_path.name}:").model("m"))
     assert h["version"] == "v1" and float(h["metric.val_mae"]) == 0.5
+
+
+async def test_an_extra_forecaster_has_its_own_hash_and_history(redis_url, tmp_path):
+    """CHAINCAST_FORECASTS=log_return:1,volatility:5: the default keeps cc:pred:{SYMBOL}; volatility has no price_hat."""
+    prefix = f"{tmp_path.name}:"
+    sink = RedisSink(redis_url, prefix=prefix, default_forecast=("log_return", 1))
+    vol = Prediction(exchange="binance", symbol="BTCUSDT", bar_ts=60_000, horizon=5, target="volatility",
+                     y_hat=0.0012, q10=0.0007, q50=0.0011, q90=0.0018, price=100.0, model_name="m-volatility-5",
+                     model_version="v9", created_at=1, latency_ms=0.5)
+    try:
+        assert await sink.write([pred(60_000), vol]) == 2
+    finally:
+        await sink.close()
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    keys = RedisLayout(prefix)
+    assert r.hget(keys.latest("BTCUSDT"), "target") == "log_return"
+    v = r.hgetall(keys.latest("BTCUSDT", "volatility", 5))
+    assert v["target"] == "volatility" and v["horizon"] == "5" and "price_hat" not in v
+    assert float(v["q10"]) < float(v["y_hat"]) < float(v["q90"])
+    assert [i for i, _ in r.xrange(keys.history("BTCUSDT", "volatility", 5))] == ["60000-5"]
+    assert r.xlen(keys.history("BTCUSDT")) == 1
