@@ -9,6 +9,7 @@ carry on with the other two, and no trade, bar or forecast is lost.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -77,11 +78,15 @@ def test_leader_of_a_trades_partition_killed_mid_run_nothing_lost(cluster, tmp_p
     try:
         async def replay_and_kill_leader() -> None:
             job = asyncio.create_task(replay(settings, markets(), speed=None))
-            await read_topic(settings, settings.topic_bars, lambda m: len(m) >= 400)
+            await read_topic(settings, settings.topic_bars, lambda m: len(m) >= 50)  # early: the replay still sends
             await asyncio.to_thread(three.kill, victim)  # SIGKILL: no controlled shutdown
             await job
 
         asyncio.run(replay_and_kill_leader())
+        for _ in range(120):  # the controller fences the dead broker after its session timeout
+            if three.leader_of(settings.topic_trades, partition) != victim:
+                break
+            time.sleep(1)
         assert three.leader_of(settings.topic_trades, partition) != victim
         bar_msgs = asyncio.run(read_topic(settings, settings.topic_bars, all_bars, timeout=240))
         n = expected_predictions(settings)
