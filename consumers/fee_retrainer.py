@@ -29,6 +29,7 @@ from chaincast.models.fee_models import FeeFit, fit_fee_model, predict_chunked
 from chaincast.models.fees import FEE_TARGETS, REFERENCE, BlockSamples
 from chaincast.stream.fees import block_row
 from chaincast.stream.records import Block
+from chaincast.stream import kafka_options
 from chaincast.stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,8 @@ async def run_fee_retrainer(settings: Settings, stopping: asyncio.Event | None =
         return
     registry = Registry(settings.registry_dir)
     history = BlockHistory(settings.fee_history_blocks)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka_options.consumer(settings, group_id=None, auto_offset_reset="earliest",
+                                                          enable_auto_commit=False))
     await consumer.start()
     try:
         tp = TopicPartition(settings.topic_blocks, 0)

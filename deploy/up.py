@@ -33,6 +33,7 @@ from chaincast.deploy.metrics import scrape
 from chaincast.models.blocks import NUMBER, load_blocks
 from chaincast.models.history import TS, load_many, symbol_of
 from chaincast.models.timeunits import DAY_MS, MINUTE_MS
+from chaincast.stream import kafka_options
 from chaincast.stream.failure import EXIT_UNACKNOWLEDGED
 from chaincast.stream.predict import history_size
 from chaincast.stream.redis_layout import RedisLayout
@@ -152,6 +153,7 @@ def run_up(settings: Settings, paths: list[Path], duration: float | None, speed:
         if want_redis:
             settings = settings.model_copy(update={"redis_url": env["REDIS_URL"]})
             echo(f"embedded Redis on {settings.redis_url}")
+        settings = asyncio.run(kafka_options.resolve(settings))
         asyncio.run(ensure_topics(settings))
 
         bars = {sym: load_many(p) for sym, p in files.items()}

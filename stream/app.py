@@ -14,11 +14,10 @@ import asyncio
 import logging
 
 import faust
-from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
-from faust.transport.drivers import aiokafka as faust_aiokafka
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
+from chaincast.stream import kafka_options
 from chaincast.stream.chain import watch_chain
 from chaincast.stream.chainfeatures import ChainMinutes
 from chaincast.stream.context import Streams
@@ -32,55 +31,9 @@ from chaincast.stream.topics import ensure_topics
 log = logging.getLogger(__name__)
 
 
-# Kafka answers a fetch as soon as data arrives; Tansu only when the fetch's max wait
-# expires, and Faust fixes that wait at 1.5 s, which would put 1.5 s on every hop.
-EMBEDDED_FETCH_WAIT_MS = 10
-
-
-class _PromptFetchThread(faust_aiokafka.AIOKafkaConsumerThread):
-    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> AIOKafkaConsumer:
-        consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = EMBEDDED_FETCH_WAIT_MS  # read when the consumer starts its fetcher
-        return consumer
-
-
-class _PromptFetchConsumer(faust_aiokafka.Consumer):
-    def _new_consumer_thread(self) -> _PromptFetchThread:
-        return _PromptFetchThread(self, loop=self.loop, beacon=self.beacon)
-
-
-class _EmbeddedBrokerTransport(faust_aiokafka.Transport):
-    Consumer = _PromptFetchConsumer
-
-
-class EmbeddedBrokerApp(faust.App):
-    """faust.App with a short consumer fetch wait, for the embedded broker only."""
-
-    def _new_transport(self) -> faust_aiokafka.Transport:
-        return _EmbeddedBrokerTransport(self.conf.broker_consumer, self)
-
-
 def faust_app(settings: Settings) -> faust.App:
-    embedded = settings.embedded_broker
-    return (EmbeddedBrokerApp if embedded else faust.App)(
-        settings.app_id,
-        broker=f"kafka://{settings.kafka_bootstrap_servers}",
-        store="memory://",
-        autodiscover=False,
-        web_enabled=False,
-        topic_partitions=settings.partitions,
-        topic_replication_factor=1,
-        processing_guarantee="at_least_once",
-        producer_acks=-1,
-        # Tansu: group joins take half the session timeout, and multi-record batches
-        # break ListOffsets(LATEST) and so changelog recovery: one record per batch there.
-        broker_session_timeout=10 if embedded else 30,
-        producer_max_batch_size=1 if embedded else 16_384,
-        producer_linger=0.0 if embedded else 0.005,
-        producer_max_request_size=max(settings.max_message_bytes * 2, 1_048_576),
-        consumer_auto_offset_reset="earliest",
-        logging_config=None,
-    )
+    return kafka_options.faust_app(settings, store="memory://", autodiscover=False, web_enabled=False,
+                                   logging_config=None)
 
 
 def create_app(settings: Settings) -> Streams:
@@ -102,7 +55,8 @@ def create_app(settings: Settings) -> Streams:
         # Written once per market per batch (stream.take): the key, not the current event,
         # picks the partition, which matches the input topic's because both are keyed by
         # market with the default partitioner.
-        markets=app.Table("markets", partitions=settings.partitions, key_type=str, use_partitioner=True),
+        markets=app.Table("markets", partitions=settings.partitions, key_type=str, use_partitioner=True,
+                          extra_topic_configs=kafka_options.topic_configs(settings)),
         slot=ModelSlot(settings.model_name, threads=settings.onnx_threads, window=settings.window,
                        registry_dir=settings.registry_dir, signing_key=settings.model_signing_key,
                        max_bytes=settings.model_max_bytes),

@@ -27,6 +27,7 @@ from chaincast.models.serving import Forecaster, ModelRejected
 from chaincast.stream.metrics import MODEL_INFO, MODEL_LOADED_AT, MODEL_SWAP, MODELS_REFUSED
 from chaincast.stream.model_trust import trusted_path, uri_path, verify
 from chaincast.stream.records import ModelUpdate
+from chaincast.stream import kafka_options
 from chaincast.stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -103,10 +104,8 @@ def _decode(slot: ModelSlot, key: bytes | None, value: bytes | None, offset: int
 
 async def _assign(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     """Every partition of ``topic``, from the beginning; waits for the topic to exist."""
-    while not (parts := consumer.partitions_for_topic(topic)):
-        await consumer.topics()  # a metadata refresh; the topic may not be created yet
-        if not consumer.partitions_for_topic(topic):
-            await asyncio.sleep(0.5)
+    while not (parts := await kafka_options.partitions_for(consumer, topic)):
+        await asyncio.sleep(0.5)  # the topic may not be created yet
     tps = [TopicPartition(topic, p) for p in sorted(parts)]
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)
@@ -130,8 +129,8 @@ async def _catch_up(consumer: AIOKafkaConsumer, tps: list[TopicPartition], slot:
 async def watch_models(settings: Settings, slot: ModelSlot, on_swap: OnSwap | None = None,
                        stopping: asyncio.Event | None = None, on_refused: OnRefused | None = None) -> None:
     """Serve the current champion of ``slot.name``, then follow ``models.updates`` until cancelled."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka_options.consumer(settings, group_id=None, auto_offset_reset="earliest",
+                                                          enable_auto_commit=False))
     await consumer.start()
     try:
         tps = await _assign(consumer, settings.topic_models)

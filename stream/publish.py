@@ -1,7 +1,7 @@
 """Producing chaincast records outside the Faust app (producers, the retrainer): keyed sends and dead letters.
 
-A lazily started aiokafka producer configured from the settings (acks=all;
-idempotent on real Kafka, one record per batch on the embedded broker).
+A lazily started aiokafka producer configured by ``stream.kafka_options`` (acks=all;
+idempotent on Kafka, one record per batch on the embedded broker).
 
 aiokafka's ``flush()`` never raises: a batch the broker refused only fails its
 delivery future. So the Publisher keeps every send's future until it resolves,
@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from chaincast.models.timeunits import now_ms
+from chaincast.stream import kafka_options
 from chaincast.stream.metrics import DEADLETTERED, reason_kind
 from chaincast.stream.records import DeadLetter, Record
 from chaincast.stream.settings import Settings
@@ -34,11 +35,7 @@ class Publisher:
 
     async def start(self) -> None:
         if self._producer is None:
-            self._producer = AIOKafkaProducer(
-                bootstrap_servers=self.settings.kafka_bootstrap_servers,
-                max_request_size=max(self.settings.max_message_bytes * 2, 1_048_576),
-                **self.settings.producer_config(),
-            )
+            self._producer = AIOKafkaProducer(**kafka_options.producer(self.settings))
             await self._producer.start()
 
     async def stop(self) -> None:

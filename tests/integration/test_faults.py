@@ -22,10 +22,11 @@ from chaincast.stream.topics import ensure_topics
 from chaincast.producers.replay import Market, replay
 from chaincast.stream.records import Bar, DeadLetter, Prediction
 from chaincast.stream.redis_layout import RedisLayout
-from tests.integration.conftest import day_of, markets, read_topic, send_raw, start_worker
+from tests.integration.conftest import day_of, markets, read_topic, send_raw, start_worker, xfail_on_tansu
 from tests.integration.test_pipeline import (
     CLOSED_PER_SYMBOL,
     SYMBOLS,
+    TANSU_KILL_FAILURE,
     all_bars,
     assert_bars_match_file,
     bars_by_symbol,
@@ -34,9 +35,9 @@ from tests.integration.test_pipeline import (
 
 
 # Same known intermittent embedded-broker failure after a SIGKILL as the kill test in
-# test_pipeline.py: it still runs every time (XPASS when it passes); see the closing note.
-@pytest.mark.xfail(strict=False, reason="embedded broker loses a partition head after SIGKILL (intermittent)")
-def test_two_workers_one_killed_the_other_takes_its_partitions(served, tmp_path):
+# test_pipeline.py: it still runs every time (XPASS when it passes); strict on Apache Kafka.
+def test_two_workers_one_killed_the_other_takes_its_partitions(served, tmp_path, request):
+    xfail_on_tansu(request, TANSU_KILL_FAILURE)
     settings, _ = served()
     first = start_worker(settings, tmp_path / "a")
     second = start_worker(settings, tmp_path / "b")
