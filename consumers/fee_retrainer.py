@@ -85,7 +85,8 @@ def fee_round(blocks: np.ndarray, registry: Registry, settings: Settings,
                 out.append(Verdict(name, False, f"MAE {mae:.4e} does not beat the champion's {champ_mae:.4e}"))
             else:
                 candidate.card["parent"] = champion.version if champion is not None else None
-                candidate.card["metrics"]["promotion"] = {"mae": mae, "mae_champion": champ_mae,
+                candidate.card["metrics"]["promotion"] = {"mae": mae, "mae_champion": None if champion is None
+                                                          else champ_mae,
                                                           "mae_reference": ref_mae, "rows": len(val)}
                 entry = registry.set_champion(name, store_fee_model(candidate, registry).version)
                 out.append(Verdict(name, True, f"MAE {mae:.4e} < champion {champ_mae:.4e}, "
