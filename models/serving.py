@@ -20,8 +20,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-from chaincast.models.export import session
-from chaincast.models.features import FEATURES
+from chaincast.models.features import FEATURES, SERVABLE_GROUPS, feature_names
 
 # onnxruntime raises these (all direct Exception subclasses) for bad graphs and bad inputs.
 ORT_ERRORS: tuple[type[Exception], ...] = (
@@ -33,6 +32,18 @@ ORT_ERRORS: tuple[type[Exception], ...] = (
     ort_errors.NotImplemented,
     ort_errors.RuntimeException,
 )
+
+
+def session(onnx_bytes: bytes, threads: int = 1) -> ort.InferenceSession:
+    """One onnxruntime session from bytes (the bytes that were hashed, not a path re-read later).
+
+    It lives here, not in ``models.export``, so that serving never imports torch.
+    """
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # warnings from ORT graph rewrites are noise here
+    return ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 class ModelRejected(Exception):
@@ -69,14 +80,16 @@ class Forecaster:
     window: int
     horizon: int
     features: tuple[str, ...]
+    groups: tuple[str, ...]
     card: dict[str, Any]
     sha256: str
     _session: ort.InferenceSession = field(repr=False)
 
     @classmethod
     def load(cls, onnx_path: str | Path, expected_sha256: str | None = None, threads: int = 1,
-             features: tuple[str, ...] = FEATURES) -> Forecaster:
-        """``features``: what the caller will feed (the market FEATURES, or the fee models' own)."""
+             features: tuple[str, ...] | None = None) -> Forecaster:
+        """``features``: what the caller will feed; None = the market features of the card's groups
+        (the fee models pass their own, ``models.fees.FEE_FEATURES``)."""
         onnx_path = Path(onnx_path)
         try:
             data = onnx_path.read_bytes()
@@ -88,6 +101,13 @@ class Forecaster:
             raise ModelRejected(f"sha256 of {onnx_path.name} is {sha[:12]}, its card says {str(card['sha256'])[:12]}")
         if expected_sha256 is not None and sha != expected_sha256:
             raise ModelRejected(f"sha256 of {onnx_path.name} is {sha[:12]}, expected {expected_sha256[:12]}")
+        if features is None:
+            groups = card.get("feature_groups", ["base"])
+            if not isinstance(groups, list) or not set(groups) <= set(SERVABLE_GROUPS):
+                raise ModelRejected(f"feature groups {groups} cannot be served (servable: {list(SERVABLE_GROUPS)})")
+            features = feature_names(tuple(groups))
+        else:
+            groups = [str(card.get("kind", "custom"))]
         if not isinstance(card["features"], list) or tuple(card["features"]) != features:
             raise ModelRejected(f"card features {card['features']} differ from this code's {list(features)}")
         try:
@@ -101,6 +121,7 @@ class Forecaster:
             window=int(card["window"]),
             horizon=int(card["horizon"]),
             features=features,
+            groups=tuple(groups),
             card=card,
             sha256=sha,
             _session=sess,
