@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-from chaincast.models.features import FEATURES, SERVABLE_GROUPS, feature_names
+from chaincast.models.features import SERVABLE_GROUPS, feature_names
 
 # onnxruntime raises these (all direct Exception subclasses) for bad graphs and bad inputs.
 ORT_ERRORS: tuple[type[Exception], ...] = (
@@ -88,8 +88,8 @@ class Forecaster:
     @classmethod
     def load(cls, onnx_path: str | Path, expected_sha256: str | None = None, threads: int = 1,
              features: tuple[str, ...] | None = None) -> Forecaster:
-        """``features``: what the caller will feed; None = the market features of the card's groups
-        (the fee models pass their own, ``models.fees.FEE_FEATURES``)."""
+        """``features``: what the caller will feed (the fee models' own); ``None`` for a market model,
+        whose features follow from the feature groups on its card."""
         onnx_path = Path(onnx_path)
         try:
             data = onnx_path.read_bytes()
@@ -101,13 +101,11 @@ class Forecaster:
             raise ModelRejected(f"sha256 of {onnx_path.name} is {sha[:12]}, its card says {str(card['sha256'])[:12]}")
         if expected_sha256 is not None and sha != expected_sha256:
             raise ModelRejected(f"sha256 of {onnx_path.name} is {sha[:12]}, expected {expected_sha256[:12]}")
+        groups = card.get("feature_groups", ["base"])
         if features is None:
-            groups = card.get("feature_groups", ["base"])
             if not isinstance(groups, list) or not set(groups) <= set(SERVABLE_GROUPS):
                 raise ModelRejected(f"feature groups {groups} cannot be served (servable: {list(SERVABLE_GROUPS)})")
             features = feature_names(tuple(groups))
-        else:
-            groups = [str(card.get("kind", "custom"))]
         if not isinstance(card["features"], list) or tuple(card["features"]) != features:
             raise ModelRejected(f"card features {card['features']} differ from this code's {list(features)}")
         try:
