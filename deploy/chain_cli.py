@@ -30,7 +30,7 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 def settings_with(**overrides: Any) -> Settings:
     """Settings from the environment, with the CLI's options (by env name) on top."""
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    return Settings.from_environment(**{k: v for k, v in overrides.items() if v is not None})
 
 
 async def _follow(settings: Settings, duration: float | None) -> None:

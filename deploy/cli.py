@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -21,13 +22,34 @@ def load_settings(**overrides: object) -> Settings:
     """Settings from the environment plus CLI overrides; a bad value is a one-line error."""
     env = {k: v for k, v in overrides.items() if v is not None}
     try:
-        settings = Settings(**env)
+        settings = Settings.from_environment(**env)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "settings"
-        raise typer.BadParameter(f"{where}: {err['msg']}") from None
+        raise typer.BadParameter(setting_error(exc)) from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return settings
+
+
+def setting_error(exc: ValidationError) -> str:
+    """The first problem of a settings error as one line: ``CHAINCAST_X: what is wrong``."""
+    err = exc.errors()[0]
+    where = str(err["loc"][0]) if err["loc"] else "settings"
+    return f"{where}: {err['msg']} (got {str(err.get('input'))[:60]!r})"
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"chaincast {version('chaincast')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Show the version and exit.", callback=_version,
+                                          is_eager=True)] = False,
+) -> None:
+    """chaincast: streaming crypto forecasts (Kafka + Faust + ONNX, predictions in Redis)."""
 
 
 def parse_speed(value: str) -> float | None:
@@ -188,17 +210,35 @@ from chaincast.deploy import models_registry_cli  # noqa: E402
 app.add_typer(models_registry_cli.models_app, name="models")
 app.command("retrain")(models_registry_cli.retrain)
 
-from chaincast.deploy import page  # noqa: E402
+from chaincast.deploy import api_cli  # noqa: E402
 
-app.command("page")(page.page_command)
+app.command("api")(api_cli.api)
+app.command("page", help="Same as `api`: the live page is served by the API at /.")(api_cli.api)
+app.add_typer(api_cli.token_app, name="token")
 
 from chaincast.deploy import bench  # noqa: E402
 
 app.command("bench")(bench.bench)
 
 
-def main() -> None:
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; every usage or settings error is one line on stderr and exit code 2."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+    try:
+        code = app(args=argv, prog_name="chaincast", standalone_mode=False)
+    except NoArgsIsHelpError as exc:  # a bare group: its help, as typer shows it
+        exc.show()
+        sys.exit(0)
+    except ClickException as exc:
+        typer.echo(f"chaincast: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except ValidationError as exc:  # a sub-app that built its settings itself
+        typer.echo(f"chaincast: error: {setting_error(exc)}", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

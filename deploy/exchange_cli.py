@@ -80,7 +80,7 @@ def serve(
     start: str | None = typer.Option(None, help="Market time to start at (ISO 8601 or epoch ms); default: first bar."),
 ) -> None:
     """Run the local exchange: Binance paths /stream and /ws, REST /api/v3/aggTrades and /api/v3/klines."""
-    settings = Settings()
+    settings = Settings.from_environment()
     _configure_logging(settings)
     missing = [str(p) for p in data if not p.exists()]
     if missing:
@@ -101,14 +101,14 @@ def serve(
 
 
 def produce_exchange(
-    url: str | None = typer.Option(None, help="Binance-format websocket endpoint [env CHAINCAST_EXCHANGE_URL]."),
+    url: str | None = typer.Option(None, help="Binance-format websocket endpoint \\[env CHAINCAST_EXCHANGE_URL]."),
     symbols: str = typer.Option("btcusdt,ethusdt", help="Comma-separated symbols."),
     streams: str = typer.Option("trade,kline_1m", help="Comma-separated: trade or aggTrade, kline_1m."),
     duration: float | None = typer.Option(None, min=0, help="Stop after this many seconds (default: run until ^C)."),
     venue: str = typer.Option("binance", help=f"Wire format: {', '.join(VENUES)}."),
 ) -> None:
     """Publish an exchange's trades to Kafka (ticks.trades), resilient to drops, gaps and bad frames."""
-    settings = Settings()
+    settings = Settings.from_environment()
     _configure_logging(settings)
     url = url or settings.exchange_url
     if not url:

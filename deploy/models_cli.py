@@ -75,8 +75,11 @@ def train(
     threads: int = typer.Option(1, min=1, help="Torch threads."),
 ) -> None:
     """Train one model, export it to ONNX with a parity check and store it in the registry."""
+    from chaincast.deploy.cli import load_settings  # late: deploy.cli mounts this module
+
     _check(model, FAMILIES, "--model")
     _check(target, TARGETS, "--target")
+    registry = Registry(out or load_settings().registry_dir)  # a bad setting fails before training
     bars = load_series(ctx, data)
     _setup(threads)
 
@@ -93,7 +96,6 @@ def train(
     except ExportError as exc:
         typer.echo(f"export refused: {exc}", err=True)
         raise typer.Exit(1) from None
-    registry = Registry(out or Settings().registry_dir)
     entry = registry.put(onnx_bytes, card)
     test = card["metrics"]["test"]
     typer.echo(f"stored {entry.onnx_path} (version {entry.version}, parity {card['parity_max_abs_diff']:.2g})")

@@ -15,6 +15,12 @@ TEST_DATA = REPO / "tests" / "fixtures" / "data"  # real slices shipped with the
 PROJECT_DATA = REPO / "deploy" / "data"
 
 
+@pytest.fixture(autouse=True)
+def _private_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never the user's own CHAINCAST_HOME (its registry, tokens, or the env file of a running `up`)."""
+    monkeypatch.setenv("CHAINCAST_HOME", str(tmp_path_factory.mktemp("home")))
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Env pointing at a real embedded broker and Redis server, fresh for each test module.
