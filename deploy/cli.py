@@ -142,28 +142,35 @@ def replay(
 
 @app.command()
 def predictions(symbol: Annotated[Optional[str], typer.Argument(help="One symbol; all when omitted.")] = None) -> None:
-    """Show the latest forecasts from Redis."""
-    import redis
+    """Show the latest forecasts from Redis (every forecaster of each symbol)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from chaincast.stream.forecasts import ForecastReader, forecaster_id
 
     settings = load_settings()
     if not settings.redis_url:
-        raise typer.BadParameter("set REDIS_URL to the Redis that chaincast writes to")
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        raise typer.BadParameter("set REDIS_URL to the Redis that chaincast writes to (or run `chaincast up`)")
     symbols = [symbol.upper()] if symbol else settings.symbols
+
+    async def read() -> list:
+        reader = ForecastReader(settings)
+        try:
+            return await reader.latest(symbols)
+        finally:
+            await reader.close()
+
     try:
-        for sym in symbols:
-            p = client.hgetall(f"{settings.redis_prefix}pred:{sym}")
-            if not p:
-                typer.echo(f"{sym}: no prediction yet")
-                continue
-            price = float(p["price"])
-            typer.echo(f"{sym} bar {p['bar_ts']} h={p['horizon']}: {price:.4f} -> {float(p['price_hat']):.4f} "
-                       f"(80% band {price * math.exp(float(p['q10'])):.4f} .. {price * math.exp(float(p['q90'])):.4f}) "
-                       f"model {p['model_name']} {p['model_version']}")
-    except redis.exceptions.ConnectionError as exc:
+        latest = asyncio.run(read())
+    except (RedisConnectionError, OSError) as exc:
         raise typer.BadParameter(f"cannot reach Redis: {exc}") from None
-    finally:
-        client.close()
+    for sym in symbols:
+        mine = [p for p in latest if p.symbol == sym]
+        if not mine:
+            typer.echo(f"{sym}: no prediction yet")
+        for p in mine:
+            typer.echo(f"{sym} {forecaster_id(p)} bar {p.bar_ts}: {p.price:.4f} -> {p.price_hat:.4f} "
+                       f"(80% band {p.price * math.exp(p.q10):.4f} .. {p.price * math.exp(p.q90):.4f}) "
+                       f"model {p.model_name} {p.model_version}")
 
 
 @app.command()

@@ -15,8 +15,10 @@ import contextlib
 import logging
 import math
 import os
+import shlex
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from chaincast.consumers.registry import Registry
 from chaincast.deploy.embedded import EmbeddedError, Process, embedded_stack, free_port, wait_for_port
 from chaincast.deploy.hardhat import start_hardhat
 from chaincast.deploy.metrics import scrape
+from chaincast.deploy.tokens import TokenStore
 from chaincast.models.history import MINUTE_MS, TS, load_many, symbol_of
 from chaincast.stream.predict import history_size
 from chaincast.stream.settings import Settings
@@ -38,7 +41,8 @@ log = logging.getLogger(__name__)
 
 DATA_DIR = Path(__file__).parent / "data"
 TRAIN_DAYS = 5  # the bundled week: the initial model learns on days 1-5, the local exchange plays days 6-7
-PAGE_PORT_OFFSET = 16  # the live page: 9480 beside the default metrics base 9464
+PAGE_PORT_OFFSET = 16  # the API and live page: 9480 beside the default metrics base 9464
+UP_TOKEN_TTL_S = 7 * 86400
 
 
 def bundled_files(symbols: list[str]) -> dict[str, list[Path]]:
@@ -83,6 +87,41 @@ class Status:
                          f"[{float(p['price']) * math.exp(float(p['q10'])):.2f},"
                          f"{float(p['price']) * math.exp(float(p['q90'])):.2f}] v{p['model_version']}")
         return " | ".join(parts)
+
+
+def env_lines(env: dict[str, str]) -> str:
+    """``export`` lines a shell can source and the settings loader reads (as a dotenv file).
+
+    >>> print(env_lines({"REDIS_URL": "redis://127.0.0.1:6390/0", "CHAINCAST_SYMBOLS": "BTCUSDT,ETHUSDT"}), end="")
+    export REDIS_URL=redis://127.0.0.1:6390/0
+    export CHAINCAST_SYMBOLS=BTCUSDT,ETHUSDT
+    """
+    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+
+
+def publish_env(settings: Settings, echo: Callable[[str], None]) -> str:
+    """Write the stack's connection settings to ``$CHAINCAST_HOME/env`` (mode 0600: a Redis URL may hold a
+    password) and show them; every chaincast command in another shell reads the file for what its
+    environment leaves unset. Returns the text written."""
+    path = settings.stack_env_file
+    text = env_lines(settings.stack_env())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".env.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+    echo(f"other shells find this stack through {path}; or export:")
+    for line in text.splitlines():
+        echo("  " + (line.split("=", 1)[0] + "=<in the file: it holds a password>" if "REDIS_URL" in line and "@" in line
+                     else line))
+    return text
+
+
+def withdraw_env(settings: Settings, text: str) -> None:
+    """Remove the env file at shutdown, unless another `up` has replaced it since."""
+    with contextlib.suppress(FileNotFoundError):
+        if settings.stack_env_file.read_text() == text:
+            settings.stack_env_file.unlink()
 
 
 def child(name: str, args: list[str], settings: Settings, log_dir: Path, metrics_port: int) -> Process:
@@ -130,19 +169,25 @@ def run_up(settings: Settings, paths: list[Path], duration: float | None, speed:
              f"validation skill vs persistence {entry.card['metrics']['val']['skill_vs_persistence']:+.4f})")
 
         replay_from = int(train_end - history_size(settings.window) * MINUTE_MS)
+        api_port = settings.metrics_port + PAGE_PORT_OFFSET if settings.metrics_port else free_port()
+        settings = settings.model_copy(update={"api_url": f"http://127.0.0.1:{api_port}"})
         procs, ports = start_processes(settings, files, replay_from, speed, log_dir, echo)
-        page_port = settings.metrics_port + PAGE_PORT_OFFSET if settings.metrics_port else free_port()
-        procs.append(child("page", ["page", "--port", str(page_port)], settings, log_dir, 0))
-        echo(f"live page: http://127.0.0.1:{page_port}/")
+        procs.append(child("api", ["api", "--port", str(api_port)], settings, log_dir, 0))
+        token, _ = TokenStore.in_home(settings.home).create("up", ["read"], ttl_s=UP_TOKEN_TTL_S)
+        echo(f"API and live page: {settings.api_url}/  (OpenAPI docs at /docs)")
+        echo(f"first API token (valid 7 days, shown once): {token}")
+        echo(f"  curl -H 'Authorization: Bearer {token}' {settings.api_url}/v1/forecasts")
+        echo(f"  live page: {settings.api_url}/#token={token}")
         echo("metrics: " + ", ".join(f"{name} :{port}" for name, port in ports.items()) + f"; logs in {log_dir}")
         status = Status()
         client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
         code = 0
+        env_file = publish_env(settings, echo)
         try:
             deadline = None if duration is None else time.monotonic() + duration
             while deadline is None or time.monotonic() < deadline:
                 time.sleep(1.0)
-                crashed = [p.name for p in procs if p.name in ("worker", "producer", "chain") and not p.alive()]
+                crashed = [p.name for p in procs if p.name in ("worker", "producer", "chain", "api") and not p.alive()]
                 if crashed:
                     echo(f"\nthe {crashed[0]} stopped unexpectedly; see {log_dir}/{crashed[0]}.log")
                     code = 1
@@ -152,6 +197,7 @@ def run_up(settings: Settings, paths: list[Path], duration: float | None, speed:
         except KeyboardInterrupt:
             echo("\nstopping ...")
         finally:
+            withdraw_env(settings, env_file)
             for p in reversed(procs):
                 p.stop(timeout=15)
             client.close()
