@@ -54,7 +54,7 @@ def test_gate_never_serves_negative_skill() -> None:
 
 
 def test_cli_backtest_writes_the_schema(tmp_path: Path, market: Path) -> None:
-    src = market / "binance_ETHUSDT_1m_2021-11.csv.gz"
+    src = market / "binance_ETHUSDT_1m_2023-03.csv.gz"
     small = tmp_path / "ETHUSDT_small.csv"  # the first 3,000 bars, as a headered CSV
     with gzip.open(src, "rt") as fh:
         small.write_text("".join(line for _, line in zip(range(3001), fh)))
