@@ -207,6 +207,9 @@ def _produce() -> None:
 
 produce_app.command("exchange")(exchange_cli.produce_exchange)
 produce_app.command("chain")(chain_cli.chain)
+from chaincast.deploy import aggregator_cli  # noqa: E402
+
+produce_app.command("aggregator")(aggregator_cli.produce_aggregator)
 app.add_typer(produce_app, name="produce")
 app.add_typer(exchange_cli.serve_app, name="exchange")
 app.command("train", context_settings=models_cli.EXTRA)(models_cli.train)

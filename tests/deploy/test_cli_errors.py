@@ -17,6 +17,7 @@ BAD_ARGS: dict[str, list[str]] = {
     "backtest": ["backtest", "--data", "/no/such/file.csv", "--folds", "0"],
     "produce exchange": ["produce", "exchange", "--symbols", ""],
     "produce chain": ["produce", "chain", "--confirmations", "foo"],
+    "produce aggregator": ["produce", "aggregator", "--ids", "BTCUSDT:bitcoin"],
     "exchange serve": ["exchange", "serve", "--data", "/no/such/file.csv"],
     "models list": ["models", "list", "extra"],
     "models promote": ["models", "promote"],
