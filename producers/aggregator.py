@@ -164,9 +164,12 @@ volume_24h=5000000.0)]
 class QuoteTrades:
     """Turns one symbol's quotes into synthetic trades: only newer quotes, tick-rule side.
 
-    >>> qt = QuoteTrades("BTCUSDT")
-    >>> [t.side for q in (Quote("BTCUSDT", 10.0, 60_000), Quote("BTCUSDT", 9.0, 120_000),
-    ...                   Quote("BTCUSDT", 9.0, 120_000)) if (t := qt.trade(q)) is not None]
+    >>> qt, sides = QuoteTrades("BTCUSDT"), []
+    >>> for q in (Quote("BTCUSDT", 10.0, 60_000), Quote("BTCUSDT", 9.0, 120_000), Quote("BTCUSDT", 9.0, 120_000)):
+    ...     if (t := qt.trade(q)) is not None:
+    ...         qt.sent(t)
+    ...         sides.append(t.side)
+    >>> sides
     ['buy', 'sell']
     """
 
