@@ -226,6 +226,10 @@ app.command("api")(api_cli.api)
 app.command("page", help="Same as `api`: the live page is served by the API at /.")(api_cli.api)
 app.add_typer(api_cli.token_app, name="token")
 
+from chaincast.deploy import schema_cli  # noqa: E402
+
+app.command("schema")(schema_cli.schema)
+
 from chaincast.deploy import bench  # noqa: E402
 
 app.command("bench")(bench.bench)

@@ -234,3 +234,23 @@ def test_live_snapshots_after_login(server: Server) -> None:
     assert btc["score"]["skill"] == "0.042"
     assert snap["symbols"]["ETHUSDT"]["score"] is None
     assert snap["model"]["version"] == "v-test"
+
+
+def test_python_api_client(server: Server) -> None:
+    from chaincast.consumers.client import ApiClient, ApiError
+
+    async def run() -> tuple:
+        async with ApiClient(server.url, server.token) as api:
+            latest, history, models = await api.latest(), await api.history("BTCUSDT", limit=3), await api.models()
+        async with ApiClient(server.url, "cc_wrong") as bad:
+            try:
+                await bad.latest()
+            except ApiError as exc:
+                return latest, history, models, exc.status
+        return latest, history, models, None
+
+    latest, history, models, refused = asyncio.run(run())
+    assert {p.symbol for p in latest} == {"BTCUSDT", "ETHUSDT"} and isinstance(latest[0], Prediction)
+    assert [p.bar_ts for p in history] == sorted(p.bar_ts for p in history) and len(history) == 3
+    assert models[0].version == "v-test"
+    assert refused == 401

@@ -25,6 +25,7 @@ BAD_ARGS: dict[str, list[str]] = {
     "api": ["api", "--port", "70000"],
     "page": ["page", "--port", "-1"],
     "bench": ["bench", "--nope"],
+    "schema": ["schema", "NoSuchRecord"],
     "token create": ["token", "create", "bad name!"],
     "token list": ["token", "list", "extra"],
     "token revoke": ["token", "revoke", "no-such-token"],
@@ -33,7 +34,7 @@ BAD_ARGS: dict[str, list[str]] = {
 REQUIRED: dict[str, list[str]] = {"train": ["--data", __file__], "exchange serve": ["--data", __file__],
                                   "token create": ["someone"], "token revoke": ["someone"], "models promote": ["v1"]}
 # Commands that read no settings at all (pure computations on files).
-NO_SETTINGS = {"backtest"}
+NO_SETTINGS = {"backtest", "schema"}
 
 
 @pytest.fixture(autouse=True)
