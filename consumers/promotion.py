@@ -2,26 +2,26 @@
 
 The rule everywhere: a model serves only if it beats persistence on data it
 did not train on; otherwise the persistence model (zero return, a volatility
-band) serves. Announcing = the registry's champion pointer, a ModelUpdate on
-the compacted ``models.updates`` topic (key = model name) and the
-``{prefix}model:{name}`` hash in Redis.
+band) serves. Announcing = the registry's champion pointer and a ModelUpdate on
+the compacted ``models.updates`` topic (key = model name). The model hash in
+Redis is the workers' to write, once each has accepted the version (a version
+every worker refuses never shows as serving).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 
 import numpy as np
 
 from chaincast.consumers.registry import ModelEntry, Registry
 from chaincast.models.build import build_model
+from chaincast.models.timeunits import now_ms
 from chaincast.models.train import FitOptions
 from chaincast.stream.publish import Publisher
 from chaincast.stream.records import ModelUpdate
 from chaincast.stream.settings import Settings
-from chaincast.stream.sink import RedisSink
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +49,11 @@ def model_update(name: str, entry: ModelEntry) -> ModelUpdate:
                for k, v in m.items() if isinstance(v, (int, float)) and math.isfinite(v)}
     return ModelUpdate(name=name, version=entry.version, uri=entry.onnx_path.resolve().as_uri(),
                        sha256=entry.sha256, family=entry.card.get("family", ""), metrics=metrics,
-                       created_at=int(time.time() * 1000), parent=entry.card.get("parent"))
+                       created_at=now_ms(), parent=entry.card.get("parent"))
 
 
 async def announce(settings: Settings, name: str, entry: ModelEntry) -> ModelUpdate:
     update = model_update(name, entry)
     async with Publisher(settings) as pub:
         await pub.send_and_wait(settings.topic_models, name, update)
-    if settings.redis_url:
-        sink = RedisSink(settings.redis_url, settings.redis_prefix)
-        try:
-            await sink.write_model(update)
-        finally:
-            await sink.close()
     return update

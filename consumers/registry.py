@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from chaincast.models.timeunits import now_ms
+from chaincast.stream.files import write_atomic
 
 _VERSION = re.compile(r"^[0-9a-f]{12}$")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
@@ -41,41 +41,14 @@ class ModelEntry:
         return str(self.card.get("name", self.card.get("family", "")))
 
 
-def _durable_temp(path: Path, data: bytes) -> str:
-    """``data`` written and fsynced to a temporary file beside ``path``; returns its name."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide models from predict agents running as another user
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return tmp
-
-
 def _write_once(path: Path, data: bytes) -> bool:
     """Atomically create ``path`` with ``data``; False if it already existed (left untouched)."""
-    tmp = _durable_temp(path, data)
-    try:
-        os.link(tmp, path)  # unlike os.replace, fails if the target exists
-    except FileExistsError:
-        return False
-    finally:
-        os.unlink(tmp)
-    return True
+    return write_atomic(path, data, exclusive=True)
 
 
 def _replace(path: Path, data: bytes) -> None:
     """Atomically create or replace ``path`` (for the mutable champion pointer)."""
-    tmp = _durable_temp(path, data)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomic(path, data)
 
 
 class Registry:
@@ -92,7 +65,7 @@ class Registry:
             return self.get(version)
         if not _write_once(onnx_path, onnx_bytes) and hashlib.sha256(onnx_path.read_bytes()).hexdigest() != sha:
             raise ValueError(f"{onnx_path} exists with other content (a 12-hex prefix collision?)")
-        created = card.get("created_at") or int(time.time() * 1000)
+        created = card.get("created_at") or now_ms()
         full = {**card, "sha256": sha, "version": version, "created_at": created}
         _write_once(card_path, json.dumps(full, indent=2, sort_keys=True, allow_nan=False).encode())
         return self.get(version)
@@ -130,6 +103,6 @@ class Registry:
         entry = self.get(version)  # refuse to point at a model that is not here
         path = self._champion_path(name)
         path.parent.mkdir(exist_ok=True)
-        pointer = {"version": version, "sha256": entry.sha256, "set_at": int(time.time() * 1000)}
+        pointer = {"version": version, "sha256": entry.sha256, "set_at": now_ms()}
         _replace(path, json.dumps(pointer).encode())
         return entry

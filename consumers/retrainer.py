@@ -33,17 +33,18 @@ from chaincast.consumers.bar_history import BarHistory
 from chaincast.consumers.challenge import ChallengeJob, ChallengeResult, run_challenge
 from chaincast.consumers.promotion import announce
 from chaincast.consumers.registry import ModelEntry, Registry
+from chaincast.models.logs import setup_logging
 from chaincast.stream.metrics import (PROMOTIONS, REFUSALS, RETRAIN_ACTIVE, RETRAIN_HISTORY, RETRAIN_RUNS, RETRAIN_SECONDS,
                             VAL_MAE, VAL_SKILL)
 from chaincast.stream.records import Bar
-from chaincast.stream.scoring import retrain_flag_key
+from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 def _child_init() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
 
 
 def training_pool() -> ProcessPoolExecutor:
@@ -153,7 +154,7 @@ class Retrainer:
         if self._redis is None:
             self._redis = aioredis.Redis.from_url(self.settings.redis_url, decode_responses=True)
         try:
-            reason = await self._redis.getdel(retrain_flag_key(self.settings))
+            reason = await self._redis.getdel(RedisLayout.of(self.settings).retrain_flag(self.settings.model_name))
         except (RedisConnectionError, RedisTimeoutError) as exc:  # Redis restarting: the schedule goes on
             log.warning("cannot read the retrain flag: %s", exc)
             return False

@@ -23,7 +23,7 @@ def produce_aggregator(
     The API key comes only from CHAINCAST_AGGREGATOR_API_KEY (never an option: a command line is
     visible to every local user) and is never logged.
     """
-    from chaincast.deploy.cli import load_settings  # late: deploy.cli mounts this module
+    from chaincast.deploy.cli_args import load_settings
     from aiokafka.errors import KafkaConnectionError
 
     from chaincast.producers.aggregator import coin_ids, run_aggregator

@@ -33,7 +33,7 @@ def parse_duration(text: str | None) -> float | None:
 
 
 def _settings():  # noqa: ANN202 - Settings, imported late with the loader
-    from chaincast.deploy.cli import load_settings  # late: deploy.cli mounts this module
+    from chaincast.deploy.cli_args import load_settings
 
     return load_settings()
 

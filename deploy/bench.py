@@ -56,11 +56,14 @@ from chaincast.deploy.metrics import scrape
 from chaincast.deploy.up import bundled_files, child
 from chaincast.models.build import build_model
 from chaincast.models.history import TS, load_many, symbol_of
+from chaincast.models.logs import setup_logging
 from chaincast.producers.synth import dense_trades
 from chaincast.stream.predict import history_size
 from chaincast.stream.records import TradeBatch, market_key
-from chaincast.stream.settings import Settings
+from chaincast.stream.redis_layout import RedisLayout
+from chaincast.stream.settings import Settings, load_settings
 from chaincast.stream.topics import ensure_topics
+from chaincast.stream.topics import renamed
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +363,7 @@ async def close_bars(settings: Settings, next_rows: dict[str, np.ndarray], last_
 
 def measure_latency(settings: Settings, worker: Worker, next_rows: dict[str, np.ndarray], last_ts: dict[str, int],
                     seconds: float, swap_to: ModelEntry, per_bar: int) -> Latency:
-    reader = HistoryReader(settings.redis_url or "", {s: f"{settings.redis_prefix}preds:{s}" for s in next_rows})
+    reader = HistoryReader(settings.redis_url or "", {s: RedisLayout.of(settings).history(s) for s in next_rows})
     reader.start()
     before = worker.metrics().get("chaincast_model_loaded_timestamp_seconds", 0.0)
     announced: dict[str, float] = {}
@@ -436,8 +439,7 @@ def run_settings(base: Settings, run: str, symbols: Sequence[str], home: Path) -
     suffix = f"bench-{run}"
     return base.model_copy(update={
         "app_id": f"chaincast-{suffix}", "redis_prefix": f"{suffix}:", "home": home, "symbols": list(symbols),
-        **{f"topic_{t}": f"{getattr(base, f'topic_{t}')}.{suffix}"
-           for t in ("trades", "bars", "blocks", "txs", "predictions", "models", "deadletter")},
+        **renamed(base, suffix),
     })
 
 
@@ -599,7 +601,7 @@ def bench(
                                                      "430 to 2,444).", min=4, max=10_000)] = TRADES_PER_BAR,
 ) -> None:
     """Measure throughput, latency, model swap, RSS and scaling of the real system."""
-    from chaincast.deploy.cli import check_files, load_settings
+    from chaincast.deploy.cli_args import check_files, load_settings
 
     settings = load_settings()
     try:
@@ -625,8 +627,8 @@ def main() -> None:
     """The bare-Faust counter process: ``python -m chaincast.deploy.bench --count N --out FILE``."""
     if len(sys.argv) != 5 or sys.argv[1] != "--count" or sys.argv[3] != "--out":
         sys.exit("usage: python -m chaincast.deploy.bench --count N --out FILE (started by `chaincast bench`)")
-    logging.basicConfig(level=logging.WARNING)
-    count_messages(Settings(), int(sys.argv[2]), Path(sys.argv[4]))
+    setup_logging()
+    count_messages(load_settings(), int(sys.argv[2]), Path(sys.argv[4]))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """``chaincast produce chain``: follow an Ethereum node into chain.blocks (and chain.txs).
 
 Mounted by the main CLI as ``produce chain``; also runnable alone:
-``python -m chaincast.deploy.chain_cli --node ws://127.0.0.1:8545 --duration 30``.
+``python -m chaincast.deploy.chain_cli chain --node ws://127.0.0.1:8545 --duration 30``.
 Options override the matching CHAINCAST_* settings; the node URL is never printed
 unredacted.
 """
@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-from typing import Any
 
 import typer
-from prometheus_client import start_http_server
 
+from chaincast.deploy.cli_args import load_settings, run_app
+from chaincast.deploy.metrics import serve_metrics
+from chaincast.models.logs import setup_logging
 from chaincast.producers.chain import ChainFollower, follow_chain
 from chaincast.producers.chain_node import redact
 from chaincast.producers.cursor import CursorError
 from chaincast.stream.publish import Publisher
 from chaincast.stream.settings import Settings
+from chaincast.stream.shutdown import run_until_signalled
 from chaincast.stream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -28,17 +29,20 @@ log = logging.getLogger(__name__)
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
-def settings_with(**overrides: Any) -> Settings:
-    """Settings from the environment, with the CLI's options (by env name) on top."""
-    return Settings.from_environment(**{k: v for k, v in overrides.items() if v is not None})
+@app.callback()
+def _alone(ctx: typer.Context) -> None:
+    """Run alone (``python -m``), the follower serves its metrics here; mounted under
+    ``chaincast produce``, the produce group's callback does (one metrics server per process)."""
+    if ctx.invoked_subcommand != "chain":  # the bench measures a follower of its own
+        return
+    settings = load_settings()
+    if settings.metrics_port:
+        serve_metrics(settings.metrics_port, settings.metrics_host)
 
 
 async def _follow(settings: Settings, duration: float | None) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # stop between batches: the cursor is saved
-        loop.add_signal_handler(sig, stop.set)
-    follower = await follow_chain(settings, duration=duration, stop=stop)
+    # stops between batches: the cursor is saved
+    follower = await run_until_signalled(lambda stop: follow_chain(settings, duration=duration, stop=stop))
     tip = follower.tip
     typer.echo(
         f"published {follower.published['canonical']} blocks, {follower.published['retraction']} retractions, "
@@ -59,21 +63,15 @@ def chain(
     log_level: str = typer.Option(None, "--log-level"),
 ) -> None:
     """Follow a node: blocks to chain.blocks, reorgs retracted, cursor saved, gaps backfilled."""
-    settings = settings_with(
+    settings = load_settings(
         CHAINCAST_NODE_URL=node, CHAINCAST_CHAIN_FROM_BLOCK=from_block, CHAINCAST_CHAIN_CONFIRMATIONS=confirmations,
         CHAINCAST_CHAIN_TXS=txs, CHAINCAST_CHAIN_RPS=rps, CHAINCAST_LOG_LEVEL=log_level,
     )
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not settings.node_url:
         raise typer.BadParameter("give --node URL or set CHAINCAST_NODE_URL", param_hint="--node")
     if not settings.kafka_bootstrap_servers:
         typer.echo("KAFKA_BOOTSTRAP_SERVERS is not set (chaincast up starts an embedded broker)", err=True)
         raise typer.Exit(2)
-    if settings.metrics_port:
-        try:
-            start_http_server(settings.metrics_port, addr="127.0.0.1")
-        except OSError as exc:  # another chaincast process already serves metrics on this port
-            log.warning("metrics port %d unavailable: %s", settings.metrics_port, exc)
     try:
         asyncio.run(_follow(settings, duration))
     except CursorError as exc:
@@ -95,14 +93,14 @@ def bench(
     from chaincast.deploy.embedded import embedded_stack
     from chaincast.deploy.hardhat import rpc, start_hardhat
 
-    logging.basicConfig(level="WARNING")
+    setup_logging()
     with tempfile.TemporaryDirectory(prefix="chain-bench-") as tmp, \
             embedded_stack(Path(tmp) / "stack", redis=False) as env:
         proc, http_url, ws_url = start_hardhat(Path(tmp))
         try:
             for i in range(0, blocks, 500):  # evm_mine, not hardhat_mine: its reserved blocks do not link
                 _mine_batch(http_url, min(500, blocks - i))
-            settings = settings_with(**env, CHAINCAST_HOME=str(Path(tmp) / "home"), CHAINCAST_CHAIN_FROM_BLOCK=1,
+            settings = load_settings(**env, CHAINCAST_HOME=str(Path(tmp) / "home"), CHAINCAST_CHAIN_FROM_BLOCK=1,
                                      CHAINCAST_CHAIN_RPS=0, CHAINCAST_CHAIN_CONCURRENCY=concurrency,
                                      CHAINCAST_METRICS_PORT=0)
             url = ws_url if transport == "ws" else http_url
@@ -138,7 +136,7 @@ async def _until_block(settings: Settings, url: str, last: int) -> ChainFollower
 
 
 def main() -> None:
-    app()
+    run_app(app, prog_name="chaincast-chain")
 
 
 if __name__ == "__main__":

@@ -3,37 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
-import sys
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from pydantic import ValidationError
 
-from chaincast.stream.settings import Settings
+from chaincast.deploy import (aggregator_cli, api_cli, bench, chain_cli, exchange_cli, models_cli,
+                              models_registry_cli, schema_cli)
+from chaincast.deploy.cli_args import DataOpt, SymbolsOpt, check_files, load_settings, parse_speed, run_app
+from chaincast.stream.topics import DEFAULTS
+
+__all__ = ["app", "check_files", "load_settings", "main", "parse_speed"]
 
 app = typer.Typer(help="chaincast: streaming crypto forecasts (Kafka + Faust + ONNX, predictions in Redis).",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-
-
-def load_settings(**overrides: object) -> Settings:
-    """Settings from the environment plus CLI overrides; a bad value is a one-line error."""
-    env = {k: v for k, v in overrides.items() if v is not None}
-    try:
-        settings = Settings.from_environment(**env)
-    except ValidationError as exc:
-        raise typer.BadParameter(setting_error(exc)) from None
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return settings
-
-
-def setting_error(exc: ValidationError) -> str:
-    """The first problem of a settings error as one line: ``CHAINCAST_X: what is wrong``."""
-    err = exc.errors()[0]
-    where = str(err["loc"][0]) if err["loc"] else "settings"
-    return f"{where}: {err['msg']} (got {str(err.get('input'))[:60]!r})"
 
 
 def _version(value: bool) -> None:
@@ -50,30 +33,6 @@ def _root(
                                           is_eager=True)] = False,
 ) -> None:
     """chaincast: streaming crypto forecasts (Kafka + Faust + ONNX, predictions in Redis)."""
-
-
-def parse_speed(value: str) -> float | None:
-    """`max` or a positive number (market seconds per wall second)."""
-    if value.lower() == "max":
-        return None
-    try:
-        speed = float(value)
-    except ValueError:
-        raise typer.BadParameter(f"--speed must be a positive number or 'max', not {value!r}") from None
-    if not math.isfinite(speed) or speed <= 0:
-        raise typer.BadParameter(f"--speed must be a positive number or 'max', not {value!r}")
-    return speed
-
-
-def check_files(paths: list[Path]) -> list[Path]:
-    for p in paths:
-        if not p.is_file():
-            raise typer.BadParameter(f"no such file: {p}")
-    return paths
-
-
-DataOpt = Annotated[Optional[list[Path]], typer.Option("--data", help="History file(s); repeat the option.")]
-SymbolsOpt = Annotated[Optional[str], typer.Option(help="Comma-separated symbols (env CHAINCAST_SYMBOLS).")]
 
 
 @app.command()
@@ -175,7 +134,8 @@ def predictions(symbol: Annotated[Optional[str], typer.Argument(help="One symbol
 
 @app.command()
 def tail(
-    topic: Annotated[str, typer.Argument(help="Topic to follow.")] = "predictions",
+    topic: Annotated[Optional[str], typer.Argument(
+        help="Topic to follow.", show_default=f"the predictions topic: {DEFAULTS['topic_predictions']}")] = None,
     from_beginning: Annotated[bool, typer.Option(help="Start at the oldest message.")] = False,
     limit: Annotated[Optional[int], typer.Option(help="Stop after this many messages.", min=1)] = None,
     timeout: Annotated[Optional[float], typer.Option(help="Stop after this many idle seconds.", min=0.1)] = None,
@@ -186,12 +146,10 @@ def tail(
     settings = load_settings()
     if not settings.kafka_bootstrap_servers:
         raise typer.BadParameter("set KAFKA_BOOTSTRAP_SERVERS to the broker chaincast uses")
-    asyncio.run(follow(settings, topic, from_beginning, limit, timeout, typer.echo))
+    asyncio.run(follow(settings, topic or settings.topic_predictions, from_beginning, limit, timeout, typer.echo))
 
 
-# Commands that live beside their stage's code.
-from chaincast.deploy import chain_cli, exchange_cli, models_cli  # noqa: E402
-
+# Commands that live beside their stage's code (each sub-app imports cli_args, never this module).
 produce_app = typer.Typer(help="Run one producer alone.", no_args_is_help=True)
 
 
@@ -207,52 +165,22 @@ def _produce() -> None:
 
 produce_app.command("exchange")(exchange_cli.produce_exchange)
 produce_app.command("chain")(chain_cli.chain)
-from chaincast.deploy import aggregator_cli  # noqa: E402
-
 produce_app.command("aggregator")(aggregator_cli.produce_aggregator)
 app.add_typer(produce_app, name="produce")
 app.add_typer(exchange_cli.serve_app, name="exchange")
 app.command("train", context_settings=models_cli.EXTRA)(models_cli.train)
 app.command("backtest", context_settings=models_cli.EXTRA)(models_cli.backtest)
-
-from chaincast.deploy import models_registry_cli  # noqa: E402
-
 app.add_typer(models_registry_cli.models_app, name="models")
 app.command("retrain")(models_registry_cli.retrain)
-
-from chaincast.deploy import api_cli  # noqa: E402
-
 app.command("api")(api_cli.api)
 app.command("page", help="Same as `api`: the live page is served by the API at /.")(api_cli.api)
 app.add_typer(api_cli.token_app, name="token")
-
-from chaincast.deploy import schema_cli  # noqa: E402
-
 app.command("schema")(schema_cli.schema)
-
-from chaincast.deploy import bench  # noqa: E402
-
 app.command("bench")(bench.bench)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; every usage or settings error is one line on stderr and exit code 2."""
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError
-
-    try:
-        code = app(args=argv, prog_name="chaincast", standalone_mode=False)
-    except NoArgsIsHelpError as exc:  # a bare group: its help, as typer shows it
-        exc.show()
-        sys.exit(0)
-    except ClickException as exc:
-        typer.echo(f"chaincast: error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
-    except ValidationError as exc:  # a sub-app that built its settings itself
-        typer.echo(f"chaincast: error: {setting_error(exc)}", err=True)
-        sys.exit(2)
-    except typer.Abort:
-        sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)
+    run_app(app, argv)
 
 
 if __name__ == "__main__":

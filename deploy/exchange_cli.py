@@ -11,16 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import typer
 
+from chaincast.deploy.cli_args import load_settings, run_app
 from chaincast.producers.exchange import VENUES, ProducerStats, run_exchange_producer
 from chaincast.producers.exchange_server import LocalExchange, serve_exchange
-from chaincast.stream.settings import Settings
+from chaincast.stream.shutdown import run_until_signalled
 
 serve_app = typer.Typer(help="The local Binance-format exchange replaying real history.", no_args_is_help=True)
 
@@ -56,21 +56,6 @@ def parse_start(text: str | None) -> int | None:
     return int(dt.replace(tzinfo=dt.tzinfo or timezone.utc).timestamp() * 1000)
 
 
-def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-async def _until_signalled(coro_factory, stop: asyncio.Event):
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        return await coro_factory(stop)
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-
-
 @serve_app.command("serve")
 def serve(
     data: list[Path] = typer.Option(..., "--data", help="History files (CSV/JSON, .gz ok), one symbol per name."),
@@ -80,8 +65,7 @@ def serve(
     start: str | None = typer.Option(None, help="Market time to start at (ISO 8601 or epoch ms); default: first bar."),
 ) -> None:
     """Run the local exchange: Binance paths /stream and /ws, REST /api/v3/aggTrades and /api/v3/klines."""
-    settings = Settings.from_environment()
-    _configure_logging(settings)
+    settings = load_settings()
     missing = [str(p) for p in data if not p.exists()]
     if missing:
         raise typer.BadParameter(f"no such file: {', '.join(missing)}", param_hint="--data")
@@ -95,7 +79,7 @@ def serve(
         await serve_exchange(list(data), host, port, speed_value, start_ms, stop, started)
 
     try:
-        asyncio.run(_until_signalled(run, asyncio.Event()))
+        asyncio.run(run_until_signalled(run))
     except (ValueError, OSError) as exc:  # bad history file, port in use: one line, not a traceback
         raise typer.BadParameter(str(exc)) from None
 
@@ -108,8 +92,7 @@ def produce_exchange(
     venue: str = typer.Option("binance", help=f"Wire format: {', '.join(VENUES)}."),
 ) -> None:
     """Publish an exchange's trades to Kafka (ticks.trades), resilient to drops, gaps and bad frames."""
-    settings = Settings.from_environment()
-    _configure_logging(settings)
+    settings = load_settings()
     url = url or settings.exchange_url
     if not url:
         raise typer.BadParameter("give --url or set CHAINCAST_EXCHANGE_URL", param_hint="--url")
@@ -131,7 +114,7 @@ def produce_exchange(
             asyncio.get_running_loop().call_later(duration, stop.set)
         return await run_exchange_producer(settings, url, symbol_list, stream_list, stop, venue)
 
-    stats = asyncio.run(_until_signalled(run, asyncio.Event()))
+    stats = asyncio.run(run_until_signalled(run))
     typer.echo(f"{stats.trades} trades published, {stats.duplicates} duplicates dropped, {stats.gaps} gaps "
                f"({stats.backfilled} backfilled, {stats.missing} missing), {stats.dead_letters} dead-lettered, "
                f"{stats.klines_closed} closed klines, {stats.connections} connection(s)")
@@ -143,7 +126,7 @@ def main() -> None:
     app.command("produce")(produce_exchange)
     # ``python -m chaincast.deploy.exchange_cli serve ...`` is the common case: expose it at the top too.
     app.command("serve")(serve)
-    app()
+    run_app(app)
 
 
 if __name__ == "__main__":

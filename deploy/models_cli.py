@@ -16,16 +16,17 @@ import torch
 import typer
 
 from chaincast.consumers.registry import Registry
+from chaincast.deploy.cli_args import load_settings, run_app
 from chaincast.models.backtest import backtest as run_backtest
 from chaincast.models.backtest import format_table
 from chaincast.models.build import export_checked
 from chaincast.models.export import ExportError
 from chaincast.models.families import FAMILIES, LEARNED
 from chaincast.models.history import HistoryFormatError, load_many, symbol_of
+from chaincast.models.logs import setup_logging
 from chaincast.models.plot import PlotUnavailable, plot_last_window
 from chaincast.models.targets import TARGETS
 from chaincast.models.train import FitOptions, train as run_train
-from chaincast.stream.settings import Settings
 
 app = typer.Typer(help="Train and backtest chaincast models.", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
@@ -56,7 +57,7 @@ def _check(choice: str, allowed: tuple[str, ...], hint: str) -> str:
 
 def _setup(threads: int) -> None:
     torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
 
 
 @app.command(context_settings=EXTRA)
@@ -75,8 +76,6 @@ def train(
     threads: int = typer.Option(1, min=1, help="Torch threads."),
 ) -> None:
     """Train one model, export it to ONNX with a parity check and store it in the registry."""
-    from chaincast.deploy.cli import load_settings  # late: deploy.cli mounts this module
-
     _check(model, FAMILIES, "--model")
     _check(target, TARGETS, "--target")
     registry = Registry(out or load_settings().registry_dir)  # a bad setting fails before training
@@ -150,7 +149,7 @@ def backtest(
 
 
 def main() -> None:
-    app()
+    run_app(app)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import signal
 
 import typer
 
 from chaincast.consumers.promotion import announce
 from chaincast.consumers.registry import ModelEntry, Registry
+from chaincast.deploy.cli_args import load_settings, run_app
 from chaincast.models.serving import Forecaster, ModelRejected
 from chaincast.stream.settings import Settings
+from chaincast.stream.shutdown import run_until_signalled
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,6 @@ models_app = typer.Typer(help="The model registry: list versions, promote one (r
 
 
 def _settings() -> Settings:
-    from chaincast.deploy.cli import load_settings  # late: deploy.cli imports this module to mount it
-
     return load_settings()
 
 
@@ -94,15 +93,14 @@ def retrain() -> None:
 async def _retrain(settings: Settings) -> None:
     from chaincast.consumers.retrainer import run_retrainer
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # stop between polls; uncommitted bars are retrained on restart
-        loop.add_signal_handler(sig, stop.set)
-    await run_retrainer(settings, stop)
+    # stops between polls; uncommitted bars are retrained on restart
+    await run_until_signalled(lambda stop: run_retrainer(settings, stop))
 
 
 def main() -> None:
-    typer.run(retrain)
+    app = typer.Typer(add_completion=False)
+    app.command()(retrain)
+    run_app(app)
 
 
 if __name__ == "__main__":

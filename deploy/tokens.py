@@ -16,13 +16,13 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import os
 import secrets
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from chaincast.stream.files import write_atomic
 
 PREFIX = "cc_"
 SCOPES = ("read",)  # every /v1 endpoint needs "read"; more scopes when write endpoints exist
@@ -135,15 +135,4 @@ class TokenStore:
             fcntl.flock(lock, fcntl.LOCK_EX)
             entries = self._read()
             yield entries
-            data = json.dumps({"tokens": [asdict(t) for t in entries]}, indent=1).encode()
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tokens.", suffix=".tmp")  # mode 0600
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
+            write_atomic(self.path, json.dumps({"tokens": [asdict(t) for t in entries]}, indent=1), mode=0o600)

@@ -11,16 +11,13 @@ the end of ``duration`` or on Ctrl-C.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
 import shlex
-import signal
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,9 +29,13 @@ from chaincast.deploy.embedded import EmbeddedError, Process, embedded_stack, fr
 from chaincast.deploy.hardhat import start_hardhat
 from chaincast.deploy.metrics import scrape
 from chaincast.deploy.tokens import TokenStore
-from chaincast.models.history import MINUTE_MS, TS, load_many, symbol_of
+from chaincast.models.history import TS, load_many, symbol_of
+from chaincast.models.timeunits import DAY_MS, MINUTE_MS
 from chaincast.stream.predict import history_size
+from chaincast.stream.redis_layout import RedisLayout
+from chaincast.stream.files import write_atomic
 from chaincast.stream.settings import Settings
+from chaincast.stream.shutdown import sigterm_as_interrupt
 from chaincast.stream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -105,15 +106,11 @@ def publish_env(settings: Settings, echo: Callable[[str], None]) -> str:
     environment leaves unset. Returns the text written."""
     path = settings.stack_env_file
     text = env_lines(settings.stack_env())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".env.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text, mode=0o600)
     echo(f"other shells find this stack through {path}; or export:")
     for line in text.splitlines():
-        echo("  " + (line.split("=", 1)[0] + "=<in the file: it holds a password>" if "REDIS_URL" in line and "@" in line
-                     else line))
+        secret = line.startswith("export REDIS_URL=") and "@" in line
+        echo("  " + (line.split("=", 1)[0] + "=<in the file: it holds a password>" if secret else line))
     return text
 
 
@@ -130,26 +127,13 @@ def child(name: str, args: list[str], settings: Settings, log_dir: Path, metrics
                    log_path=log_dir / f"{name}.log").start()
 
 
-@contextlib.contextmanager
-def _stop_on_sigterm() -> Iterator[None]:
-    """SIGTERM behaves like Ctrl-C, so `up` always tears down what it started."""
-    def raise_interrupt(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run_up(settings: Settings, paths: list[Path], duration: float | None, speed: float | None,
            echo: Callable[[str], None]) -> int:
     files = files_by_symbol(paths, settings.symbols)
     log_dir = settings.home / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     want_broker, want_redis = settings.kafka_bootstrap_servers is None, settings.redis_url is None
-    with _stop_on_sigterm(), embedded_stack(log_dir, broker=want_broker, redis=want_redis) as env:
+    with sigterm_as_interrupt(), embedded_stack(log_dir, broker=want_broker, redis=want_redis) as env:
         if want_broker:
             settings = settings.model_copy(update={"kafka_bootstrap_servers": env["KAFKA_BOOTSTRAP_SERVERS"],
                                                    "embedded_broker": True})
@@ -160,7 +144,7 @@ def run_up(settings: Settings, paths: list[Path], duration: float | None, speed:
         asyncio.run(ensure_topics(settings))
 
         bars = {sym: load_many(p) for sym, p in files.items()}
-        train_end = min(b[0, TS] for b in bars.values()) + TRAIN_DAYS * 1440 * MINUTE_MS
+        train_end = min(b[0, TS] for b in bars.values()) + TRAIN_DAYS * DAY_MS
         echo("training the initial model (first start only) ...")
         entry = initial_champion(Registry(settings.registry_dir), settings.model_name,
                                  [b[b[:, TS] < train_end] for b in bars.values()], settings.window, settings.horizon)
@@ -258,7 +242,7 @@ def _refresh(status: Status, client: redis.Redis, settings: Settings, ports: dic
         status.bars = worker.get("chaincast_bars_total", status.bars)
         status.predictions = worker.get("chaincast_predictions_total", status.predictions)
     for sym in settings.symbols:
-        latest = client.hgetall(f"{settings.redis_prefix}pred:{sym}")
+        latest = client.hgetall(RedisLayout.of(settings).latest(sym))
         if latest:
             status.latest[sym] = latest
             if status.first_forecast_s is None:

@@ -20,6 +20,7 @@ from torch import nn
 from chaincast.models.export import export_onnx, parity, session
 from chaincast.models.families import FAMILIES
 from chaincast.models.history import load_bars
+from chaincast.models.logs import setup_logging
 from chaincast.models.train import FitOptions, train
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=32)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(logging.INFO, "%(message)s")
     for r in bench(load_bars(args.data)[: args.bars], args.window):
         log.info("%-12s parity %.2e (relative %.1e)  torch %.3f ms  onnxruntime %.3f ms  x%.1f",
                  r["family"], r["parity"], r["parity_rel"], r["torch_ms"], r["onnx_ms"], r["speedup"])

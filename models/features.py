@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from chaincast.models.history import BUY_VOLUME, CLOSE, HIGH, LOW, MINUTE_MS, OPEN, TS, VOLUME
+from chaincast.models.history import BUY_VOLUME, CLOSE, HIGH, LOW, OPEN, TS, VOLUME
 from chaincast.models.rolling import rolling_mean, rolling_rms
+from chaincast.models.timeunits import MINUTE_MS
 
 VOL_SHORT = 10  # bars of returns in the short realised volatility
 VOL_LONG = 30  # bars of returns in the long realised volatility

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from chaincast.models.timeunits import MINUTE_MS  # noqa: F401 - re-exported for older importers
+
 BAR_COLUMNS = ("ts", "open", "high", "low", "close", "volume", "trades", "buy_volume")
 TS, OPEN, HIGH, LOW, CLOSE, VOLUME, TRADES, BUY_VOLUME = range(len(BAR_COLUMNS))
-MINUTE_MS = 60_000
 
 
 class HistoryFormatError(ValueError):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from chaincast.models.backtest import BacktestReport
+from chaincast.models.timeunits import MINUTE_MS
 
 LAST_ROWS = 240  # four hours of 1-minute forecasts stay readable
 
@@ -33,7 +34,7 @@ def plot_last_window(report: BacktestReport, path: str | Path, model: str | None
     model = model or report.selected
     pred = report.last_pred[model][-LAST_ROWS:]
     y, close, ts = test.y[-LAST_ROWS:], test.close[-LAST_ROWS:], test.ts[-LAST_ROWS:]
-    minutes = (ts - ts[0]) / 60_000 + report.horizon  # x axis: when the forecast comes due
+    minutes = (ts - ts[0]) / MINUTE_MS + report.horizon  # x axis: when the forecast comes due
     fig, ax = plt.subplots(figsize=(11, 4.5))
     if report.target == "log_return":
         ax.plot(minutes, close * np.exp(y), color="black", lw=1, label="realised close")

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from chaincast.models.history import CLOSE, MINUTE_MS, TS
+from chaincast.models.history import CLOSE, TS
+from chaincast.models.timeunits import MINUTE_MS
 
 TARGETS: tuple[str, ...] = ("log_return", "volatility")
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from chaincast.stream.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +45,5 @@ class Checkpoint:
         return {sym: Position(int(p["trade_id"]), int(p["ts_event"])) for sym, p in data.items()}
 
     def save(self, positions: dict[str, Position]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         body = json.dumps({s: {"trade_id": p.trade_id, "ts_event": p.ts_event} for s, p in sorted(positions.items())})
-        fd, tmp = tempfile.mkstemp(prefix=self.path.name, suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(body)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.path, body)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from chaincast.stream.files import write_atomic
 from chaincast.stream.records import Block
 
 log = logging.getLogger(__name__)
@@ -108,17 +108,11 @@ class CursorFile:
                               "move it away to start from --from-block or the head") from None
 
     def save(self, chain_id: int, genesis_hash: str, window: BlockWindow) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         body = json.dumps({
             "chain_id": chain_id, "genesis_hash": genesis_hash,
             "blocks": [json.loads(b.model_dump_json(by_alias=True)) for b in window],
         })
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_atomic(self.path, body)
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -42,7 +42,8 @@ from websockets.asyncio.server import Server, ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from chaincast.models.history import MINUTE_MS, TS, load_many, symbol_of
+from chaincast.models.history import TS, load_many, symbol_of
+from chaincast.models.timeunits import MINUTE_MS
 from chaincast.producers.synth import TRADES_PER_BAR, bar_trades
 from chaincast.stream.records import Trade
 

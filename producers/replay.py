@@ -20,8 +20,9 @@ import numpy as np
 from prometheus_client import Counter
 
 from chaincast.models.history import TS, load_many
-from chaincast.stream.publish import Publisher
+from chaincast.models.timeunits import now_ms
 from chaincast.producers.synth import bar_trades
+from chaincast.stream.publish import Publisher
 from chaincast.stream.records import TradeBatch, market_key
 from chaincast.stream.settings import Settings
 
@@ -73,7 +74,7 @@ async def replay(settings: Settings, markets: list[Market], speed: float | None 
                 if delay > 0:
                     await asyncio.sleep(delay)
             trades = bar_trades(settings.exchange, symbol, row)
-            now = int(time.time() * 1000)
+            now = now_ms()
             trades = [t.model_copy(update={"ts_ingest": now}) for t in trades]
             batch = TradeBatch(exchange=settings.exchange, symbol=symbol, trades=trades)
             await pub.send(settings.topic_trades, market_key(settings.exchange, symbol), batch)

@@ -29,7 +29,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from chaincast.models.history import CLOSE, HIGH, LOW, MINUTE_MS, OPEN, TS, VOLUME
+from chaincast.models.history import CLOSE, HIGH, LOW, OPEN, TS, VOLUME
+from chaincast.models.timeunits import MINUTE_MS
 from chaincast.stream.records import Trade
 
 TRADES_PER_BAR = 4

@@ -1,7 +1,8 @@
 """The Faust app of one stream worker: topics, tables and agents, declared once.
 
 ``create_app(settings)`` builds it from the settings (no module-level app, so
-tests and workers choose their broker at run time); ``main()`` runs a worker.
+tests and workers choose their broker at run time) into the shared context
+(``stream.context.Streams``) that the agents import downward; ``run_worker`` runs a worker.
 Topics carry raw bytes: the agents decode them with the records of
 ``stream.records`` so that anything malformed reaches the dead-letter topic
 with a reason instead of stopping a worker.
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from dataclasses import dataclass
 
 import faust
 from aiokafka import AIOKafkaConsumer
@@ -21,39 +20,13 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from chaincast.stream.chain import watch_chain
 from chaincast.stream.chainfeatures import ChainMinutes
-from chaincast.stream.metrics import DEADLETTERED, reason_kind
-from chaincast.stream.models import ModelSlot, watch_models
-from chaincast.stream.records import DeadLetter
+from chaincast.stream.context import Streams
+from chaincast.stream.model_slot import ModelSlot, watch_models
 from chaincast.stream.settings import Settings
 from chaincast.stream.sink import RedisSink
 from chaincast.stream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Streams:
-    """Everything the agents share in one worker."""
-
-    settings: Settings
-    app: faust.App
-    trades: faust.TopicT
-    bars: faust.TopicT
-    predictions: faust.TopicT
-    deadletter: faust.TopicT
-    bar_state: faust.Table  # market key (str) -> BarBuilder dict
-    windows: faust.Table  # market key (str) -> recent bar rows
-    slot: ModelSlot
-    sink: RedisSink
-    chain: ChainMinutes
-    chain_ready: asyncio.Event
-
-    async def dead_letter(self, source: str, raw: bytes | str | None, reason: str, *,
-                          topic: str | None = None, key: bytes | None = None) -> None:
-        DEADLETTERED.labels(source, reason_kind(reason)).inc()
-        letter = DeadLetter(source=source, topic=topic, key=DeadLetter.text(key) or None, reason=reason,
-                            raw=DeadLetter.text(raw), ts=int(time.time() * 1000))
-        await self.deadletter.send(key=source.encode(), value=letter.dumps())
 
 
 # Kafka answers a fetch as soon as data arrives; Tansu only when the fetch's max wait

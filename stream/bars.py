@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass
 
 from pydantic import ValidationError
 
+from chaincast.models.timeunits import MINUTE_MS
 from chaincast.stream.records import Bar, Trade, TradeBatch, market_key
 
-MINUTE_MS = 60_000
 
 
 class Refused(ValueError):

@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import math
 
+from chaincast.models.timeunits import MINUTE_MS
 from chaincast.stream.records import Block, ChainFeatures
 
-MINUTE_MS = 60_000
 WEI_PER_GWEI = 10**9
 WEI_PER_ETH = 10**18
 

@@ -1,7 +1,7 @@
 """Reading forecasts back out of Redis: the latest per symbol and forecaster, history, models.
 
-The read side of the Redis layout that ``stream.sink`` writes; every key comes from the
-layout's owner (the sink's key methods), none is formatted here. Used by the HTTP API, the
+The read side of what ``stream.sink`` writes; every key comes from ``stream.redis_layout``,
+none is formatted here. Used by the HTTP API, the
 live page and the Python client. A forecaster is one (model, target, horizon) serving one
 symbol; its id is ``{target}:h{horizon}`` (``log_return:h1``), stable across model versions,
 so a client can follow "the 1-bar return forecast" while models are swapped underneath.
@@ -14,9 +14,8 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from chaincast.stream.agents.score import score_key
 from chaincast.stream.records import ModelUpdate, Prediction
-from chaincast.stream.sink import RedisSink
+from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.settings import Settings
 
 
@@ -46,7 +45,7 @@ class ForecastReader:
         if not settings.redis_url:
             raise ValueError("set REDIS_URL to the Redis that chaincast writes to")
         self.settings = settings
-        self.layout = RedisSink(settings.redis_url, settings.redis_prefix, settings.history_maxlen)
+        self.layout = RedisLayout.of(settings)
         self._client: aioredis.Redis | None = None
 
     @property
@@ -64,20 +63,20 @@ class ForecastReader:
         return bool(await self.client.ping())
 
     def history_keys(self, symbols: list[str]) -> list[str]:
-        return [self.layout.history_key(s) for s in symbols]
+        return [self.layout.history(s) for s in symbols]
 
     async def latest(self, symbols: list[str] | None = None) -> list[Prediction]:
         """The latest forecast of every forecaster of each symbol (configured symbols by default)."""
         symbols = symbols or self.settings.symbols
         pipe = self.client.pipeline(transaction=False)
         for sym in symbols:
-            pipe.hgetall(self.layout.latest_key(sym))
+            pipe.hgetall(self.layout.latest(sym))
         replies = await pipe.execute()
         return [p for fields in replies if fields and (p := parse(fields)) is not None]
 
     async def history(self, symbol: str, since: int | None = None, limit: int = 100) -> list[Prediction]:
         """Forecasts of ``symbol`` oldest first: from bar ``since`` (ms) on when given, else the latest ``limit``."""
-        key = self.layout.history_key(symbol)
+        key = self.layout.history(symbol)
         if since is not None:
             entries = await self.client.xrange(key, min=str(since), count=limit)
         else:
@@ -86,7 +85,7 @@ class ForecastReader:
 
     async def known(self, symbol: str) -> bool:
         """Configured, or forecast at some point (history kept)."""
-        return symbol in self.settings.symbols or bool(await self.client.exists(self.layout.history_key(symbol)))
+        return symbol in self.settings.symbols or bool(await self.client.exists(self.layout.history(symbol)))
 
     async def models(self) -> list[ModelUpdate]:
         """The serving version of every model that made a latest forecast (and the configured one)."""
@@ -94,7 +93,7 @@ class ForecastReader:
         pipe = self.client.pipeline(transaction=False)
         ordered = sorted(names)
         for name in ordered:
-            pipe.hgetall(self.layout.model_key(name))
+            pipe.hgetall(self.layout.model(name))
         out = []
         for name, fields in zip(ordered, await pipe.execute()):
             if not fields:
@@ -112,7 +111,7 @@ class ForecastReader:
         """The live score hash of each symbol ({} where none was written yet)."""
         pipe = self.client.pipeline(transaction=False)
         for sym in symbols:
-            pipe.hgetall(score_key(self.settings.redis_prefix, sym))
+            pipe.hgetall(self.layout.score(sym))
         return list(await pipe.execute())
 
     async def follow(self, symbols: list[str] | None = None, block_ms: int = 5000) -> AsyncIterator[Prediction]:

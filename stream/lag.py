@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from chaincast.stream.metrics import CONSUMER_COMMIT_LAG, CONSUMER_HIGHWATER, CONSUMER_LAG, CONSUMER_POSITION, MODEL_AGE
 
 if TYPE_CHECKING:
-    from chaincast.stream.app import Streams
+    from chaincast.stream.context import Streams
 
 log = logging.getLogger(__name__)
 

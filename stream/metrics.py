@@ -37,7 +37,7 @@ def reason_kind(reason: str) -> str:
     """
     return reason.split(":", 1)[0][:40]
 
-# Hot swap (stream.models) and live scoring (stream.agents.score). Version labels stay
+# Hot swap (stream.model_slot) and live scoring (stream.agents.score). Version labels stay
 # bounded: the scorer keeps (and exports) only the last few versions per symbol.
 MODEL_SWAP = Histogram(
     "chaincast_model_swap_seconds", "ModelUpdate created (announce) to the worker serving it",

@@ -7,9 +7,9 @@ idempotent on real Kafka, one record per batch on the embedded broker).
 from __future__ import annotations
 
 import logging
-import time
 
 from aiokafka import AIOKafkaProducer
+from chaincast.models.timeunits import now_ms
 from chaincast.stream.metrics import DEADLETTERED, reason_kind
 from chaincast.stream.records import DeadLetter, Record
 from chaincast.stream.settings import Settings
@@ -62,7 +62,7 @@ class Publisher:
         DEADLETTERED.labels(source, reason_kind(reason)).inc()
         log.info("dead-lettered from %s: %s", source, reason)
         letter = DeadLetter(source=source, topic=topic, key=key, reason=reason,
-                            raw=DeadLetter.text(raw), ts=int(time.time() * 1000))
+                            raw=DeadLetter.text(raw), ts=now_ms())
         await self.producer.send(self.settings.topic_deadletter, letter.dumps(), key=source.encode())
 
     async def flush(self) -> None:

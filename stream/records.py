@@ -13,6 +13,8 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator, model_validator
 
+from chaincast.models.timeunits import MINUTE_MS
+
 SCHEMA_VERSION = 1
 
 PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -95,7 +97,7 @@ class Bar(Record):
     exchange: str
     symbol: str
     ts: int = Field(ge=0)  # bar open time, ms
-    interval_ms: int = 60_000
+    interval_ms: int = MINUTE_MS
     open: PositiveFinite
     high: PositiveFinite
     low: PositiveFinite
@@ -163,7 +165,7 @@ class Prediction(Record):
 
     @property
     def target_ts(self) -> int:
-        return self.bar_ts + 60_000 * self.horizon
+        return self.bar_ts + MINUTE_MS * self.horizon
 
 
 class ModelUpdate(Record):

@@ -15,19 +15,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from chaincast.models.timeunits import MINUTE_MS
 from chaincast.stream.records import Bar, Prediction
-from chaincast.stream.settings import Settings
 
-MINUTE_MS = 60_000
 KEEP_CLOSES = 128  # bars of closes kept for predictions that arrive after their target bar
 KEEP_PENDING = 512  # unrealised predictions kept (the horizon times the lag between topics, with room)
 KEEP_SCORED = 512  # bar times already scored: a redelivered prediction is not scored twice
 KEEP_VERSIONS = 3  # model versions with a live score per market (bounds the metric labels)
-
-
-def retrain_flag_key(settings: Settings) -> str:
-    """The Redis key the scorer sets to ask the retrainer for a round now (value: the reason)."""
-    return f"{settings.redis_prefix}retrain:{settings.model_name}"
 
 
 @dataclass(frozen=True)

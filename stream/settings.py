@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import platformdirs
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from chaincast.stream.topics import DEFAULTS
 
 # An absolute per-user directory, so that every shell and every working directory finds the
 # same registry and the same `chaincast up` connection file.
@@ -39,14 +41,14 @@ class Settings(BaseSettings):
     exchange: str = Field("binance", validation_alias="CHAINCAST_EXCHANGE")
     home: Path = Field(DEFAULT_HOME, validation_alias="CHAINCAST_HOME")
 
-    # Topics (DESIGN.md defaults).
-    topic_trades: str = Field("ticks.trades", validation_alias="CHAINCAST_TOPIC_TRADES")
-    topic_bars: str = Field("bars.1m", validation_alias="CHAINCAST_TOPIC_BARS")
-    topic_blocks: str = Field("chain.blocks", validation_alias="CHAINCAST_TOPIC_BLOCKS")
-    topic_txs: str = Field("chain.txs", validation_alias="CHAINCAST_TOPIC_TXS")
-    topic_predictions: str = Field("predictions", validation_alias="CHAINCAST_TOPIC_PREDICTIONS")
-    topic_models: str = Field("models.updates", validation_alias="CHAINCAST_TOPIC_MODELS")
-    topic_deadletter: str = Field("deadletter", validation_alias="CHAINCAST_TOPIC_DEADLETTER")
+    # Topics: names default to the registry's (stream.topics, DESIGN.md).
+    topic_trades: str = Field(DEFAULTS["topic_trades"], validation_alias="CHAINCAST_TOPIC_TRADES")
+    topic_bars: str = Field(DEFAULTS["topic_bars"], validation_alias="CHAINCAST_TOPIC_BARS")
+    topic_blocks: str = Field(DEFAULTS["topic_blocks"], validation_alias="CHAINCAST_TOPIC_BLOCKS")
+    topic_txs: str = Field(DEFAULTS["topic_txs"], validation_alias="CHAINCAST_TOPIC_TXS")
+    topic_predictions: str = Field(DEFAULTS["topic_predictions"], validation_alias="CHAINCAST_TOPIC_PREDICTIONS")
+    topic_models: str = Field(DEFAULTS["topic_models"], validation_alias="CHAINCAST_TOPIC_MODELS")
+    topic_deadletter: str = Field(DEFAULTS["topic_deadletter"], validation_alias="CHAINCAST_TOPIC_DEADLETTER")
     partitions: int = Field(4, ge=1, validation_alias="CHAINCAST_PARTITIONS")
 
     # Stream worker.
@@ -79,8 +81,9 @@ class Settings(BaseSettings):
     exchange_checkpoint_interval_s: float = Field(
         0.5, ge=0, validation_alias="CHAINCAST_EXCHANGE_CHECKPOINT_INTERVAL_S"
     )
-    topic_exchange_klines: str = Field("bars.exchange", validation_alias="CHAINCAST_TOPIC_EXCHANGE_KLINES")
-    topic_gaps: str = Field("ticks.gaps", validation_alias="CHAINCAST_TOPIC_GAPS")
+    topic_exchange_klines: str = Field(DEFAULTS["topic_exchange_klines"],
+                                       validation_alias="CHAINCAST_TOPIC_EXCHANGE_KLINES")
+    topic_gaps: str = Field(DEFAULTS["topic_gaps"], validation_alias="CHAINCAST_TOPIC_GAPS")
 
     # Chain producer.
     # A node URL often embeds an API key: kept out of repr (and out of logs, via producers.chain_node.redact).
@@ -214,3 +217,29 @@ class Settings(BaseSettings):
                 value = "1" if value else "0"
             out[key] = str(value)
         return out
+
+
+class SettingsError(ValueError):
+    """A setting with a bad value; the message is one line naming its environment variable."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """The Settings from the environment, with ``overrides`` (by env name; None = not given) on top.
+
+    Every entry point builds its settings here, so a bad value is always the same one-line
+    ``SettingsError`` (the CLI prints it and exits 2), never a traceback. What the environment
+    leaves unset comes from ``$CHAINCAST_HOME/env`` when ``chaincast up`` wrote one (a second
+    shell reaches the running stack with nothing exported).
+
+    >>> load_settings(CHAINCAST_PARTITIONS="0")
+    Traceback (most recent call last):
+    ...
+    chaincast.stream.settings.SettingsError: CHAINCAST_PARTITIONS: Input should be greater than or equal to 1
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings.from_environment(**given)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        raise SettingsError(f"{where}: {err['msg']}") from None

@@ -1,9 +1,9 @@
-"""Predictions into Redis: one pipeline per batch, idempotent.
+"""Everything a worker writes to Redis: one pipeline per batch, idempotent.
 
-Layout (an interface, documented in the README), prefix default ``cc:``:
-- ``{prefix}pred:{SYMBOL}``   hash, the latest prediction (only ever moved forward in bar time);
-- ``{prefix}preds:{SYMBOL}``  stream, the history, entry id ``{bar_ts}-{horizon}``, capped;
-- ``{prefix}model:{name}``    hash, the serving model version and its metrics.
+The keys come from ``stream.redis_layout`` (the layout is an interface, documented
+in the README): predictions (latest hash + capped history stream), the serving
+model's hash (written once this worker accepted the version), live scores and the
+retrain flag. Nothing else in a worker writes Redis.
 
 Redelivered predictions (at-least-once) are harmless: the stream refuses an id
 it already holds, and the hash is only replaced by a newer bar.
@@ -12,7 +12,7 @@ it already holds, and the hash is only replaced by a newer bar.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -22,6 +22,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chaincast.stream.records import ModelUpdate, Prediction
+from chaincast.stream.redis_layout import RedisLayout
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def _fields(pred: Prediction) -> dict[str, str]:
 class RedisSink:
     def __init__(self, url: str, prefix: str = "cc:", maxlen: int = 10_000) -> None:
         self.url = url
-        self.prefix = prefix
+        self.keys = RedisLayout(prefix)
         self.maxlen = maxlen
         self._client: aioredis.Redis | None = None
         self._set_if_newer = None
@@ -64,15 +65,6 @@ class RedisSink:
             await self._client.aclose()
             self._client = None
 
-    def latest_key(self, symbol: str) -> str:
-        return f"{self.prefix}pred:{symbol}"
-
-    def history_key(self, symbol: str) -> str:
-        return f"{self.prefix}preds:{symbol}"
-
-    def model_key(self, name: str) -> str:
-        return f"{self.prefix}model:{name}"
-
     async def write(self, preds: Iterable[Prediction]) -> int:
         """Write a batch in one round trip; return how many history entries were new."""
         client = self.client
@@ -81,8 +73,8 @@ class RedisSink:
         for pred in preds:
             fields = _fields(pred)
             flat = [x for kv in fields.items() for x in kv]
-            await self._set_if_newer(keys=[self.latest_key(pred.symbol)], args=[pred.bar_ts, *flat], client=pipe)
-            pipe.xadd(self.history_key(pred.symbol), fields, id=f"{pred.bar_ts}-{pred.horizon}",
+            await self._set_if_newer(keys=[self.keys.latest(pred.symbol)], args=[pred.bar_ts, *flat], client=pipe)
+            pipe.xadd(self.keys.history(pred.symbol), fields, id=self.keys.history_id(pred.bar_ts, pred.horizon),
                       maxlen=self.maxlen, approximate=True)
             count += 1
         if not count:
@@ -105,6 +97,16 @@ class RedisSink:
                   "family": update.family, "created_at": str(update.created_at)}
         fields.update({f"metric.{k}": repr(v) for k, v in update.metrics.items()})
         pipe = self.client.pipeline(transaction=True)
-        pipe.delete(self.model_key(update.name))
-        pipe.hset(self.model_key(update.name), mapping=fields)
+        pipe.delete(self.keys.model(update.name))
+        pipe.hset(self.keys.model(update.name), mapping=fields)
+        await pipe.execute()
+
+    async def write_score(self, symbol: str, fields: Mapping[str, str], *, model_name: str,
+                          retrain_reason: str | None = None) -> None:
+        """Replace the live score hash of ``symbol``; with a reason, also ask the retrainer for a round."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self.keys.score(symbol))
+        pipe.hset(self.keys.score(symbol), mapping=dict(fields))
+        if retrain_reason is not None:
+            pipe.set(self.keys.retrain_flag(model_name), retrain_reason)
         await pipe.execute()

@@ -9,6 +9,7 @@ import pytest
 
 from chaincast.deploy.embedded import embedded_stack
 from chaincast.stream.settings import Settings
+from chaincast.stream.topics import TOPICS
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_DATA = REPO / "tests" / "fixtures" / "data"  # real slices shipped with the repo (see its README)
@@ -60,10 +61,8 @@ def settings_for(stack: dict[str, str], tmp_path: Path):
             "CHAINCAST_REDIS_PREFIX": f"t{suffix}:",
             "CHAINCAST_METRICS_PORT": "0",
         }
-        for name, default in [("TRADES", "ticks.trades"), ("BARS", "bars.1m"), ("BLOCKS", "chain.blocks"),
-                              ("TXS", "chain.txs"), ("PREDICTIONS", "predictions"),
-                              ("MODELS", "models.updates"), ("DEADLETTER", "deadletter")]:
-            base[f"CHAINCAST_TOPIC_{name}"] = f"{default}.{suffix}"
+        for topic in TOPICS:
+            base[Settings.model_fields[topic.setting].validation_alias] = f"{topic.default}.{suffix}"
         base.update(env)
         return Settings(**base)
 

@@ -41,6 +41,8 @@ from pathlib import Path
 
 from chaincast.deploy.embedded import Process, free_port, wait_for_port
 from chaincast.deploy.grafana.queries import PanelQuery, all_queries, expand
+from chaincast.models.logs import setup_logging
+from chaincast.stream.topics import DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +219,7 @@ def broker_of(up_log: Path, deadline: float) -> str | None:
     return None
 
 
-async def send_bad_trade(bootstrap: str, topic: str = "ticks.trades") -> None:
+async def send_bad_trade(bootstrap: str, topic: str = DEFAULTS["topic_trades"]) -> None:
     """One malformed message on the trades topic: the bars agent must dead-letter it."""
     from aiokafka import AIOKafkaProducer
 
@@ -270,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="do not send a malformed trade (own mode)")
     parser.add_argument("--keep", type=Path, help="keep logs and data in this directory")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    setup_logging(logging.INFO, "%(levelname)s %(message)s")
     with tempfile.TemporaryDirectory(prefix="cc-verify-") as tmp:
         workdir = args.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from chaincast.stream.chain import with_chain
 from chaincast.stream.metrics import BARS, TRADE_MESSAGES, TRADES
 
 if TYPE_CHECKING:
-    from chaincast.stream.app import Streams
+    from chaincast.stream.context import Streams
 
 log = logging.getLogger(__name__)
 SOURCE = "stream.bars"

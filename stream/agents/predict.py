@@ -20,7 +20,7 @@ from chaincast.stream.predict import MAX_ABS_OUTPUT, Ready, forecast, history_si
 from chaincast.stream.records import Bar, market_key
 
 if TYPE_CHECKING:
-    from chaincast.stream.app import Streams
+    from chaincast.stream.context import Streams
 
 log = logging.getLogger(__name__)
 SOURCE = "stream.predict"

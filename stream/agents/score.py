@@ -5,8 +5,9 @@ count, so a market's bars and predictions land on the same partition number
 and so in the same worker, and its state (``stream.scoring.MarketScore``) lives
 in one changelogged table keyed by the market (str keys, default serializers:
 what Faust's changelog recovery handles). Scores go to Prometheus and to the
-``{prefix}score:{SYMBOL}`` hash; a full window of negative live skill sets the
-retrainer's flag (``stream.scoring.retrain_flag_key``).
+score hash through the worker's sink (``stream.sink``, keys from
+``stream.redis_layout``); a full window of negative live skill sets the
+retrainer's flag there too.
 """
 
 from __future__ import annotations
@@ -19,17 +20,13 @@ from pydantic import ValidationError
 
 from chaincast.stream.metrics import LIVE_COVERAGE, LIVE_MAE, LIVE_SCORED, LIVE_SKILL, RETRAIN_REQUESTS
 from chaincast.stream.records import Bar, Prediction
-from chaincast.stream.scoring import MarketScore, Update, retrain_flag_key
+from chaincast.stream.scoring import MarketScore, Update
 
 if TYPE_CHECKING:
-    from chaincast.stream.app import Streams
+    from chaincast.stream.context import Streams
 
 log = logging.getLogger(__name__)
 SOURCE = "stream.score"
-
-
-def score_key(prefix: str, symbol: str) -> str:
-    return f"{prefix}score:{symbol}"
 
 
 def register(s: "Streams") -> None:
@@ -57,14 +54,12 @@ def register(s: "Streams") -> None:
         fields = {**latest.fields(), "updated_at": str(int(time.time() * 1000))}
         for v in state.scores:
             fields.update({f"{k}@{v}": val for k, val in state.stats(v).fields().items() if k != "version"})
-        pipe = s.sink.client.pipeline(transaction=True)
-        pipe.delete(score_key(settings.redis_prefix, symbol))
-        pipe.hset(score_key(settings.redis_prefix, symbol), mapping=fields)
+        reason = None
         if update.retrain:
             RETRAIN_REQUESTS.labels(symbol).inc()
             log.warning("%s: %s; asking the retrainer for a round", symbol, update.retrain)
-            pipe.set(retrain_flag_key(settings), f"{symbol}: {update.retrain}")
-        await pipe.execute()
+            reason = f"{symbol}: {update.retrain}"
+        await s.sink.write_score(symbol, fields, model_name=settings.model_name, retrain_reason=reason)
 
     @s.app.agent(both, name="score")
     async def score(stream):  # noqa: ANN001 - a faust stream

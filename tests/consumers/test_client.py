@@ -27,7 +27,8 @@ def test_subscribe_yields_typed_predictions_and_skips_unreadable(settings_for) -
             await pub.send_and_wait(settings.topic_predictions, market_key("binance", "BTCUSDT"), sent[0])
             newer = sent[1].model_dump(by_alias=True) | {"schema": 99}
             import json
-            await pub.producer.send_and_wait(settings.topic_predictions, json.dumps(newer).encode(), key=b"x")
+            await pub.producer.send_and_wait(settings.topic_predictions, json.dumps(newer).encode(),
+                                            key=market_key("binance", "BTCUSDT").encode())  # same partition, in order
             for p in sent[1:]:
                 await pub.send_and_wait(settings.topic_predictions, market_key("binance", p.symbol), p)
         sub = TopicSubscriber(settings, from_beginning=True)

@@ -62,8 +62,8 @@ def server(stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> I
                           for s, base in (("BTCUSDT", 28_000.0), ("ETHUSDT", 1_800.0))])
         await sink.write_model(ModelUpdate(name="forecaster", version="v-test", uri="file:///x", sha256="ab" * 32,
                                            family="linear", metrics={"val_mae": 0.001}, created_at=1))
-        await sink.client.hset(f"{settings.redis_prefix}score:BTCUSDT",
-                               mapping={"version": "v-test", "skill": "0.042", "mae": "0.0011"})
+        await sink.write_score("BTCUSDT", {"version": "v-test", "skill": "0.042", "mae": "0.0011"},
+                               model_name="forecaster")
         await sink.close()
 
     asyncio.run(fill())

@@ -71,7 +71,7 @@ def test_the_table_names_every_command() -> None:
 def test_bad_argument_is_one_line_and_exit_2(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, err = run(BAD_ARGS[name], capsys)
     assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and err.startswith("chaincast: error: "), err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("Error: "), err
 
 
 @pytest.mark.parametrize("name", sorted(set(BAD_ARGS) - NO_SETTINGS))

@@ -15,6 +15,7 @@ import redis
 from chaincast.deploy.embedded import start_redis
 from chaincast.producers.replay import Market, replay
 from chaincast.stream.records import DeadLetter, Prediction
+from chaincast.stream.redis_layout import RedisLayout
 from tests.integration.conftest import day_of, markets, read_topic, send_raw, start_worker
 from tests.integration.test_pipeline import (
     CLOSED_PER_SYMBOL,
@@ -69,14 +70,14 @@ def test_redis_restart_blocks_writes_then_they_resume(served, tmp_path):
         r = redis.Redis.from_url(url, decode_responses=True)
         forecast_bars = {Prediction.loads(m.value).bar_ts for m in preds}
         for _ in range(100):  # the worker's last pipeline lands shortly after the topic send
-            if all(r.hget(f"{settings.redis_prefix}pred:{s}", "bar_ts") == str(int(day_of(s)[CLOSED_PER_SYMBOL - 1, 0]))
+            if all(r.hget(RedisLayout.of(settings).latest(s), "bar_ts") == str(int(day_of(s)[CLOSED_PER_SYMBOL - 1, 0]))
                    for s in SYMBOLS):
                 break
             asyncio.run(asyncio.sleep(0.1))
         for sym in SYMBOLS:
             last = int(day_of(sym)[CLOSED_PER_SYMBOL - 1, 0])
-            assert r.hget(f"{settings.redis_prefix}pred:{sym}", "bar_ts") == str(last)
-            ids = [int(i.split("-")[0]) for i, _ in r.xrange(f"{settings.redis_prefix}preds:{sym}")]
+            assert r.hget(RedisLayout.of(settings).latest(sym), "bar_ts") == str(last)
+            ids = [int(i.split("-")[0]) for i, _ in r.xrange(RedisLayout.of(settings).history(sym))]
             # Everything written after the restart is there, in order, ending at the last bar.
             assert ids and ids[-1] == last and ids == sorted(ids)
             assert set(ids) <= forecast_bars

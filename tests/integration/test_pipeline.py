@@ -20,6 +20,7 @@ from chaincast.models.history import CLOSE, HIGH, LOW, OPEN, TS, VOLUME
 from chaincast.producers.replay import replay
 from chaincast.stream.predict import history_size
 from chaincast.stream.records import Bar, Block, DeadLetter, Prediction, Trade, TradeBatch
+from chaincast.stream.redis_layout import RedisLayout
 from tests.conftest import TEST_DATA
 from tests.integration.conftest import DAY, day_of, markets, read_topic, send_raw, start_worker
 
@@ -103,10 +104,10 @@ def test_replayed_day_becomes_bars_predictions_and_dead_letters(served, tmp_path
     r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     for sym in SYMBOLS:
         last_bar_ts = int(day_of(sym)[CLOSED_PER_SYMBOL - 1, TS])
-        latest = r.hgetall(f"{settings.redis_prefix}pred:{sym}")
+        latest = r.hgetall(RedisLayout.of(settings).latest(sym))
         assert int(latest["bar_ts"]) == last_bar_ts and latest["model_version"] == entry.version
-        assert r.xlen(f"{settings.redis_prefix}preds:{sym}") == n
-    assert r.hget(f"{settings.redis_prefix}model:{settings.model_name}", "version") == entry.version
+        assert r.xlen(RedisLayout.of(settings).history(sym)) == n
+    assert r.hget(RedisLayout.of(settings).model(settings.model_name), "version") == entry.version
 
     reasons = sorted(DeadLetter.loads(m.value).reason.split(":")[0] for m in letters)
     assert reasons == ["invalid", "invalid", "unknown_symbol"]
@@ -143,4 +144,4 @@ def test_worker_killed_mid_replay_recovers_from_changelogs(served, tmp_path):
 
     assert_bars_match_file(bars_by_symbol(bar_msgs))
     for sym in SYMBOLS:  # idempotent history: exactly one entry per forecast bar despite redelivery
-        assert r.xlen(f"{settings.redis_prefix}preds:{sym}") == n
+        assert r.xlen(RedisLayout.of(settings).history(sym)) == n

@@ -32,6 +32,7 @@ from chaincast.models.families import make_net
 from chaincast.models.features import FEATURES
 from chaincast.stream.predict import history_size
 from chaincast.stream.records import ModelUpdate, Prediction, market_key
+from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.settings import Settings
 from chaincast.stream.topics import ensure_topics
 from tests.consumers.synth import ar_bars, to_bars
@@ -139,7 +140,7 @@ def test_better_challenger_is_promoted_swapped_live_refusals_and_rollback(settin
     retrainer = run("retrainer", ["retrain"], settings, tmp_path, retrainer_port)
     r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     per_symbol = lambda n: n - history_size(settings.window) + 1  # noqa: E731 - forecastable bars
-    xlen = lambda: min(r.xlen(f"{settings.redis_prefix}preds:{s}") for s in SYMBOLS)  # noqa: E731
+    xlen = lambda: min(r.xlen(RedisLayout.of(settings).history(s)) for s in SYMBOLS)  # noqa: E731
     try:
         asyncio.run(send_bars(settings, bars, 0, PHASE1))
         updates = asyncio.run(read_topic(settings, settings.topic_models,
@@ -173,18 +174,18 @@ def test_better_challenger_is_promoted_swapped_live_refusals_and_rollback(settin
         assert f"* {promoted.version}" in listing and first.version in listing
         cli(settings, "models", "promote", first.version)  # rollback
         assert registry.champion(settings.model_name).version == first.version
-        wait_for("the rollback", lambda: r.hget(f"{settings.redis_prefix}model:{settings.model_name}", "version")
+        wait_for("the rollback", lambda: r.hget(RedisLayout.of(settings).model(settings.model_name), "version")
                  == first.version and scrape(worker_port).get("chaincast_model_swap_seconds_count", 0) >= 2)
         asyncio.run(send_bars(settings, bars, TOTAL - PHASE4, TOTAL))
         wait_for("phase 4 forecasts", lambda: xlen() >= per_symbol(TOTAL))
         preds = predictions_by_symbol(settings, per_symbol(TOTAL))
-        score = r.hgetall(f"{settings.redis_prefix}score:BTCUSDT")
+        score = r.hgetall(RedisLayout.of(settings).score("BTCUSDT"))
     finally:
         assert retrainer.stop() == 0, (tmp_path / "retrainer.log").read_text()[-3000:]
         assert worker.stop() == 0, (tmp_path / "worker.log").read_text()[-3000:]
 
     for sym in SYMBOLS:  # no forecast dropped or duplicated across three swaps
-        assert r.xlen(f"{settings.redis_prefix}preds:{sym}") == per_symbol(TOTAL)
+        assert r.xlen(RedisLayout.of(settings).history(sym)) == per_symbol(TOTAL)
         ps = sorted(preds[sym], key=lambda p: p.bar_ts)
         assert len({p.bar_ts for p in ps}) == len(ps) == per_symbol(TOTAL)
         assert runs([p.model_version for p in ps]) == [first.version, promoted.version, first.version]

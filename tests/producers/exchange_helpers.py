@@ -7,7 +7,6 @@ Test modules import the fixture by name (``from exchange_helpers import exchange
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,12 +23,9 @@ ETH_DAY = EXPORT / "ETHUSDT-1m-2022-08-14.csv.gz"
 
 @pytest.fixture
 def exchange_settings(settings_for) -> Callable[..., Settings]:
-    """Settings on the embedded broker with this producer's own topics per test and a quick backoff."""
+    """Settings on the embedded broker (every topic the test's own, see settings_for) and a quick backoff."""
     def build(**env: str) -> Settings:
-        tag = uuid.uuid4().hex[:8]
         return settings_for(**{
-            "CHAINCAST_TOPIC_GAPS": f"ticks.gaps.{tag}",
-            "CHAINCAST_TOPIC_EXCHANGE_KLINES": f"bars.exchange.{tag}",
             "CHAINCAST_EXCHANGE_BACKOFF_INITIAL_S": "0.05",
             "CHAINCAST_EXCHANGE_BACKOFF_MAX_S": "0.5",
             **env,

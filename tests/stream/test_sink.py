@@ -5,6 +5,7 @@ from __future__ import annotations
 import redis
 
 from chaincast.stream.records import ModelUpdate, Prediction
+from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.sink import RedisSink
 
 
@@ -23,13 +24,13 @@ async def test_writes_latest_and_history_idempotently(redis_url, tmp_path):
     finally:
         await sink.close()
     r = redis.Redis.from_url(redis_url, decode_responses=True)
-    latest = r.hgetall(f"{tmp_path.name}:pred:BTCUSDT")
+    latest = r.hgetall(RedisLayout(f"{tmp_path.name}:").latest("BTCUSDT"))
     assert latest["bar_ts"] == "120000" and float(latest["y_hat"]) == 0.001
     assert set(latest) >= {"symbol", "bar_ts", "horizon", "y_hat", "price_hat", "q10", "q90", "model_version",
                            "created_at"}
-    history = r.xrange(f"{tmp_path.name}:preds:BTCUSDT")
+    history = r.xrange(RedisLayout(f"{tmp_path.name}:").history("BTCUSDT"))
     assert [entry_id for entry_id, _ in history] == ["60000-1", "120000-1"]
-    assert r.xlen(f"{tmp_path.name}:preds:ETHUSDT") == 1
+    assert r.xlen(RedisLayout(f"{tmp_path.name}:").history("ETHUSDT")) == 1
 
 
 async def test_model_hash(redis_url, tmp_path):
@@ -40,5 +41,5 @@ async def test_model_hash(redis_url, tmp_path):
         await sink.write_model(update)
     finally:
         await sink.close()
-    h = redis.Redis.from_url(redis_url, decode_responses=True).hgetall(f"{tmp_path.name}:model:m")
+    h = redis.Redis.from_url(redis_url, decode_responses=True).hgetall(RedisLayout(f"{tmp_path.name}:").model("m"))
     assert h["version"] == "v1" and float(h["metric.val_mae"]) == 0.5

@@ -1,0 +1,47 @@
+"""The context the agents of one worker share: its app, topics, tables, model slot and sink.
+
+Built by ``stream.app.create_app``; each agent module (``stream.agents.*``) and the
+lag sampler get it through their ``register(streams)`` and import this module
+downward, never the app module that imports them (faust's examples keep app,
+topics and tables in a module the agents import for the same reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import faust
+
+from chaincast.models.timeunits import now_ms
+from chaincast.stream.chainfeatures import ChainMinutes
+from chaincast.stream.metrics import DEADLETTERED, reason_kind
+from chaincast.stream.model_slot import ModelSlot
+from chaincast.stream.records import DeadLetter
+from chaincast.stream.settings import Settings
+from chaincast.stream.sink import RedisSink
+
+
+@dataclass
+class Streams:
+    """Everything the agents share in one worker."""
+
+    settings: Settings
+    app: faust.App
+    trades: faust.TopicT
+    bars: faust.TopicT
+    predictions: faust.TopicT
+    deadletter: faust.TopicT
+    bar_state: faust.Table  # market key (str) -> BarBuilder dict
+    windows: faust.Table  # market key (str) -> recent bar rows
+    slot: ModelSlot
+    sink: RedisSink
+    chain: ChainMinutes
+    chain_ready: asyncio.Event
+
+    async def dead_letter(self, source: str, raw: bytes | str | None, reason: str, *,
+                          topic: str | None = None, key: bytes | None = None) -> None:
+        DEADLETTERED.labels(source, reason_kind(reason)).inc()
+        letter = DeadLetter(source=source, topic=topic, key=DeadLetter.text(key) or None, reason=reason,
+                            raw=DeadLetter.text(raw), ts=now_ms())
+        await self.deadletter.send(key=source.encode(), value=letter.dumps())
