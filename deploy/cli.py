@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from chaincast.deploy import (aggregator_cli, api_cli, bench, chain_cli, exchange_cli, models_cli,
+from chaincast.deploy import (aggregator_cli, api_cli, bench, chain_cli, exchange_cli, model_import_cli, models_cli,
                               models_registry_cli, schema_cli)
 from chaincast.deploy.cli_args import DataOpt, SymbolsOpt, check_files, load_settings, parse_speed, run_app
 from chaincast.stream.topics import DEFAULTS
@@ -170,6 +170,7 @@ app.add_typer(produce_app, name="produce")
 app.add_typer(exchange_cli.serve_app, name="exchange")
 app.command("train", context_settings=models_cli.EXTRA)(models_cli.train)
 app.command("backtest", context_settings=models_cli.EXTRA)(models_cli.backtest)
+models_registry_cli.models_app.command("import")(model_import_cli.import_model)
 app.add_typer(models_registry_cli.models_app, name="models")
 app.command("retrain")(models_registry_cli.retrain)
 app.command("api")(api_cli.api)

@@ -213,7 +213,7 @@ def start_processes(settings: Settings, files: dict[str, list[Path]], replay_fro
                 "--start", str(replay_from)]
         args += [a for paths in files.values() for path in paths for a in ("--data", str(path))]
         procs.append(child("exchange", args, settings, log_dir, 0))
-        wait_for_port(port, procs[-1].popen, 30, "the local exchange")
+        wait_for_port(port, procs[-1].popen, 120, "the local exchange")  # slow on a loaded host
         url = f"ws://127.0.0.1:{port}"
     procs.append(child("producer", ["produce", "exchange", "--url", url, "--streams", "trade",
                                     "--symbols", ",".join(settings.symbols).lower()], settings, log_dir,

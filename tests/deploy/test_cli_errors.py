@@ -21,6 +21,7 @@ BAD_ARGS: dict[str, list[str]] = {
     "exchange serve": ["exchange", "serve", "--data", "/no/such/file.csv"],
     "models list": ["models", "list", "extra"],
     "models promote": ["models", "promote"],
+    "models import": ["models", "import", "/no/such/model.onnx", "--card", "/no/such/card.json"],
     "retrain": ["retrain", "--nope"],
     "api": ["api", "--port", "70000"],
     "page": ["page", "--port", "-1"],
@@ -32,7 +33,8 @@ BAD_ARGS: dict[str, list[str]] = {
 }
 # Otherwise valid arguments for commands that require some (so the bad setting is what fails).
 REQUIRED: dict[str, list[str]] = {"train": ["--data", __file__], "exchange serve": ["--data", __file__],
-                                  "token create": ["someone"], "token revoke": ["someone"], "models promote": ["v1"]}
+                                  "token create": ["someone"], "token revoke": ["someone"], "models promote": ["v1"],
+                                  "models import": [__file__, "--card", __file__]}
 # Commands that read no settings at all (pure computations on files).
 NO_SETTINGS = {"backtest", "schema"}
 
