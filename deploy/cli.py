@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from chaincast.deploy import (aggregator_cli, api_cli, bench, chain_cli, exchange_cli, model_import_cli, models_cli,
-                              models_registry_cli, schema_cli)
+from chaincast.deploy import (aggregator_cli, api_cli, bench, bootstrap_cli, chain_cli, exchange_cli,
+                              model_import_cli, models_cli, models_registry_cli, schema_cli)
 from chaincast.deploy.cli_args import DataOpt, SymbolsOpt, check_files, load_settings, parse_speed, run_app
 from chaincast.stream.topics import DEFAULTS
 
@@ -177,6 +177,7 @@ app.command("api")(api_cli.api)
 app.command("page", help="Same as `api`: the live page is served by the API at /.")(api_cli.api)
 app.add_typer(api_cli.token_app, name="token")
 app.command("schema")(schema_cli.schema)
+app.command("bootstrap")(bootstrap_cli.bootstrap)
 app.command("bench")(bench.bench)
 
 

@@ -31,6 +31,7 @@ TOPIC_NAMES = {t.default for t in TOPICS}
 NOT_TOPICS = {
     ("deploy/grafana/build.py", "predictions"): "a panel's legend",
     ("tests/deploy/test_cli_errors.py", "predictions"): "the `chaincast predictions` command",
+    ("tests/deploy/test_cli_every_command.py", "predictions"): "the `chaincast predictions` command",
     ("tests/integration/test_up.py", "predictions"): "the `chaincast predictions` command",
 }
 

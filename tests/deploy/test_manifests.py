@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -19,11 +20,38 @@ def test_compose_config_validates() -> None:
                           "local-exchange", "config"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     services = yaml.safe_load(run.stdout)["services"]
-    assert {"kafka", "redis", "producer", "exchange", "chain", "worker-1", "worker-2", "retrainer", "page",
-            "prometheus", "grafana"} <= services.keys()
+    assert {"kafka", "redis", "bootstrap", "producer", "exchange", "chain", "worker-1", "worker-2", "retrainer",
+            "api", "prometheus", "alertmanager", "grafana"} <= services.keys()
     assert services["retrainer"]["command"] == ["retrain"]
-    for name in ("worker-1", "worker-2"):
+    for name in ("worker-1", "worker-2", "retrainer"):
         assert services[name]["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+        assert services[name]["depends_on"]["bootstrap"]["condition"] == "service_completed_successfully"
+    assert services["bootstrap"]["command"] == ["bootstrap"] and services["bootstrap"]["restart"] == "no"
+    exchange = services["exchange"]["command"]
+    for path in exchange[exchange.index("--data") + 1::2]:  # the bundled files the image carries
+        assert (DEPLOY / path.removeprefix("/app/deploy/")).is_file(), path
+    assert services["api"]["environment"]["CHAINCAST_HEALTH_URL"].endswith("/healthz")
+    assert services["worker-1"]["image"] == "chaincast:0.1.0"  # CHAINCAST_IMAGE / CHAINCAST_TAG override it
+
+
+def test_compose_image_is_a_parameter() -> None:
+    compose = require("docker-compose")
+    run = subprocess.run([compose, "-f", str(DEPLOY / "compose.yaml"), "config"], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "CHAINCAST_IMAGE": "registry.example.com/team/chaincast",
+                                          "CHAINCAST_TAG": "1.2.3"})
+    assert run.returncode == 0, run.stderr
+    assert yaml.safe_load(run.stdout)["services"]["worker-1"]["image"] == "registry.example.com/team/chaincast:1.2.3"
+
+
+def test_dockerfile_installs_dependencies_before_the_code_and_runs_as_non_root() -> None:
+    lines = [ln for ln in (DEPLOY / "Dockerfile").read_text().splitlines() if ln and not ln.startswith("#")]
+    copy_code = next(i for i, ln in enumerate(lines) if ln.startswith("COPY stream"))
+    deps = next(i for i, ln in enumerate(lines) if "pip install -r /tmp/requirements.txt" in ln)
+    assert deps < copy_code
+    assert any(ln.startswith("HEALTHCHECK") for ln in lines)
+    assert [ln for ln in lines if ln.startswith("USER")] == ["USER 10001"]
+    ignored = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    assert {"tests", ".git", "**/__pycache__", "deploy/hardhat/node_modules"} <= set(ignored)
 
 
 def test_compose_mounts_files_that_exist() -> None:
