@@ -63,17 +63,53 @@ def test_compose_mounts_files_that_exist() -> None:
                 assert (DEPLOY / source).exists(), f"{name} mounts missing {source}"
 
 
+def manifests(directory: Path) -> list[dict]:
+    """Every document a kustomization applies (its resources, overlays' bases included)."""
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    docs = []
+    for name in kustomization["resources"]:
+        target = (directory / name).resolve()
+        docs += manifests(target) if target.is_dir() else list(yaml.safe_load_all(target.read_text()))
+    return docs
+
+
 def test_kubernetes_manifests_match_the_schema() -> None:
     try:
         import kubernetes_validate
     except ImportError:
         pytest.fail("the Kubernetes schema check needs: pip install kubernetes-validate", pytrace=False)
-    kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
-    kinds = []
-    for name in kustomization["resources"]:
-        for doc in yaml.safe_load_all((DEPLOY / "k8s" / name).read_text()):
-            kubernetes_validate.validate(doc, "1.30.0", strict=True)
-            kinds.append((doc["kind"], doc["metadata"]["name"]))
-    assert ("Deployment", "chaincast-worker") in kinds and ("Secret", "chaincast-node") in kinds
-    workers = yaml.safe_load((DEPLOY / "k8s" / "workers.yaml").read_text())
+    docs = manifests(DEPLOY / "k8s" / "chain")
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.30.0", strict=True)
+    kinds = [(d["kind"], d["metadata"]["name"]) for d in docs]
+    assert ("Deployment", "chaincast-worker") in kinds and ("Job", "chaincast-bootstrap") in kinds
+    assert ("Deployment", "chaincast-producer-chain") in kinds and ("Deployment", "chaincast-api") in kinds
+    assert {n for k, n in kinds if k == "PodDisruptionBudget"} == {"chaincast-worker", "chaincast-api"}
+    assert not [n for k, n in kinds if k == "Secret"]  # secrets are created out of band, never overwritten
+    base = [(d["kind"], d["metadata"]["name"]) for d in manifests(DEPLOY / "k8s")]
+    assert ("Deployment", "chaincast-producer-chain") not in base  # the chain is optional
+    workers = next(d for d in docs if d["metadata"]["name"] == "chaincast-worker" and d["kind"] == "Deployment")
     assert workers["spec"]["replicas"] == 2
+
+
+def test_every_pod_is_locked_down_and_probed() -> None:
+    for doc in manifests(DEPLOY / "k8s" / "chain"):
+        if doc["kind"] not in ("Deployment", "Job"):
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True, c["name"]
+            assert sc["capabilities"]["drop"] == ["ALL"]
+        if doc["kind"] == "Deployment":
+            main = pod["containers"][0]
+            assert "livenessProbe" in main and "readinessProbe" in main, doc["metadata"]["name"]
+    workers = yaml.safe_load((DEPLOY / "k8s" / "workers.yaml").read_text())
+    init = workers["spec"]["template"]["spec"]["initContainers"][0]
+    assert init["args"][:2] == ["bootstrap", "--wait"]
+
+
+def test_kustomization_names_a_registry_image() -> None:
+    images = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())["images"]
+    assert images[0]["name"] == "chaincast" and "/" in images[0]["newName"] and images[0]["newTag"] != "latest"
