@@ -38,8 +38,8 @@ def json_schema(cls: type[Record]) -> dict[str, Any]:
     ('chaincast/Trade/v1', 1, True)
     """
     schema = cls.model_json_schema(by_alias=True, mode="serialization")
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": f"chaincast/{cls.__name__}/v{SCHEMA_VERSION}",
-            **schema}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": f"chaincast/{cls.__name__}/v{SCHEMA_VERSION}", **schema}
 
 
 def all_schemas() -> dict[str, dict[str, Any]]:

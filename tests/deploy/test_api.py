@@ -212,7 +212,8 @@ def test_headless_chromium_logs_in_and_renders_live_data(server: Server, tmp_pat
     refused = dom(server.url + "/#token=cc_wrong", "valid bearer token")
     assert "a valid bearer token is required" in refused and 'id="card-BTCUSDT"' not in refused
     page = dom(server.url + f"/#token={server.token}", 'id="card-ETHUSDT"')
-    assert 'id="card-BTCUSDT"' in page and 'id="card-ETHUSDT"' in page, re.findall(r'<div id="status">.*?</div>|<form.*?>', page)
+    status = re.findall(r'<div id="status">.*?</div>|<form.*?>', page)
+    assert 'id="card-BTCUSDT"' in page and 'id="card-ETHUSDT"' in page, status
     assert re.search(r'id="card-BTCUSDT"[^>]*data-points="20"', page)
     assert "28,057.00" in page  # the last BTC close (28_000 + 3 * 19), as the page formats it
     assert "polyline" in page and "v-test" in page and "4.2%" in page
