@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect
 
 from chaincast.deploy.api import bind, create_app, serve
 from chaincast.deploy.tokens import TokenStore
-from chaincast.stream.records import Prediction
+from chaincast.stream.records import FeePrediction, Prediction
 from chaincast.stream.sink import RedisSink
 from tests.deploy.conftest import require
 
@@ -34,6 +34,15 @@ def prediction(symbol: str, minute: int, price: float, horizon: int = 1) -> Pred
     return Prediction(exchange="binance", symbol=symbol, bar_ts=T0 + minute * 60_000, horizon=horizon,
                       y_hat=0.0004, q10=-0.002, q50=0.0004, q90=0.0021, price=price, price_hat=price * 1.0004,
                       model_name="forecaster", model_version="v-test", created_at=0, latency_ms=1.0)
+
+
+def fee(block: int, horizon: int, block_hash: str = "") -> FeePrediction:
+    base = 20.0 + 0.1 * block
+    return FeePrediction(chain_id=1, block=18_640_000 + block, block_hash=block_hash or f"0x{block:064x}",
+                         timestamp=1_700_000_000 + 12 * block, target="base_fee", horizon=horizon, y_hat=0.01,
+                         q10=-0.05, q50=0.01, q90=0.06, base_fee_gwei=base, forecast_gwei=base * 1.01005,
+                         forecast_q10_gwei=base * 0.95123, forecast_q90_gwei=base * 1.06184, reference=0.0,
+                         model_name="fees.base_fee.h5", model_version="fee-v1", created_at=0)
 
 
 class Server:
@@ -62,6 +71,10 @@ def server(stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> I
                           for s, base in (("BTCUSDT", 28_000.0), ("ETHUSDT", 1_800.0))])
         await sink.write_model(ModelUpdate(name="forecaster", version="v-test", uri="file:///x", sha256="ab" * 32,
                                            family="linear", metrics={"val_mae": 0.001}, created_at=1))
+        for b in range(30):  # 30 blocks forecast at h=1 and h=5; the last one is then reorged out
+            await sink.write_fees(1, [fee(b, 1), fee(b, 5)], [], {})
+        orphan = [fee(29, 1).model_copy(update={"retracted": True}), fee(29, 5).model_copy(update={"retracted": True})]
+        await sink.write_fees(1, [], orphan, {"base_fee.h5": {"skill": 0.073, "mae": 0.05, "n": 25.0}})
         await sink.write_score("BTCUSDT", {"version": "v-test", "skill": "0.042", "mae": "0.0011"},
                                model_name="forecaster")
         await sink.close()
@@ -217,6 +230,8 @@ def test_headless_chromium_logs_in_and_renders_live_data(server: Server, tmp_pat
     assert re.search(r'id="card-BTCUSDT"[^>]*data-points="20"', page)
     assert "28,057.00" in page  # the last BTC close (28_000 + 3 * 19), as the page formats it
     assert "polyline" in page and "v-test" in page and "4.2%" in page
+    assert re.search(r'id="fees"[^>]*data-points="58"', page)  # 29 blocks x 2 horizons, the orphan left out
+    assert "skill vs EIP-1559 7.3%" in page
     assert server.token not in page  # the fragment left the address bar
 
 
@@ -235,6 +250,9 @@ def test_live_snapshots_after_login(server: Server) -> None:
     assert btc["score"]["skill"] == "0.042"
     assert snap["symbols"]["ETHUSDT"]["score"] is None
     assert snap["model"]["version"] == "v-test"
+    fees = snap["fees"]
+    assert [p["block"] for p in fees["points"] if p["horizon"] == 5] == [18_640_000 + b for b in range(29)]
+    assert fees["latest"]["retracted_block"] == str(18_640_029) and fees["score"]["base_fee.h5.skill"] == "0.073"
 
 
 def test_python_api_client(server: Server) -> None:

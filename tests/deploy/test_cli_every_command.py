@@ -28,6 +28,8 @@ BAD_ARGS: dict[str, list[str]] = {
     "bench": ["bench", "--nope"],
     "schema": ["schema", "NoSuchRecord"],
     "bootstrap": ["bootstrap", "--wait", "0"],
+    "chain serve": ["chain", "serve", "--port", "70000"],
+    "retrain-fees": ["retrain-fees", "--nope"],
     "token create": ["token", "create", "bad name!"],
     "token list": ["token", "list", "extra"],
     "token revoke": ["token", "revoke", "no-such-token"],
@@ -37,7 +39,7 @@ REQUIRED: dict[str, list[str]] = {"train": ["--data", __file__], "exchange serve
                                   "token create": ["someone"], "token revoke": ["someone"], "models promote": ["v1"],
                                   "models import": [__file__, "--card", __file__]}
 # Commands that read no settings at all (pure computations on files).
-NO_SETTINGS = {"backtest", "schema"}
+NO_SETTINGS = {"backtest", "schema", "chain serve"}
 
 
 @pytest.fixture(autouse=True)
