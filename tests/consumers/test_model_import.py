@@ -79,7 +79,7 @@ def test_the_gate_serves_a_model_that_beats_persistence_and_refuses_one_that_doe
 
     wrong_sign = check_contract(graph(coef=+0.5), card(), WINDOW, HORIZON)
     bad = judge(wrong_sign, bars, val_bars=240, margin=0.0, alpha=0.1, champion=None)
-    assert not bad.decision.promote and bad.decision.reason == "worse_than_persistence"
+    assert not bad.decision.promote and bad.decision.reason == "worse_than_reference"
 
 
 def write_csv(path: Path, bars: np.ndarray) -> Path:
