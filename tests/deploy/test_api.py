@@ -213,7 +213,7 @@ def test_headless_chromium_logs_in_and_renders_live_data(server: Server, tmp_pat
     def dom(url: str, ready: str) -> str:
         out = ""
         for _attempt in range(5):  # a loaded machine can miss the virtual-time budget: try again, boundedly
-            out = subprocess.run([chromium, *flags, "--virtual-time-budget=5000", "--dump-dom", url],
+            out = subprocess.run([chromium, *flags, "--virtual-time-budget=20000", "--dump-dom", url],
                                  capture_output=True, text=True, timeout=120).stdout
             if ready in out:
                 break
