@@ -71,11 +71,6 @@ def chain(
     if not settings.node_url:
         raise typer.BadParameter("give --node URL or set CHAINCAST_NODE_URL", param_hint="--node")
     settings = kafka_ready(settings)
-    if settings.metrics_port:
-        try:
-            start_http_server(settings.metrics_port, addr="127.0.0.1")
-        except OSError as exc:  # another chaincast process already serves metrics on this port
-            log.warning("metrics port %d unavailable: %s", settings.metrics_port, exc)
     try:
         asyncio.run(_follow(settings, duration))
     except CursorError as exc:

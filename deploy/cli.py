@@ -8,17 +8,33 @@ from typing import Annotated, Optional
 
 import typer
 
-from chaincast.deploy import bench, chain_cli, exchange_cli, models_cli, models_registry_cli, page
+from chaincast.deploy import (aggregator_cli, api_cli, bench, bootstrap_cli, chain_cli, exchange_cli,
+                              model_import_cli, models_cli, models_registry_cli, schema_cli)
 from chaincast.deploy.cli_args import DataOpt, SymbolsOpt, check_files, load_settings, parse_speed, run_app
 from chaincast.deploy.preflight import kafka_ready
 from chaincast.stream.kafka_options import KafkaSetupError
-from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.topics import DEFAULTS
 
 __all__ = ["app", "check_files", "load_settings", "main", "parse_speed"]
 
 app = typer.Typer(help="chaincast: streaming crypto forecasts (Kafka + Faust + ONNX, predictions in Redis).",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"chaincast {version('chaincast')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Show the version and exit.", callback=_version,
+                                          is_eager=True)] = False,
+) -> None:
+    """chaincast: streaming crypto forecasts (Kafka + Faust + ONNX, predictions in Redis)."""
 
 
 @app.command()
@@ -101,29 +117,35 @@ def replay(
 
 @app.command()
 def predictions(symbol: Annotated[Optional[str], typer.Argument(help="One symbol; all when omitted.")] = None) -> None:
-    """Show the latest forecasts from Redis."""
-    import redis
+    """Show the latest forecasts from Redis (every forecaster of each symbol)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from chaincast.stream.forecasts import ForecastReader, forecaster_id
 
     settings = load_settings()
     if not settings.redis_url:
-        raise typer.BadParameter("set REDIS_URL to the Redis that chaincast writes to")
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        raise typer.BadParameter("set REDIS_URL to the Redis that chaincast writes to (or run `chaincast up`)")
     symbols = [symbol.upper()] if symbol else settings.symbols
-    keys = RedisLayout.of(settings)
+
+    async def read() -> list:
+        reader = ForecastReader(settings)
+        try:
+            return await reader.latest(symbols)
+        finally:
+            await reader.close()
+
     try:
-        for sym in symbols:
-            p = client.hgetall(keys.latest(sym))
-            if not p:
-                typer.echo(f"{sym}: no prediction yet")
-                continue
-            price = float(p["price"])
-            typer.echo(f"{sym} bar {p['bar_ts']} h={p['horizon']}: {price:.4f} -> {float(p['price_hat']):.4f} "
-                       f"(80% band {price * math.exp(float(p['q10'])):.4f} .. {price * math.exp(float(p['q90'])):.4f}) "
-                       f"model {p['model_name']} {p['model_version']}")
-    except redis.exceptions.ConnectionError as exc:
+        latest = asyncio.run(read())
+    except (RedisConnectionError, OSError) as exc:
         raise typer.BadParameter(f"cannot reach Redis: {exc}") from None
-    finally:
-        client.close()
+    for sym in symbols:
+        mine = [p for p in latest if p.symbol == sym]
+        if not mine:
+            typer.echo(f"{sym}: no prediction yet")
+        for p in mine:
+            typer.echo(f"{sym} {forecaster_id(p)} bar {p.bar_ts}: {p.price:.4f} -> {p.price_hat:.4f} "
+                       f"(80% band {p.price * math.exp(p.q10):.4f} .. {p.price * math.exp(p.q90):.4f}) "
+                       f"model {p.model_name} {p.model_version}")
 
 
 @app.command()
@@ -157,6 +179,7 @@ def _produce() -> None:
 
 produce_app.command("exchange")(exchange_cli.produce_exchange)
 produce_app.command("chain")(chain_cli.chain)
+produce_app.command("aggregator")(aggregator_cli.produce_aggregator)
 app.add_typer(produce_app, name="produce")
 app.add_typer(exchange_cli.serve_app, name="exchange")
 from chaincast.deploy import fees_cli  # noqa: E402
@@ -165,15 +188,20 @@ app.add_typer(fees_cli.chain_app, name="chain")
 app.command("retrain-fees")(fees_cli.retrain_fees)
 app.command("train", context_settings=models_cli.EXTRA)(models_cli.train)
 app.command("backtest", context_settings=models_cli.EXTRA)(models_cli.backtest)
+models_registry_cli.models_app.command("import")(model_import_cli.import_model)
 app.add_typer(models_registry_cli.models_app, name="models")
 app.command("retrain")(models_registry_cli.retrain)
 app.command("retrain-txs")(models_registry_cli.retrain_txs)
-app.command("page")(page.page_command)
+app.command("api")(api_cli.api)
+app.command("page", help="Same as `api`: the live page is served by the API at /.")(api_cli.api)
+app.add_typer(api_cli.token_app, name="token")
+app.command("schema")(schema_cli.schema)
+app.command("bootstrap")(bootstrap_cli.bootstrap)
 app.command("bench")(bench.bench)
 
 
-def main() -> None:
-    run_app(app)
+def main(argv: list[str] | None = None) -> None:
+    run_app(app, argv)
 
 
 if __name__ == "__main__":

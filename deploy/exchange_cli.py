@@ -86,8 +86,8 @@ def serve(
 
 
 def produce_exchange(
-    url: str | None = typer.Option(None, help="Binance-format websocket endpoint [env CHAINCAST_EXCHANGE_URL]."),
-    symbols: str = typer.Option("btcusdt,ethusdt", help="Comma-separated symbols."),
+    url: str | None = typer.Option(None, help="Binance-format websocket endpoint \\[env CHAINCAST_EXCHANGE_URL]."),
+    symbols: str | None = typer.Option(None, help="Comma-separated symbols \\[default: env CHAINCAST_SYMBOLS]."),
     streams: str = typer.Option("trade,kline_1m", help="Comma-separated: trade or aggTrade, kline_1m."),
     duration: float | None = typer.Option(None, min=0, help="Stop after this many seconds (default: run until ^C)."),
     venue: str = typer.Option("binance", help=f"Wire format: {', '.join(VENUES)}."),
@@ -101,7 +101,8 @@ def produce_exchange(
         raise typer.BadParameter(f"{url!r} is not a ws:// or wss:// URL", param_hint="--url")
     if venue not in VENUES:
         raise typer.BadParameter(f"unknown venue {venue!r}", param_hint="--venue")
-    symbol_list = [s for s in symbols.replace(" ", "").split(",") if s]
+    symbol_list = ([s for s in symbols.replace(" ", "").split(",") if s] if symbols is not None
+                   else [s.lower() for s in settings.symbols])
     stream_list = [s for s in streams.replace(" ", "").split(",") if s]
     try:
         VENUES[venue].validate(symbol_list, stream_list)

@@ -92,6 +92,7 @@ def train(
         return
     _check(model, FAMILIES, "--model")
     _check(target, TARGETS, "--target")
+    registry = Registry(out or load_settings().registry_dir)  # a bad setting fails before training
     bars = load_series(ctx, data)
     _setup(threads)
 
@@ -108,7 +109,6 @@ def train(
     except ExportError as exc:
         typer.echo(f"export refused: {exc}", err=True)
         raise typer.Exit(1) from None
-    registry = Registry(out or load_settings().registry_dir)
     entry = registry.put(onnx_bytes, card)
     test = card["metrics"]["test"]
     typer.echo(f"stored {entry.onnx_path} (version {entry.version}, parity {card['parity_max_abs_diff']:.2g})")

@@ -117,12 +117,8 @@ async def _retrain_txs(settings: Settings) -> None:
     from chaincast.consumers.retrainer import training_pool
     from chaincast.consumers.tx_retrainer import TxRetrainer
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     with training_pool() as pool:  # torch trains in a child process: the consumer keeps reading
-        await TxRetrainer(settings, pool=pool).run(stop)
+        await run_until_signalled(lambda stop: TxRetrainer(settings, pool=pool).run(stop))
 
 
 def main() -> None:

@@ -11,9 +11,11 @@ the end of ``duration`` or on Ctrl-C.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +32,7 @@ from chaincast.consumers.registry import Registry
 from chaincast.deploy.embedded import EmbeddedError, Process, embedded_stack, free_port, wait_for_port
 from chaincast.deploy.hardhat import start_hardhat
 from chaincast.deploy.metrics import scrape
+from chaincast.deploy.tokens import TokenStore
 from chaincast.models.blocks import NUMBER, load_blocks
 from chaincast.models.history import TS, load_many, symbol_of
 from chaincast.models.timeunits import DAY_MS, MINUTE_MS
@@ -37,6 +40,7 @@ from chaincast.stream import kafka_options
 from chaincast.stream.failure import EXIT_UNACKNOWLEDGED
 from chaincast.stream.predict import history_size
 from chaincast.stream.redis_layout import RedisLayout
+from chaincast.stream.files import write_atomic
 from chaincast.stream.settings import Settings
 from chaincast.stream.shutdown import sigterm_as_interrupt
 from chaincast.stream.topics import ensure_topics
@@ -45,7 +49,8 @@ log = logging.getLogger(__name__)
 
 DATA_DIR = Path(__file__).parent / "data"
 TRAIN_DAYS = 5  # the bundled week: the initial model learns on days 1-5, the local exchange plays days 6-7
-PAGE_PORT_OFFSET = 16  # the live page: 9480 beside the default metrics base 9464
+PAGE_PORT_OFFSET = 16  # the API and live page: 9480 beside the default metrics base 9464
+UP_TOKEN_TTL_S = 7 * 86400
 BLOCKS_FILE = DATA_DIR / "mainnet_blocks_18620000_18649999.csv.gz"
 TRAIN_BLOCKS = 25_000  # the bundled blocks: the initial fee models learn on the first 25k, the replay node plays the rest
 
@@ -111,6 +116,37 @@ class Status:
         return " | ".join(parts)
 
 
+def env_lines(env: dict[str, str]) -> str:
+    """``export`` lines a shell can source and the settings loader reads (as a dotenv file).
+
+    >>> print(env_lines({"REDIS_URL": "redis://127.0.0.1:6390/0", "CHAINCAST_SYMBOLS": "BTCUSDT,ETHUSDT"}), end="")
+    export REDIS_URL=redis://127.0.0.1:6390/0
+    export CHAINCAST_SYMBOLS=BTCUSDT,ETHUSDT
+    """
+    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+
+
+def publish_env(settings: Settings, echo: Callable[[str], None]) -> str:
+    """Write the stack's connection settings to ``$CHAINCAST_HOME/env`` (mode 0600: a Redis URL may hold a
+    password) and show them; every chaincast command in another shell reads the file for what its
+    environment leaves unset. Returns the text written."""
+    path = settings.stack_env_file
+    text = env_lines(settings.stack_env())
+    write_atomic(path, text, mode=0o600)
+    echo(f"other shells find this stack through {path}; or export:")
+    for line in text.splitlines():
+        secret = line.startswith("export REDIS_URL=") and "@" in line
+        echo("  " + (line.split("=", 1)[0] + "=<in the file: it holds a password>" if secret else line))
+    return text
+
+
+def withdraw_env(settings: Settings, text: str) -> None:
+    """Remove the env file at shutdown, unless another `up` has replaced it since."""
+    with contextlib.suppress(FileNotFoundError):
+        if settings.stack_env_file.read_text() == text:
+            settings.stack_env_file.unlink()
+
+
 def child(name: str, args: list[str], settings: Settings, log_dir: Path, metrics_port: int) -> Process:
     env = {**os.environ, **settings.env(), "CHAINCAST_METRICS_PORT": str(metrics_port), "PYTHONUNBUFFERED": "1"}
     return Process(name, [sys.executable, "-m", "chaincast.deploy.cli", *args], env=env,
@@ -170,18 +206,24 @@ def run_up(settings: Settings, paths: list[Path], duration: float | None, speed:
                  f"test skill vs persistence {entry.card['metrics']['test']['skill_vs_persistence']:+.4f})")
 
         replay_from = int(train_end - history_size(settings.window) * MINUTE_MS)
+        api_port = settings.metrics_port + PAGE_PORT_OFFSET if settings.metrics_port else free_port()
+        settings = settings.model_copy(update={"api_url": f"http://127.0.0.1:{api_port}"})
         procs, ports = start_processes(settings, files, replay_from, speed, log_dir, echo, chain)
         if "chain" in ports and settings.node_url is None and chain.source == "replay":
             start_fee_models(settings, chain, echo)
         if "chain" in ports:  # fee challengers on the recent blocks, promoted only when better
             procs.append(child("fee-retrainer", ["retrain-fees"], settings, log_dir, 0))
-        page_port = settings.metrics_port + PAGE_PORT_OFFSET if settings.metrics_port else free_port()
-        procs.append(child("page", ["page", "--port", str(page_port)], settings, log_dir, 0))
-        echo(f"live page: http://127.0.0.1:{page_port}/")
+        procs.append(child("api", ["api", "--port", str(api_port)], settings, log_dir, 0))
+        token, _ = TokenStore.in_home(settings.home).create("up", ["read"], ttl_s=UP_TOKEN_TTL_S)
+        echo(f"API and live page: {settings.api_url}/  (OpenAPI docs at /docs)")
+        echo(f"first API token (valid 7 days, shown once): {token}")
+        echo(f"  curl -H 'Authorization: Bearer {token}' {settings.api_url}/v1/forecasts")
+        echo(f"  live page: {settings.api_url}/#token={token}")
         echo("metrics: " + ", ".join(f"{name} :{port}" for name, port in ports.items()) + f"; logs in {log_dir}")
         status = Status()
         client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
         code = 0
+        env_file = publish_env(settings, echo)
         try:
             deadline = None if duration is None else time.monotonic() + duration
             while deadline is None or time.monotonic() < deadline:
@@ -190,7 +232,7 @@ def run_up(settings: Settings, paths: list[Path], duration: float | None, speed:
                     if p.name == "worker" and not p.alive() and p.popen.returncode == EXIT_UNACKNOWLEDGED:
                         echo(f"\nthe worker stopped before acknowledging a batch; restarting it (see {log_dir}/worker.log)")
                         p.start()
-                crashed = [p.name for p in procs if p.name in ("worker", "producer", "chain") and not p.alive()]
+                crashed = [p.name for p in procs if p.name in ("worker", "producer", "chain", "api") and not p.alive()]
                 if crashed:
                     echo(f"\nthe {crashed[0]} stopped unexpectedly; see {log_dir}/{crashed[0]}.log")
                     code = 1
@@ -200,6 +242,7 @@ def run_up(settings: Settings, paths: list[Path], duration: float | None, speed:
         except KeyboardInterrupt:
             echo("\nstopping ...")
         finally:
+            withdraw_env(settings, env_file)
             for p in reversed(procs):
                 p.stop(timeout=15)
             client.close()
@@ -247,7 +290,7 @@ def start_processes(settings: Settings, files: dict[str, list[Path]], replay_fro
                 "--start", str(replay_from)]
         args += [a for paths in files.values() for path in paths for a in ("--data", str(path))]
         procs.append(child("exchange", args, settings, log_dir, 0))
-        wait_for_port(port, procs[-1].popen, 30, "the local exchange")
+        wait_for_port(port, procs[-1].popen, 120, "the local exchange")  # slow on a loaded host
         url = f"ws://127.0.0.1:{port}"
     procs.append(child("producer", ["produce", "exchange", "--url", url, "--streams", "trade",
                                     "--symbols", ",".join(settings.symbols).lower()], settings, log_dir,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator, model_validator
 
 from chaincast.models.timeunits import MINUTE_MS
 
@@ -28,7 +28,15 @@ class Record(BaseModel):
     """Base of every message: frozen, validated, JSON with a ``schema`` field."""
 
     model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
-    schema_version: int = Field(SCHEMA_VERSION, alias="schema")
+    schema_version: int = Field(SCHEMA_VERSION, alias="schema", ge=1)
+
+    @field_validator("schema_version")
+    @classmethod
+    def _not_newer(cls, version: int) -> int:
+        """A record from a newer schema is refused, not guessed at (the rule: ``stream/schemas.py``)."""
+        if version > SCHEMA_VERSION:
+            raise ValueError(f"schema {version} is newer than this reader's {SCHEMA_VERSION}")
+        return version
 
     def dumps(self) -> bytes:
         return self.model_dump_json(by_alias=True).encode()

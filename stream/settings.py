@@ -9,12 +9,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import platformdirs
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from chaincast.models.targets import ForecastSpec, parse_forecasts
 
 from chaincast.stream.topics import DEFAULTS
+
+# An absolute per-user directory, so that every shell and every working directory finds the
+# same registry and the same `chaincast up` connection file.
+DEFAULT_HOME = Path(platformdirs.user_data_dir("chaincast", appauthor=False))
+
+
+# The connection settings `chaincast up` hands to other shells through `$CHAINCAST_HOME/env`.
+STACK_KEYS = ("KAFKA_BOOTSTRAP_SERVERS", "CHAINCAST_EMBEDDED_BROKER", "REDIS_URL", "CHAINCAST_REDIS_PREFIX",
+              "CHAINCAST_SYMBOLS", "CHAINCAST_EXCHANGE", "CHAINCAST_MODEL_NAME", "CHAINCAST_API_URL")
 
 
 class Settings(BaseSettings):
@@ -31,7 +41,7 @@ class Settings(BaseSettings):
         ["BTCUSDT", "ETHUSDT"], validation_alias="CHAINCAST_SYMBOLS"
     )
     exchange: str = Field("binance", validation_alias="CHAINCAST_EXCHANGE")
-    home: Path = Field(Path(".chaincast"), validation_alias="CHAINCAST_HOME")
+    home: Path = Field(DEFAULT_HOME, validation_alias="CHAINCAST_HOME")
 
     # Topics: names default to the registry's (stream.topics, DESIGN.md).
     topic_trades: str = Field(DEFAULTS["topic_trades"], validation_alias="CHAINCAST_TOPIC_TRADES")
@@ -116,6 +126,35 @@ class Settings(BaseSettings):
     # 0.0.0.0 in containers, so that Prometheus on another host can scrape.
     metrics_host: str = Field("127.0.0.1", validation_alias="CHAINCAST_METRICS_HOST")
     log_level: str = Field("WARNING", validation_alias="CHAINCAST_LOG_LEVEL")
+
+    # --- users and operators ---
+    # The HTTP API (`chaincast api`, served by `up`); a client's base URL (written by `up`).
+    api_url: str | None = Field(None, validation_alias="CHAINCAST_API_URL")
+    # Requests per token per minute; beyond it the API answers 429.
+    api_rate_per_min: float = Field(600.0, gt=0, validation_alias="CHAINCAST_API_RATE_PER_MIN")
+    # The most history entries one request returns (a larger ?limit= is refused with 422).
+    api_max_limit: int = Field(1000, ge=1, validation_alias="CHAINCAST_API_MAX_LIMIT")
+    # Aggregator poller (CoinGecko-style REST). The key is sent as a header, never logged.
+    aggregator_url: str = Field("https://api.coingecko.com/api/v3", validation_alias="CHAINCAST_AGGREGATOR_URL")
+    aggregator_api_key: str | None = Field(None, validation_alias="CHAINCAST_AGGREGATOR_API_KEY", repr=False)
+    aggregator_key_header: str = Field("x-cg-demo-api-key", validation_alias="CHAINCAST_AGGREGATOR_KEY_HEADER")
+    # Requests per minute: the public tier allows about 30; stay well under it by default.
+    aggregator_rate_per_min: float = Field(10.0, gt=0, validation_alias="CHAINCAST_AGGREGATOR_RATE_PER_MIN")
+    aggregator_interval_s: float = Field(60.0, gt=0, validation_alias="CHAINCAST_AGGREGATOR_INTERVAL_S")
+    # SYMBOL=coin-id pairs; the quote currency is the symbol's suffix (USDT is quoted in usd).
+    aggregator_ids: Annotated[dict[str, str], NoDecode] = Field(
+        {"BTCUSDT": "bitcoin", "ETHUSDT": "ethereum"}, validation_alias="CHAINCAST_AGGREGATOR_IDS"
+    )
+
+    @field_validator("aggregator_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            pairs = [p for p in value.replace(" ", ",").split(",") if p]
+            if not all(p.count("=") == 1 for p in pairs):
+                raise ValueError("expected SYMBOL=coin-id pairs, e.g. BTCUSDT=bitcoin,ETHUSDT=ethereum")
+            return {k.upper(): v for k, v in (p.split("=") for p in pairs)}
+        return value
 
     # --- fees ---
     # Fee forecasts (issue 16): a topic of their own, not `predictions` (whose records and keys are per market).
@@ -216,6 +255,25 @@ class Settings(BaseSettings):
             return symbols
         return value
 
+    @classmethod
+    def from_environment(cls, **overrides: Any) -> Settings:
+        """The environment first, then the stack file ``chaincast up`` wrote for what is still
+        unset, then the explicit overrides (CLI options) above both."""
+        settings = cls(**overrides)
+        if settings.stack_env_file.is_file():
+            settings = cls(_env_file=settings.stack_env_file, **overrides)
+        return settings
+
+    @property
+    def stack_env_file(self) -> Path:
+        """``export`` lines for the stack ``chaincast up`` runs, so a second shell just works."""
+        return self.home / "env"
+
+    def stack_env(self) -> dict[str, str]:
+        """What a second shell needs to reach this stack (the content of ``stack_env_file``)."""
+        env = self.env()
+        return {k: env[k] for k in STACK_KEYS if k in env}
+
     @field_validator("fee_horizons", mode="before")
     @classmethod
     def _split_horizons(cls, value: Any) -> Any:
@@ -260,6 +318,8 @@ class Settings(BaseSettings):
                 value = value.get_secret_value()
             elif isinstance(value, list):
                 value = ",".join(str(v) for v in value)
+            elif isinstance(value, dict):
+                value = ",".join(f"{k}={v}" for k, v in value.items())
             elif isinstance(value, bool):
                 value = "1" if value else "0"
             out[key] = str(value)
@@ -274,7 +334,9 @@ def load_settings(**overrides: object) -> Settings:
     """The Settings from the environment, with ``overrides`` (by env name; None = not given) on top.
 
     Every entry point builds its settings here, so a bad value is always the same one-line
-    ``SettingsError`` (the CLI prints it and exits 2), never a traceback.
+    ``SettingsError`` (the CLI prints it and exits 2), never a traceback. What the environment
+    leaves unset comes from ``$CHAINCAST_HOME/env`` when ``chaincast up`` wrote one (a second
+    shell reaches the running stack with nothing exported).
 
     >>> load_settings(CHAINCAST_PARTITIONS="0")
     Traceback (most recent call last):
@@ -283,7 +345,7 @@ def load_settings(**overrides: object) -> Settings:
     """
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return Settings(**given)
+        return Settings.from_environment(**given)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "settings"

@@ -19,6 +19,12 @@ PROJECT_DATA = REPO / "deploy" / "data"
 BROKERS = ("tansu", "kafka")
 
 
+@pytest.fixture(autouse=True)
+def _private_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never the user's own CHAINCAST_HOME (its registry, tokens, or the env file of a running `up`)."""
+    monkeypatch.setenv("CHAINCAST_HOME", str(tmp_path_factory.mktemp("home")))
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--broker", choices=(*BROKERS, "both"), default="both",
                      help="broker(s) the integration tests run on: the embedded Tansu, Apache Kafka, or both")

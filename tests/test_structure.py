@@ -32,6 +32,8 @@ REDIS_CONTRACT = REPO / "tests" / "stream" / "test_redis_layout.py"  # pins the 
 NOT_TOPICS = {
     ("deploy/grafana/build.py", "predictions"): "a panel's legend",
     ("tests/deploy/test_cli_errors.py", "predictions"): "the `chaincast predictions` command",
+    ("tests/deploy/test_cli_every_command.py", "predictions"): "the `chaincast predictions` command",
+    ("tests/integration/test_up.py", "predictions"): "the `chaincast predictions` command",
 }
 
 

@@ -4,22 +4,31 @@ The JSON files are committed (Grafana provisions them as they are); this module
 is the one place to change them. ``--check`` exits non-zero when a file differs
 from what this code builds, so a hand edit of the JSON cannot drift unnoticed.
 
-Every query reads the Prometheus datasource provisioned with uid ``prometheus``
-(``provisioning/datasources/prometheus.yml``). Panels that concern one market
-use the ``$symbol`` variable, filled from ``chaincast_last_close``.
+Portable: every panel reads the Prometheus datasource chosen in the ``datasource`` variable
+(``__inputs`` asks for it when the JSON is imported into any Grafana; provisioned, it is the
+default Prometheus), and every chaincast series is scoped to the scrape jobs chosen in the
+``job`` variable (``job=~"$job"``, filled from ``chaincast_inference_seconds_count``, which
+every chaincast process exports), so the dashboards work beside other software and other
+deployments in one Prometheus. Panels that concern one market use the ``$symbol`` variable,
+filled from ``chaincast_last_close``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 OUT_DIR = Path(__file__).parent / "dashboards"
-DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+INPUTS = [{"name": "DS_PROMETHEUS", "label": "Prometheus", "description": "the Prometheus that scrapes chaincast",
+           "type": "datasource", "pluginId": "prometheus", "pluginName": "Prometheus"}]
+JOB_METRIC = "chaincast_inference_seconds_count"  # exported (at zero) by every process that imports stream.metrics
+SERIES = re.compile(r"\b(chaincast_[a-z0-9_]+)(\{([^}]*)\})?")
 RATE = "$__rate_interval"
 # Series of one kind of process (the `process` label of the scrape config): every process that
 # imports stream.metrics also exports its unlabelled histograms, at zero.
@@ -47,8 +56,21 @@ class Panel:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+def scoped(expr: str) -> str:
+    """Every chaincast series of ``expr`` limited to the jobs of the ``job`` variable.
+
+    >>> scoped('sum(rate(chaincast_x_total{process="worker"}[5m])) + chaincast_y')
+    'sum(rate(chaincast_x_total{job=~"$job",process="worker"}[5m])) + chaincast_y{job=~"$job"}'
+    """
+    def add(m: re.Match[str]) -> str:
+        inner = m.group(3)
+        return f'{m.group(1)}{{job=~"$job"{"," + inner if inner else ""}}}'
+
+    return SERIES.sub(add, expr)
+
+
 def q(expr: str, legend: str = "") -> Query:
-    return Query(expr, legend)
+    return Query(scoped(expr), legend)
 
 
 def quantile(phi: float, bucket: str, window: str = RATE) -> Query:
@@ -95,9 +117,23 @@ def dashboard(uid: str, title: str, panels: list[Panel], *, variables: list[dict
         "schemaVersion": 39, "version": 1, "editable": True, "refresh": "10s",
         "time": {"from": "now-1h", "to": "now"},
         "annotations": {"list": [builtin, *(annotations or [])]},
-        "templating": {"list": variables or []},
+        "templating": {"list": [datasource_variable(), job_variable(), *(variables or [])]},
+        "__inputs": INPUTS,
         "panels": laid,
     }
+
+
+def datasource_variable() -> dict[str, Any]:
+    return {"name": "datasource", "label": "Prometheus", "type": "datasource", "query": "prometheus",
+            "current": {"selected": False, "text": "${DS_PROMETHEUS}", "value": "${DS_PROMETHEUS}"},
+            "hide": 0, "refresh": 1, "regex": "", "includeAll": False, "multi": False}
+
+
+def job_variable() -> dict[str, Any]:
+    return {"name": "job", "label": "job", "type": "query", "datasource": DATASOURCE,
+            "query": {"query": f"label_values({JOB_METRIC}, job)", "refId": "job"},
+            "definition": f"label_values({JOB_METRIC}, job)", "refresh": 2, "includeAll": True, "multi": True,
+            "allValue": ".+", "sort": 1, "current": {"selected": True, "text": ["All"], "value": ["$__all"]}}
 
 
 def symbol_variable() -> dict[str, Any]:
@@ -128,7 +164,7 @@ def band_overrides() -> tuple[dict[str, Any], ...]:
 
 def overview() -> dict[str, Any]:
     panels = [
-        Panel("Processes up", (q('up{job="chaincast"}', "{{process}} {{instance}}"),), kind="stat", width=8,
+        Panel("Processes up", (q('up{job=~"$job"}', "{{process}} {{instance}}"),), kind="stat", width=8,
               height=5, description="1 = the process answers its /metrics endpoint"),
         Panel("Predictions per minute", (q(f"sum(rate(chaincast_predictions_total[{RATE}])) * 60", "predictions"),),
               kind="stat", width=8, height=5),
@@ -230,7 +266,7 @@ def forecasts() -> dict[str, Any]:
         ), unit="percentunit", description="Share of realised values inside the band; 0.8 is calibrated"),
     ]
     swaps = {"name": "model versions", "enable": True, "iconColor": "orange", "datasource": DATASOURCE,
-             "expr": "max by (name, version) (chaincast_model_info)", "step": "30s",
+             "expr": scoped("max by (name, version) (chaincast_model_info)"), "step": "30s",
              "titleFormat": "model {{version}}", "tagKeys": "name", "textFormat": "serving {{name}} {{version}}",
              "useValueForTime": False}
     return dashboard("chaincast-forecasts", "chaincast / forecasts", panels,

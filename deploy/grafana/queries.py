@@ -54,11 +54,12 @@ def all_queries(directory: Path = DASHBOARD_DIR) -> list[PanelQuery]:
     return [pq for d in load_dashboards(directory) for pq in panel_queries(d)]
 
 
-def expand(expr: str, rate_interval: str = "1m", symbol: str = "BTCUSDT", fee_horizon: str = "5") -> str:
-    """Grafana's variables as Grafana would fill them.
+def expand(expr: str, rate_interval: str = "1m", symbol: str = "BTCUSDT", fee_horizon: str = "5",
+           job: str = "chaincast") -> str:
+    """Grafana's variables as Grafana would fill them (``job``: the scrape job of deploy/prometheus).
 
-    >>> expand('rate(x{symbol="$symbol"}[$__rate_interval])')
-    'rate(x{symbol="BTCUSDT"}[1m])'
+    >>> expand('rate(x{job=~"$job",symbol="$symbol"}[$__rate_interval])')
+    'rate(x{job=~"chaincast",symbol="BTCUSDT"}[1m])'
     """
-    return expr.replace("$__rate_interval", rate_interval).replace("$symbol", symbol).replace(
-        "$fee_horizon", fee_horizon)
+    return (expr.replace("$__rate_interval", rate_interval).replace("$symbol", symbol)
+            .replace("$fee_horizon", fee_horizon).replace("$job", job))

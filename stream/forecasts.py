@@ -1,0 +1,130 @@
+"""Reading forecasts back out of Redis: the latest per symbol and forecaster, history, models.
+
+The read side of what ``stream.sink`` writes; every key comes from ``stream.redis_layout``,
+none is formatted here. Used by the HTTP API, the
+live page and the Python client. A forecaster is one (model, target, horizon) serving one
+symbol; its id is ``{target}:h{horizon}`` (``log_return:h1``), stable across model versions,
+so a client can follow "the 1-bar return forecast" while models are swapped underneath.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+
+from chaincast.stream.records import ModelUpdate, Prediction
+from chaincast.stream.redis_layout import RedisLayout
+from chaincast.stream.settings import Settings
+
+
+def forecaster_id(pred: Prediction) -> str:
+    """The stable name of the forecaster that made ``pred``.
+
+    >>> p = Prediction(exchange="binance", symbol="BTCUSDT", bar_ts=0, horizon=5, y_hat=0, q10=0, q50=0, q90=0,
+    ...                price=1, price_hat=1, model_name="forecaster", model_version="v", created_at=0, latency_ms=0)
+    >>> forecaster_id(p)
+    'log_return:h5'
+    """
+    return f"{pred.target}:h{pred.horizon}"
+
+
+def parse(fields: dict[str, str]) -> Prediction | None:
+    """A stored prediction, or None when it does not match the current record (an older schema)."""
+    try:
+        return Prediction.model_validate(fields)
+    except ValidationError:
+        return None
+
+
+class ForecastReader:
+    """Async reads of the layout; one lazy client, closed with ``close()``."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.redis_url:
+            raise ValueError("set REDIS_URL to the Redis that chaincast writes to")
+        self.settings = settings
+        self.layout = RedisLayout.of(settings)
+        self._client: aioredis.Redis | None = None
+
+    @property
+    def client(self) -> aioredis.Redis:
+        if self._client is None:
+            self._client = aioredis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def ping(self) -> bool:
+        return bool(await self.client.ping())
+
+    def history_keys(self, symbols: list[str]) -> list[str]:
+        return [self.layout.history(s) for s in symbols]
+
+    async def latest(self, symbols: list[str] | None = None) -> list[Prediction]:
+        """The latest forecast of every forecaster of each symbol (configured symbols by default)."""
+        symbols = symbols or self.settings.symbols
+        pipe = self.client.pipeline(transaction=False)
+        for sym in symbols:
+            pipe.hgetall(self.layout.latest(sym))
+        replies = await pipe.execute()
+        return [p for fields in replies if fields and (p := parse(fields)) is not None]
+
+    async def history(self, symbol: str, since: int | None = None, limit: int = 100) -> list[Prediction]:
+        """Forecasts of ``symbol`` oldest first: from bar ``since`` (ms) on when given, else the latest ``limit``."""
+        key = self.layout.history(symbol)
+        if since is not None:
+            entries = await self.client.xrange(key, min=str(since), count=limit)
+        else:
+            entries = list(reversed(await self.client.xrevrange(key, count=limit)))
+        return [p for _id, fields in entries if (p := parse(fields)) is not None]
+
+    async def known(self, symbol: str) -> bool:
+        """Configured, or forecast at some point (history kept)."""
+        return symbol in self.settings.symbols or bool(await self.client.exists(self.layout.history(symbol)))
+
+    async def models(self) -> list[ModelUpdate]:
+        """The serving version of every model that made a latest forecast (and the configured one)."""
+        names = {self.settings.model_name} | {p.model_name for p in await self.latest()}
+        pipe = self.client.pipeline(transaction=False)
+        ordered = sorted(names)
+        for name in ordered:
+            pipe.hgetall(self.layout.model(name))
+        out = []
+        for name, fields in zip(ordered, await pipe.execute()):
+            if not fields:
+                continue
+            metrics = {k.removeprefix("metric."): float(v) for k, v in fields.items() if k.startswith("metric.")}
+            try:
+                out.append(ModelUpdate(name=name, version=fields["version"], uri=fields.get("uri", ""),
+                                       sha256=fields.get("sha256", ""), family=fields.get("family", ""),
+                                       metrics=metrics, created_at=int(fields.get("created_at", 0))))
+            except (KeyError, ValueError, ValidationError):
+                continue
+        return out
+
+    async def scores(self, symbols: list[str]) -> list[dict[str, str]]:
+        """The live score hash of each symbol ({} where none was written yet)."""
+        pipe = self.client.pipeline(transaction=False)
+        for sym in symbols:
+            pipe.hgetall(self.layout.score(sym))
+        return list(await pipe.execute())
+
+    async def follow(self, symbols: list[str] | None = None, block_ms: int = 5000) -> AsyncIterator[Prediction]:
+        """New forecasts as the workers write them (from now on), in history order per symbol."""
+        keys = self.history_keys(symbols or self.settings.symbols)
+        last: dict[str, str] = {}
+        for key in keys:  # start after the newest entry, so nothing between two reads is missed
+            newest = await self.client.xrevrange(key, count=1)
+            last[key] = newest[0][0] if newest else "0-0"
+        while True:
+            reply = await self.client.xread(last, block=block_ms, count=500)
+            for key, entries in reply or []:
+                for entry_id, fields in entries:
+                    last[key] = entry_id
+                    if (p := parse(fields)) is not None:
+                        yield p

@@ -1,0 +1,275 @@
+"""The HTTP API and the live page it serves: real Redis (written by the real sink), real uvicorn,
+httpx for the curl-like checks, schemathesis against the OpenAPI spec, headless Chromium for the login."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from websockets.asyncio.client import connect
+
+from chaincast.deploy.api import bind, create_app, serve
+from chaincast.deploy.tokens import TokenStore
+from chaincast.stream.records import FeePrediction, Prediction
+from chaincast.stream.sink import RedisSink
+from tests.deploy.conftest import require
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars", "--lang=en-US"]
+T0 = 1_680_307_200_000
+
+
+def prediction(symbol: str, minute: int, price: float, horizon: int = 1) -> Prediction:
+    return Prediction(exchange="binance", symbol=symbol, bar_ts=T0 + minute * 60_000, horizon=horizon,
+                      y_hat=0.0004, q10=-0.002, q50=0.0004, q90=0.0021, price=price, price_hat=price * 1.0004,
+                      model_name="forecaster", model_version="v-test", created_at=0, latency_ms=1.0)
+
+
+def fee(block: int, horizon: int, block_hash: str = "") -> FeePrediction:
+    base = 20.0 + 0.1 * block
+    return FeePrediction(chain_id=1, block=18_640_000 + block, block_hash=block_hash or f"0x{block:064x}",
+                         timestamp=1_700_000_000 + 12 * block, target="base_fee", horizon=horizon, y_hat=0.01,
+                         q10=-0.05, q50=0.01, q90=0.06, base_fee_gwei=base, forecast_gwei=base * 1.01005,
+                         forecast_q10_gwei=base * 0.95123, forecast_q90_gwei=base * 1.06184, reference=0.0,
+                         model_name="fees.base_fee.h5", model_version="fee-v1", created_at=0)
+
+
+class Server:
+    def __init__(self, url: str, settings: object, store: TokenStore, token: str) -> None:
+        self.url, self.settings, self.store, self.token = url, settings, store, token
+
+    def get(self, path: str, token: str | None = "", **params: object) -> httpx.Response:
+        headers = {} if token is None else {"Authorization": f"Bearer {token or self.token}"}
+        return httpx.get(self.url + path, headers=headers, params=params, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Twenty predictions per symbol in Redis, a model hash, a score hash, one token, the API serving them."""
+    from chaincast.stream.records import ModelUpdate
+    from chaincast.stream.settings import Settings
+
+    home = tmp_path_factory.mktemp("api-home")
+    settings = Settings(**stack, CHAINCAST_HOME=str(home), CHAINCAST_REDIS_PREFIX="api:",
+                        CHAINCAST_SYMBOLS="BTCUSDT,ETHUSDT", CHAINCAST_API_MAX_LIMIT="500",
+                        CHAINCAST_API_RATE_PER_MIN="100000")
+
+    async def fill() -> None:
+        sink = RedisSink(settings.redis_url, settings.redis_prefix)
+        await sink.write([prediction(s, m, base + 3 * m) for m in range(20)
+                          for s, base in (("BTCUSDT", 28_000.0), ("ETHUSDT", 1_800.0))])
+        await sink.write_model(ModelUpdate(name="forecaster", version="v-test", uri="file:///x", sha256="ab" * 32,
+                                           family="linear", metrics={"val_mae": 0.001}, created_at=1))
+        for b in range(30):  # 30 blocks forecast at h=1 and h=5; the last one is then reorged out
+            await sink.write_fees(1, [fee(b, 1), fee(b, 5)], [], {})
+        orphan = [fee(29, 1).model_copy(update={"retracted": True}), fee(29, 5).model_copy(update={"retracted": True})]
+        await sink.write_fees(1, [], orphan, {"base_fee.h5": {"skill": 0.073, "mae": 0.05, "n": 25.0}})
+        await sink.write_score("BTCUSDT", {"version": "v-test", "skill": "0.042", "mae": "0.0011"},
+                               model_name="forecaster")
+        await sink.close()
+
+    asyncio.run(fill())
+    store = TokenStore.in_home(home)
+    token, _ = store.create("tester", ["read"])
+    sock = bind("127.0.0.1", 0)
+    stop = threading.Event()
+    thread = threading.Thread(target=serve, args=(create_app(settings, live_interval_s=0.2), sock, stop),
+                              daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(url + "/healthz", timeout=5).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the API did not start"
+        time.sleep(0.1)
+    yield Server(url, settings, store, token)
+    stop.set()
+    thread.join(15)
+
+
+def test_no_token_bad_token_and_expired_token_get_401(server: Server) -> None:
+    assert server.get("/v1/forecasts", token=None).status_code == 401
+    assert server.get("/v1/forecasts", token="cc_not-a-token").status_code == 401
+    expired, info = server.store.create("short", ["read"], ttl_s=0.001)
+    time.sleep(0.01)
+    resp = server.get("/v1/forecasts", token=expired)
+    assert resp.status_code == 401 and resp.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_revoked_token_is_refused_on_the_next_request(server: Server) -> None:
+    token, _ = server.store.create("revokee", ["read"])
+    assert server.get("/v1/models", token=token).status_code == 200
+    server.store.revoke("revokee")
+    assert server.get("/v1/models", token=token).status_code == 401
+
+
+def test_latest_per_symbol_and_forecaster(server: Server) -> None:
+    resp = server.get("/v1/forecasts")
+    assert resp.status_code == 200
+    latest = {(f["symbol"], f["forecaster"]): f for f in resp.json()["forecasts"]}
+    assert set(latest) == {("BTCUSDT", "log_return:h1"), ("ETHUSDT", "log_return:h1")}
+    assert latest["BTCUSDT", "log_return:h1"]["price"] == 28_000.0 + 3 * 19
+    assert latest["BTCUSDT", "log_return:h1"]["schema"] == 1
+
+
+def test_history_since_limit_and_bad_input(server: Server) -> None:
+    body = server.get("/v1/forecasts/btcusdt", limit=5).json()
+    assert [f["bar_ts"] for f in body["history"]] == [T0 + m * 60_000 for m in range(15, 20)]
+    since = server.get("/v1/forecasts/BTCUSDT", since=T0 + 10 * 60_000, limit=3).json()["history"]
+    assert [f["bar_ts"] for f in since] == [T0 + m * 60_000 for m in (10, 11, 12)]
+    assert server.get("/v1/forecasts/DOGEUSDT").status_code == 404
+    assert server.get("/v1/forecasts/BTCUSDT", limit=10**9).status_code == 422  # above CHAINCAST_API_MAX_LIMIT
+    assert server.get("/v1/forecasts/BTCUSDT", limit=0).status_code == 422
+    assert server.get("/v1/forecasts/BTCUSDT", since=-1).status_code == 422
+
+
+def test_models(server: Server) -> None:
+    models = server.get("/v1/models").json()["models"]
+    assert [(m["name"], m["version"], m["family"]) for m in models] == [("forecaster", "v-test", "linear")]
+    assert models[0]["metrics"] == {"val_mae": 0.001}
+
+
+def test_rate_limit_per_token(server: Server) -> None:
+    from chaincast.deploy.api import create_app
+
+    settings = server.settings.model_copy(update={"api_rate_per_min": 3.0})
+    app = create_app(settings, server.store)
+    limited, _ = server.store.create("limited", ["read"])
+    other, _ = server.store.create("other", ["read"])
+
+    async def calls() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            codes = [(await client.get("/v1/models", headers={"Authorization": f"Bearer {limited}"})).status_code
+                     for _ in range(6)]
+            codes.append((await client.get("/v1/models", headers={"Authorization": f"Bearer {other}"})).status_code)
+        return codes
+
+    codes = asyncio.run(calls())
+    assert codes[:3] == [200, 200, 200] and 429 in codes[3:6]
+    assert codes[6] == 200  # another token has its own budget
+
+
+def test_stream_sends_new_forecasts_and_refuses_bad_tokens(server: Server) -> None:
+    ws_url = server.url.replace("http", "ws")
+
+    async def run() -> tuple[dict, dict, dict]:
+        async with connect(ws_url + "/v1/stream") as ws:
+            await ws.send(json.dumps({"token": "cc_wrong"}))
+            refused = json.loads(await ws.recv())
+        async with connect(ws_url + "/v1/stream", additional_headers={"Authorization": f"Bearer {server.token}"}) as ws:
+            hello = json.loads(await ws.recv())
+            sink = RedisSink(server.settings.redis_url, server.settings.redis_prefix)
+            await sink.write([prediction("ETHUSDT", 20, 1_900.0)])
+            await sink.close()
+            new = json.loads(await asyncio.wait_for(ws.recv(), 60))
+        return refused, hello, new
+
+    refused, hello, new = asyncio.run(run())
+    assert refused["status"] == 401
+    assert hello == {"ok": True, "token": "tester"}
+    assert (new["symbol"], new["bar_ts"], new["forecaster"]) == ("ETHUSDT", T0 + 20 * 60_000, "log_return:h1")
+
+
+def test_schemathesis_finds_no_server_errors(server: Server) -> None:
+    schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
+
+    failures = []
+    for op in schema.get_all_operations():
+        operation = op.ok()
+
+        @hsettings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(case=operation.as_strategy())
+        def check(case) -> None:  # noqa: ANN001
+            for headers in ({"Authorization": f"Bearer {server.token}"}, {}):
+                response = case.call(headers=headers, timeout=30)
+                if response.status_code >= 500:
+                    failures.append((case.method, case.formatted_path, case.query, response.status_code))
+                case.validate_response(response)
+
+        check()
+    assert not failures, failures
+
+
+def test_headless_chromium_logs_in_and_renders_live_data(server: Server, tmp_path: Path) -> None:
+    chromium = require("chromium")
+    flags = [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+
+    def dom(url: str, ready: str) -> str:
+        out = ""
+        for _attempt in range(5):  # a loaded machine can miss the virtual-time budget: try again, boundedly
+            out = subprocess.run([chromium, *flags, "--virtual-time-budget=20000", "--dump-dom", url],
+                                 capture_output=True, text=True, timeout=120).stdout
+            if ready in out:
+                break
+        return out
+
+    anonymous = dom(server.url + "/", "log in with an API token")
+
+    assert re.search(r'<form id="login"(?! hidden)', anonymous) and 'id="card-BTCUSDT"' not in anonymous
+    refused = dom(server.url + "/#token=cc_wrong", "valid bearer token")
+    assert "a valid bearer token is required" in refused and 'id="card-BTCUSDT"' not in refused
+    page = dom(server.url + f"/#token={server.token}", 'id="card-ETHUSDT"')
+    status = re.findall(r'<div id="status">.*?</div>|<form.*?>', page)
+    assert 'id="card-BTCUSDT"' in page and 'id="card-ETHUSDT"' in page, status
+    assert re.search(r'id="card-BTCUSDT"[^>]*data-points="20"', page)
+    assert "28,057.00" in page  # the last BTC close (28_000 + 3 * 19), as the page formats it
+    assert "polyline" in page and "v-test" in page and "4.2%" in page
+    assert re.search(r'id="fees"[^>]*data-points="58"', page)  # 29 blocks x 2 horizons, the orphan left out
+    assert "skill vs EIP-1559 7.3%" in page
+    assert server.token not in page  # the fragment left the address bar
+
+
+def test_live_snapshots_after_login(server: Server) -> None:
+    async def first() -> dict:
+        async with connect(server.url.replace("http", "ws") + "/v1/live") as ws:
+            await ws.send(json.dumps({"token": server.token}))
+            return json.loads(await ws.recv())
+
+    snap = asyncio.run(first())
+    btc = snap["symbols"]["BTCUSDT"]
+    assert len(btc["points"]) == 20
+    assert [p["bar_ts"] for p in btc["points"]] == sorted(p["bar_ts"] for p in btc["points"])
+    last = btc["points"][-1]
+    assert last["lo"] < last["price"] < last["price_hat"] < last["hi"]
+    assert btc["score"]["skill"] == "0.042"
+    assert snap["symbols"]["ETHUSDT"]["score"] is None
+    assert snap["model"]["version"] == "v-test"
+    fees = snap["fees"]
+    assert [p["block"] for p in fees["points"] if p["horizon"] == 5] == [18_640_000 + b for b in range(29)]
+    assert fees["latest"]["retracted_block"] == str(18_640_029) and fees["score"]["base_fee.h5.skill"] == "0.073"
+
+
+def test_python_api_client(server: Server) -> None:
+    from chaincast.consumers.client import ApiClient, ApiError
+
+    async def run() -> tuple:
+        async with ApiClient(server.url, server.token) as api:
+            latest, history, models = await api.latest(), await api.history("BTCUSDT", limit=3), await api.models()
+        async with ApiClient(server.url, "cc_wrong") as bad:
+            try:
+                await bad.latest()
+            except ApiError as exc:
+                return latest, history, models, exc.status
+        return latest, history, models, None
+
+    latest, history, models, refused = asyncio.run(run())
+    assert {p.symbol for p in latest} == {"BTCUSDT", "ETHUSDT"} and isinstance(latest[0], Prediction)
+    assert [p.bar_ts for p in history] == sorted(p.bar_ts for p in history) and len(history) == 3
+    assert models[0].version == "v-test"
+    assert refused == 401
