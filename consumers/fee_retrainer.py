@@ -7,7 +7,9 @@ new blocks runs a round: for each fee name it trains a ``CHAINCAST_FEE_RETRAIN_F
 challenger on the history's first 85 % and scores it, the serving champion (its ONNX
 file, as served) and the reference on the same latest 15 %. The challenger is promoted
 (registry champion + ``models.updates``, so every worker hot-swaps) only when its MAE
-beats the champion's by ``CHAINCAST_RETRAIN_PROMOTE_MARGIN`` and the reference's.
+beats the champion's by ``CHAINCAST_RETRAIN_PROMOTE_MARGIN`` and the reference's. Where
+no champion serves yet (a deployment without ``chaincast up``'s initial models), the first
+round promotes the challenger if it beats the reference, else the reference itself.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from chaincast.models.fee_models import FeeFit, fit_fee_model, predict_chunked
 from chaincast.models.fees import FEE_TARGETS, REFERENCE, BlockSamples
 from chaincast.stream.fees import block_row
 from chaincast.stream.records import Block
+from chaincast.stream import kafka_options
 from chaincast.stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,13 +74,20 @@ def fee_round(blocks: np.ndarray, registry: Registry, settings: Settings,
             ref_mae = float(np.mean(np.abs(val.y - predict_chunked(reference, val)[:, 0])))
             champion = registry.champion(name)
             champ_mae = onnx_mae(champion, val) if champion is not None else float("inf")
-            if mae >= ref_mae:
+            if mae >= ref_mae and champion is None:  # nothing serves yet: the reference itself will
+                rule = train_fee_model(blocks[: int(len(blocks) * 0.85)], REFERENCE[target], target, horizon,
+                                       settings.fee_window, name, options)
+                entry = registry.set_champion(name, store_fee_model(rule, registry).version)
+                out.append(Verdict(name, True, f"first champion: the {REFERENCE[target]} reference (the "
+                                               f"{settings.fee_retrain_family} challenger did not beat it)", entry))
+            elif mae >= ref_mae:
                 out.append(Verdict(name, False, f"MAE {mae:.4e} does not beat {REFERENCE[target]} {ref_mae:.4e}"))
             elif mae >= champ_mae * (1 - settings.promote_margin):
                 out.append(Verdict(name, False, f"MAE {mae:.4e} does not beat the champion's {champ_mae:.4e}"))
             else:
                 candidate.card["parent"] = champion.version if champion is not None else None
-                candidate.card["metrics"]["promotion"] = {"mae": mae, "mae_champion": champ_mae,
+                candidate.card["metrics"]["promotion"] = {"mae": mae, "mae_champion": None if champion is None
+                                                          else champ_mae,
                                                           "mae_reference": ref_mae, "rows": len(val)}
                 entry = registry.set_champion(name, store_fee_model(candidate, registry).version)
                 out.append(Verdict(name, True, f"MAE {mae:.4e} < champion {champ_mae:.4e}, "
@@ -116,8 +126,8 @@ async def run_fee_retrainer(settings: Settings, stopping: asyncio.Event | None =
         return
     registry = Registry(settings.registry_dir)
     history = BlockHistory(settings.fee_history_blocks)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka_options.consumer(settings, group_id=None, auto_offset_reset="earliest",
+                                                          enable_auto_commit=False))
     await consumer.start()
     try:
         tp = TopicPartition(settings.topic_blocks, 0)

@@ -20,6 +20,7 @@ from chaincast.models.build import build_model
 from chaincast.models.timeunits import now_ms
 from chaincast.models.backtest import REFERENCE
 from chaincast.models.train import FitOptions
+from chaincast.stream.model_trust import signed
 from chaincast.stream.publish import Publisher
 from chaincast.stream.records import ModelUpdate
 from chaincast.stream.settings import Settings
@@ -70,7 +71,7 @@ def model_update(name: str, entry: ModelEntry) -> ModelUpdate:
 
 
 async def announce(settings: Settings, name: str, entry: ModelEntry) -> ModelUpdate:
-    update = model_update(name, entry)
+    update = signed(model_update(name, entry), settings.model_signing_key)
     async with Publisher(settings) as pub:
         await pub.send_and_wait(settings.topic_models, name, update)
     return update

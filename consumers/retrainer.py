@@ -35,6 +35,7 @@ from chaincast.consumers.promotion import announce
 from chaincast.consumers.registry import ModelEntry, Registry
 from chaincast.models.targets import ForecastSpec
 from chaincast.models.logs import setup_logging
+from chaincast.stream import kafka_options
 from chaincast.stream.metrics import (PROMOTIONS, REFUSALS, RETRAIN_ACTIVE, RETRAIN_HISTORY, RETRAIN_RUNS, RETRAIN_SECONDS,
                             VAL_MAE, VAL_SKILL)
 from chaincast.stream.records import Bar
@@ -102,13 +103,11 @@ class Retrainer:
 
     async def run(self, stopping: asyncio.Event | None = None) -> None:
         s = self.settings
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap_servers, group_id=f"{s.app_id}-retrainer-{self.name}",
-            enable_auto_commit=False, auto_offset_reset="earliest",
-            # Tansu completes a join only after half the session timeout: keep it short there.
-            session_timeout_ms=10_000 if s.embedded_broker else 30_000, heartbeat_interval_ms=3_000,
+        self._consumer = AIOKafkaConsumer(**kafka_options.consumer(
+            s, group_id=f"{s.app_id}-retrainer-{self.name}", enable_auto_commit=False,
+            auto_offset_reset="earliest",
             max_poll_interval_ms=3_600_000,  # rounds run beside the loop; polling never pauses long anyway
-        )
+        ))
         self.consumer.subscribe([s.topic_bars], listener=_Rewind(self))
         await self.consumer.start()
         own_pool = self.pool is None

@@ -30,6 +30,7 @@ from chaincast.consumers.promotion import announce
 from chaincast.consumers.registry import ModelEntry, Registry
 from chaincast.stream.metrics import PROMOTIONS, REFUSALS, RETRAIN_RUNS
 from chaincast.stream.records import Block, Tx
+from chaincast.stream import kafka_options
 from chaincast.stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -159,8 +160,8 @@ class TxRetrainer:
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
-        consumer = AIOKafkaConsumer(s.topic_txs, s.topic_blocks, bootstrap_servers=s.kafka_bootstrap_servers,
-                                    group_id=None, auto_offset_reset="earliest", enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(s.topic_txs, s.topic_blocks, **kafka_options.consumer(
+            s, group_id=None, auto_offset_reset="earliest", enable_auto_commit=False))
         await consumer.start()
         try:
             while not stop.is_set():

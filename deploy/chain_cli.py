@@ -19,6 +19,7 @@ from chaincast.models.logs import setup_logging
 from chaincast.producers.chain import ChainFollower, follow_chain
 from chaincast.producers.chain_node import redact
 from chaincast.producers.cursor import CursorError
+from chaincast.deploy.preflight import kafka_ready
 from chaincast.stream.publish import Publisher
 from chaincast.stream.settings import Settings
 from chaincast.stream.shutdown import run_until_signalled
@@ -69,9 +70,12 @@ def chain(
     )
     if not settings.node_url:
         raise typer.BadParameter("give --node URL or set CHAINCAST_NODE_URL", param_hint="--node")
-    if not settings.kafka_bootstrap_servers:
-        typer.echo("KAFKA_BOOTSTRAP_SERVERS is not set (chaincast up starts an embedded broker)", err=True)
-        raise typer.Exit(2)
+    settings = kafka_ready(settings)
+    if settings.metrics_port:
+        try:
+            start_http_server(settings.metrics_port, addr="127.0.0.1")
+        except OSError as exc:  # another chaincast process already serves metrics on this port
+            log.warning("metrics port %d unavailable: %s", settings.metrics_port, exc)
     try:
         asyncio.run(_follow(settings, duration))
     except CursorError as exc:

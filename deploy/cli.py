@@ -10,6 +10,8 @@ import typer
 
 from chaincast.deploy import bench, chain_cli, exchange_cli, models_cli, models_registry_cli, page
 from chaincast.deploy.cli_args import DataOpt, SymbolsOpt, check_files, load_settings, parse_speed, run_app
+from chaincast.deploy.preflight import kafka_ready
+from chaincast.stream.kafka_options import KafkaSetupError
 from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.topics import DEFAULTS
 
@@ -44,6 +46,9 @@ def up(
                       echo=lambda s: typer.echo(s, nl=not s.startswith("\r")), chain=options)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    except KafkaSetupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     raise typer.Exit(code)
 
 
@@ -54,11 +59,16 @@ def worker() -> None:
     from chaincast.stream.app import run_worker
 
     settings = load_settings()
-    if not settings.kafka_bootstrap_servers or not settings.redis_url:
+    if not settings.redis_url:
         raise typer.BadParameter("a worker needs KAFKA_BOOTSTRAP_SERVERS and REDIS_URL")
+    settings = kafka_ready(settings)
     if settings.metrics_port:
         serve_metrics(settings.metrics_port, settings.metrics_host)
-    run_worker(settings)
+    try:
+        run_worker(settings)
+    except KafkaSetupError as exc:  # e.g. an existing topic with fewer replicas than asked
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -74,9 +84,7 @@ def replay(
     from chaincast.producers.replay import Market, replay as run_replay
     from chaincast.models.history import TS, load_many
 
-    settings = load_settings(CHAINCAST_SYMBOLS=symbols)
-    if not settings.kafka_bootstrap_servers:
-        raise typer.BadParameter("replay needs KAFKA_BOOTSTRAP_SERVERS")
+    settings = kafka_ready(load_settings(CHAINCAST_SYMBOLS=symbols))
     try:
         files = files_by_symbol(check_files(data or []), settings.symbols)
     except ValueError as exc:
@@ -129,9 +137,7 @@ def tail(
     """Print messages from a topic as they arrive (key<TAB>value)."""
     from chaincast.deploy.tail import follow
 
-    settings = load_settings()
-    if not settings.kafka_bootstrap_servers:
-        raise typer.BadParameter("set KAFKA_BOOTSTRAP_SERVERS to the broker chaincast uses")
+    settings = kafka_ready(load_settings())
     asyncio.run(follow(settings, topic or settings.topic_predictions, from_beginning, limit, timeout, typer.echo))
 
 

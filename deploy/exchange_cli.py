@@ -20,6 +20,7 @@ import typer
 from chaincast.deploy.cli_args import load_settings, run_app
 from chaincast.producers.exchange import VENUES, ProducerStats, run_exchange_producer
 from chaincast.producers.exchange_server import LocalExchange, serve_exchange
+from chaincast.deploy.preflight import kafka_ready
 from chaincast.stream.shutdown import run_until_signalled
 
 serve_app = typer.Typer(help="The local Binance-format exchange replaying real history.", no_args_is_help=True)
@@ -98,8 +99,6 @@ def produce_exchange(
         raise typer.BadParameter("give --url or set CHAINCAST_EXCHANGE_URL", param_hint="--url")
     if urlsplit(url).scheme not in ("ws", "wss"):
         raise typer.BadParameter(f"{url!r} is not a ws:// or wss:// URL", param_hint="--url")
-    if not settings.kafka_bootstrap_servers:
-        raise typer.BadParameter("no broker: set KAFKA_BOOTSTRAP_SERVERS (chaincast up starts one)")
     if venue not in VENUES:
         raise typer.BadParameter(f"unknown venue {venue!r}", param_hint="--venue")
     symbol_list = [s for s in symbols.replace(" ", "").split(",") if s]
@@ -108,6 +107,7 @@ def produce_exchange(
         VENUES[venue].validate(symbol_list, stream_list)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--streams") from None
+    settings = kafka_ready(settings)
 
     async def run(stop: asyncio.Event) -> ProducerStats:
         if duration is not None:

@@ -6,14 +6,14 @@ import urllib.error
 import urllib.request
 from collections import defaultdict
 
-from prometheus_client import start_http_server
 from prometheus_client.parser import text_string_to_metric_families
+
+from chaincast.stream.health import serve_http
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> int:
-    """Expose this process's metrics on ``host``; port 0 picks a free one. Returns the port."""
-    server, _thread = start_http_server(port, addr=host)
-    return server.server_port
+    """Expose this process's metrics (and the /livez, /readyz probes) on ``host``; port 0 picks a free one."""
+    return serve_http(port, host)
 
 
 def scrape_samples(port: int, timeout: float = 1.0) -> list[tuple[str, dict[str, str], float]]:

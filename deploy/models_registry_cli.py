@@ -16,6 +16,7 @@ from chaincast.consumers.promotion import announce
 from chaincast.consumers.registry import ModelEntry, Registry
 from chaincast.deploy.cli_args import load_settings, run_app
 from chaincast.models.serving import Forecaster, ModelRejected
+from chaincast.deploy.preflight import kafka_ready
 from chaincast.stream.settings import Settings
 from chaincast.stream.shutdown import run_until_signalled
 
@@ -61,9 +62,7 @@ def list_models() -> None:
 @models_app.command("promote")
 def promote(version: str = typer.Argument(..., help="The version to serve (a rollback when it is older).")) -> None:
     """Make VERSION the champion and announce it to every worker."""
-    settings = _settings()
-    if not settings.kafka_bootstrap_servers:
-        raise typer.BadParameter("set KAFKA_BOOTSTRAP_SERVERS to the broker the workers follow")
+    settings = kafka_ready(_settings())
     registry = Registry(settings.registry_dir)
     name = settings.model_name
     try:
@@ -89,9 +88,7 @@ def retrain() -> None:
     """Run the retraining consumer until stopped (champion/challenger on the bars topic)."""
     from chaincast.deploy.metrics import serve_metrics
 
-    settings = _settings()
-    if not settings.kafka_bootstrap_servers:
-        raise typer.BadParameter("the retrainer needs KAFKA_BOOTSTRAP_SERVERS")
+    settings = kafka_ready(_settings())
     if settings.metrics_port:
         serve_metrics(settings.metrics_port, settings.metrics_host)
     asyncio.run(_retrain(settings))

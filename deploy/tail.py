@@ -7,14 +7,15 @@ from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer
 
+from chaincast.stream import kafka_options
 from chaincast.stream.settings import Settings
 
 
 async def follow(settings: Settings, topic: str, from_beginning: bool, limit: int | None,
                  idle_timeout: float | None, echo: Callable[[str], None]) -> int:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
-                                auto_offset_reset="earliest" if from_beginning else "latest",
-                                enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(topic, **kafka_options.consumer(
+        settings, group_id=None, auto_offset_reset="earliest" if from_beginning else "latest",
+        enable_auto_commit=False))
     await consumer.start()
     seen = 0
     last = time.monotonic()

@@ -33,6 +33,8 @@ from chaincast.deploy.metrics import scrape
 from chaincast.models.blocks import NUMBER, load_blocks
 from chaincast.models.history import TS, load_many, symbol_of
 from chaincast.models.timeunits import DAY_MS, MINUTE_MS
+from chaincast.stream import kafka_options
+from chaincast.stream.failure import EXIT_UNACKNOWLEDGED
 from chaincast.stream.predict import history_size
 from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.settings import Settings
@@ -151,6 +153,7 @@ def run_up(settings: Settings, paths: list[Path], duration: float | None, speed:
         if want_redis:
             settings = settings.model_copy(update={"redis_url": env["REDIS_URL"]})
             echo(f"embedded Redis on {settings.redis_url}")
+        settings = asyncio.run(kafka_options.resolve(settings))
         asyncio.run(ensure_topics(settings))
 
         bars = {sym: load_many(p) for sym, p in files.items()}
@@ -183,6 +186,10 @@ def run_up(settings: Settings, paths: list[Path], duration: float | None, speed:
             deadline = None if duration is None else time.monotonic() + duration
             while deadline is None or time.monotonic() < deadline:
                 time.sleep(1.0)
+                for p in procs:  # a worker that stopped before acknowledging a batch is restarted, as k8s would
+                    if p.name == "worker" and not p.alive() and p.popen.returncode == EXIT_UNACKNOWLEDGED:
+                        echo(f"\nthe worker stopped before acknowledging a batch; restarting it (see {log_dir}/worker.log)")
+                        p.start()
                 crashed = [p.name for p in procs if p.name in ("worker", "producer", "chain") and not p.alive()]
                 if crashed:
                     echo(f"\nthe {crashed[0]} stopped unexpectedly; see {log_dir}/{crashed[0]}.log")

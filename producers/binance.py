@@ -8,18 +8,31 @@ for backfill. Field meanings follow ``binance_web-socket-streams.md``: ``m`` is
 
 Anything else raises ``BadMessage`` with a reason kind (``json``, ``event``,
 ``field``, ``value``, ``symbol``, ``size``) the producer dead-letters.
+``BINANCE`` is the adapter behind ``producers.venue.Venue``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import orjson
-
+from chaincast.models.timeunits import now_ms
+from chaincast.producers.checkpoint import Position
+from chaincast.producers.venue import (
+    BadMessage,
+    Control,
+    Event,
+    Fetch,
+    FetchFailed,
+    Kline,
+    decode,
+    require,
+    require_bool,
+    require_int,
+    require_positive,
+    require_symbol,
+)
 from chaincast.stream.records import Bar, Trade
 
 VENUE = "binance"
@@ -28,88 +41,6 @@ KLINE_INTERVALS = ("1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h",
 AGG_TRADES_PATH = "/api/v3/aggTrades"
 KLINES_PATH = "/api/v3/klines"
 REST_LIMIT = 1000  # the most /api/v3/aggTrades returns per call
-
-
-class BadMessage(ValueError):
-    """A frame the producer refuses; ``reason`` is ``"<kind>: <detail>"``."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
-
-    @property
-    def reason(self) -> str:
-        return str(self)
-
-
-@dataclass(frozen=True, slots=True)
-class Kline:
-    """A kline update; only ``closed`` ones (``x=true``) are final."""
-
-    bar: Bar
-    closed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Control:
-    """A frame that carries no market data: a subscription reply, a shutdown notice."""
-
-    kind: Literal["ack", "shutdown"]
-
-
-Event = Trade | Kline | Control
-
-
-def decode(raw: str | bytes, max_bytes: int) -> Any:
-    """JSON of one frame, refusing oversized frames before parsing them."""
-    size = len(raw)  # chars for str frames: close enough for a guard, exact for bytes
-    if size > max_bytes:
-        raise BadMessage("size", f"{size} bytes > {max_bytes}")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadMessage("json", str(exc)[:120]) from None
-
-
-def require(data: Mapping[str, Any], key: str) -> Any:
-    try:
-        return data[key]
-    except KeyError:
-        raise BadMessage("field", f"missing {key!r}") from None
-
-
-def require_int(data: Mapping[str, Any], key: str) -> int:
-    value = require(data, key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise BadMessage("field", f"{key!r} is not a non-negative integer: {value!r}"[:160])
-    return value
-
-
-def require_positive(data: Mapping[str, Any], key: str, *, allow_zero: bool = False) -> float:
-    value = require(data, key)
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise BadMessage("field", f"{key!r} is not a decimal: {value!r}"[:160])
-    try:
-        number = float(value)
-    except ValueError:
-        raise BadMessage("field", f"{key!r} is not a decimal: {value!r}"[:160]) from None
-    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
-        raise BadMessage("value", f"{key!r}={value!r} is not a positive finite number"[:160])
-    return number
-
-
-def require_bool(data: Mapping[str, Any], key: str) -> bool:
-    value = require(data, key)
-    if not isinstance(value, bool):
-        raise BadMessage("field", f"{key!r} is not a boolean: {value!r}"[:160])
-    return value
-
-
-def require_symbol(data: Mapping[str, Any], key: str = "s") -> str:
-    value = require(data, key)
-    if not isinstance(value, str) or not value:
-        raise BadMessage("field", f"{key!r} is not a symbol: {value!r}"[:160])
-    return value.upper()
 
 
 def trade(data: Mapping[str, Any], ts_ingest: int = 0) -> Trade:
@@ -282,3 +213,47 @@ def backfill_trades(symbol: str, rows: Any, by_agg_id: bool, after_id: int,
     if not rows or len(rows) < REST_LIMIT or last_covered >= before_id - 1:
         return out, None
     return out, require_int(rows[-1], "a") + 1
+
+
+# --- the adapter ------------------------------------------------------------------------------
+
+
+class BinanceVenue:
+    """The Binance spot wire format behind ``producers.venue.Venue``."""
+
+    name = VENUE
+
+    def validate(self, symbols: Sequence[str], streams: Sequence[str]) -> None:
+        stream_names(symbols, streams)
+
+    def connect_url(self, base_url: str, symbols: Sequence[str], streams: Sequence[str]) -> str:
+        return connect_url(base_url, stream_names(symbols, streams))
+
+    def subscribe_messages(self, symbols: Sequence[str], streams: Sequence[str]) -> list[str]:
+        return []  # the URL subscribes
+
+    def decode(self, raw: str | bytes, max_bytes: int, ts_ingest: int) -> Event:
+        return normalise(decode(raw, max_bytes), ts_ingest)
+
+    def rest_base(self, ws_url: str) -> str | None:
+        return rest_base(ws_url)
+
+    async def backfill(self, fetch: Fetch, symbol: str, after: Position, before_id: int,
+                       streams: Sequence[str], cap: int) -> tuple[list[Trade], str]:
+        by_agg_id = "aggTrade" in streams
+        out: list[Trade] = []
+        page: int | None = None
+        while len(out) < cap:
+            params = backfill_params(symbol, by_agg_id, after.trade_id, after.ts_event, page)
+            try:
+                rows = await fetch(AGG_TRADES_PATH, params)
+                trades, page = backfill_trades(symbol, rows, by_agg_id, after.trade_id, before_id, now_ms())
+            except (FetchFailed, BadMessage) as exc:
+                return out, f"backfill failed: {exc}"[:200]
+            out.extend(t for t in trades if not out or t.trade_id > out[-1].trade_id)
+            if page is None:
+                return out, "not available over REST" if len(out) < before_id - after.trade_id - 1 else ""
+        return out, f"backfill capped at {cap} trades"
+
+
+BINANCE = BinanceVenue()

@@ -32,6 +32,7 @@ from chaincast.producers.chain_node import (
 )
 from chaincast.producers.chain_normalise import MalformedPayload, normalise_block, normalise_txs, parse_hash, parse_quantity
 from chaincast.producers.cursor import BlockWindow, CursorFile
+from chaincast.stream.health import HEALTH
 from chaincast.stream.publish import Publisher
 from chaincast.stream.records import Block
 from chaincast.stream.settings import Settings
@@ -356,12 +357,14 @@ async def follow_chain(settings: Settings, *, node_url: str | None = None, durat
     await ensure_topics(settings)
     async with Publisher(settings) as publisher:
         follower = ChainFollower(settings, publisher, node_url=node_url)
+        heartbeat = asyncio.create_task(HEALTH.heartbeat())  # /livez fails if this loop stalls
         relay = asyncio.ensure_future(stop.wait()) if stop is not None else None
         if relay is not None:
             relay.add_done_callback(lambda _: follower.stop())
         try:
             await follower.run(duration)
         finally:
+            heartbeat.cancel()
             if relay is not None:
                 relay.cancel()
     return follower

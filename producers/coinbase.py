@@ -9,20 +9,30 @@ there is no backfill here, a gap is reported and counted.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
 
-from chaincast.producers.binance import BadMessage, Control, Event, decode, require, require_int, require_positive
+from chaincast.producers.checkpoint import Position
+from chaincast.producers.venue import (
+    BadMessage,
+    Control,
+    Event,
+    Fetch,
+    decode,
+    require,
+    require_int,
+    require_positive,
+)
 from chaincast.stream.records import Trade
 
 VENUE = "coinbase"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _QUIET = ("subscriptions", "heartbeat")
 
-__all__ = ["VENUE", "decode", "normalise", "subscribe_message", "trade", "BadMessage", "Event"]
+__all__ = ["COINBASE", "VENUE", "decode", "normalise", "subscribe_message", "trade", "BadMessage", "Event"]
 
 
 def _ts_ms(value: Any) -> int:
@@ -78,3 +88,32 @@ def subscribe_message(products: Iterable[str]) -> str:
     """
     return orjson.dumps({"type": "subscribe", "product_ids": [p.upper() for p in products],
                          "channels": ["matches"]}).decode()
+
+
+class CoinbaseVenue:
+    """The Coinbase Exchange ``matches`` channel behind ``producers.venue.Venue`` (no REST backfill)."""
+
+    name = VENUE
+
+    def validate(self, symbols: Sequence[str], streams: Sequence[str]) -> None:
+        if any(s != "matches" for s in streams):
+            raise ValueError("coinbase: only the 'matches' channel is supported")
+
+    def connect_url(self, base_url: str, symbols: Sequence[str], streams: Sequence[str]) -> str:
+        return base_url
+
+    def subscribe_messages(self, symbols: Sequence[str], streams: Sequence[str]) -> list[str]:
+        return [subscribe_message(symbols)]
+
+    def decode(self, raw: str | bytes, max_bytes: int, ts_ingest: int) -> Event:
+        return normalise(decode(raw, max_bytes), ts_ingest)
+
+    def rest_base(self, ws_url: str) -> str | None:
+        return None
+
+    async def backfill(self, fetch: Fetch, symbol: str, after: Position, before_id: int,
+                       streams: Sequence[str], cap: int) -> tuple[list[Trade], str]:
+        return [], "no backfill for this venue"
+
+
+COINBASE = CoinbaseVenue()

@@ -1,7 +1,11 @@
 """The exchange producer: a websocket client that keeps trades flowing into Kafka for weeks.
 
-The wire lives here; turning a payload into a record lives in the venue
-modules (``producers.binance``, ``producers.coinbase``), behind ``Venue``.
+A generic loop over one ``producers.venue.Venue`` adapter (ethereum-etl's
+streamer/adapter split): the loop knows connections, cursors, batching, acks,
+checkpoints and backfill; the adapter (``producers.binance``,
+``producers.coinbase``) knows one wire format. Three modules:
+this one (the connection loop and each frame), ``exchange_batching`` (batches,
+acks, checkpoint) and ``exchange_backfill`` (gaps).
 
 What it guarantees, per symbol, as long as the venue's trade ids are contiguous:
 - trades reach ``topic_trades`` in id order, as ``TradeBatch`` records keyed
@@ -11,8 +15,12 @@ What it guarantees, per symbol, as long as the venue's trade ids are contiguous:
   restarted exchange replays them) and is dropped;
 - an id past ``last + 1`` is a gap: the missing ids are fetched over REST where
   the venue has it, the rest are reported as a ``Gap`` record and counted;
+- ``stream.bounds`` at the edge: a trade dated too far ahead or with a
+  non-finite notional is dead-lettered; an id jump beyond the bound is a venue
+  reset (logged, counted, position re-based), not a gap or a run of duplicates;
 - the last id the broker acknowledged is checkpointed under ``settings.home``,
-  so a restarted producer resumes (and backfills) from there.
+  per venue and server, so a restarted producer resumes (and backfills) from
+  there, and another server never inherits the position.
 Connections are re-opened with jittered exponential backoff, and rolled over
 before the exchange's 24-hour limit. websockets answers the server's pings.
 Frames that are not trades the producer asked for go to the dead-letter topic.
@@ -24,23 +32,25 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-import aiohttp
 import websockets
-from aiokafka.errors import KafkaError
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter
 from pydantic import ValidationError
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from chaincast.producers import binance, coinbase
-from chaincast.producers.binance import BadMessage, Control, Event, Kline
-from chaincast.producers.checkpoint import Checkpoint, Position
+from chaincast.models.timeunits import now_ms
+from chaincast.producers.binance import BINANCE
+from chaincast.producers.checkpoint import Checkpoint
+from chaincast.producers.coinbase import COINBASE
+from chaincast.producers.exchange_backfill import GapFiller, TradeCursor
+from chaincast.producers.exchange_batching import Batcher
+from chaincast.producers.venue import BadMessage, Control, Kline, Venue
+from chaincast.stream.bounds import Bounds, OutOfBounds
+from chaincast.stream.health import HEALTH
 from chaincast.stream.publish import Publisher
-from chaincast.stream.records import Gap, Trade, TradeBatch, market_key
+from chaincast.stream.records import Trade, market_key
 from chaincast.stream.settings import Settings
 from chaincast.stream.topics import ensure_topics
 
@@ -49,63 +59,12 @@ log = logging.getLogger(__name__)
 SOURCE = "producer.exchange"
 
 MESSAGES_IN = Counter("chaincast_exchange_messages_total", "Websocket frames received", ["venue", "kind"])
-TRADES_OUT = Counter("chaincast_exchange_trades_total", "Trades acknowledged by Kafka", ["venue", "symbol"])
 DUPLICATES = Counter("chaincast_exchange_duplicates_total", "Trades dropped as already published", ["venue", "symbol"])
 RECONNECTS = Counter("chaincast_exchange_reconnects_total", "Websocket reconnections", ["venue", "reason"])
-GAPS = Counter("chaincast_exchange_gaps_total", "Jumps in trade ids detected", ["venue", "symbol"])
-MISSING = Counter("chaincast_exchange_missing_trades_total", "Trade ids lost for good (not backfilled)",
-                  ["venue", "symbol"])
-BACKFILLED = Counter("chaincast_exchange_backfilled_trades_total", "Trades recovered over REST", ["venue", "symbol"])
 KLINES_CLOSED = Counter("chaincast_exchange_klines_closed_total", "Closed klines (x=true) received",
                         ["venue", "symbol"])
-LAG = Histogram("chaincast_exchange_lag_seconds", "Exchange event time to Kafka ack", ["venue"],
-                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 3600, 86400))
 
-
-@dataclass(frozen=True)
-class Venue:
-    """What differs between exchanges: names, URLs, subscribing, payloads, backfill."""
-
-    name: str
-    normalise: Callable[[Any, int], Event]
-    connect_url: Callable[[str, Sequence[str], Sequence[str]], str]
-    subscribe_messages: Callable[[Sequence[str], Sequence[str]], list[str]]
-    validate: Callable[[Sequence[str], Sequence[str]], None]
-    rest_base: Callable[[str], str] | None = None  # None: no REST backfill, gaps are reported
-
-
-def _binance_validate(symbols: Sequence[str], streams: Sequence[str]) -> None:
-    binance.stream_names(symbols, streams)
-
-
-BINANCE = Venue(
-    name=binance.VENUE,
-    normalise=binance.normalise,
-    connect_url=lambda base, symbols, streams: binance.connect_url(base, binance.stream_names(symbols, streams)),
-    subscribe_messages=lambda symbols, streams: [],  # the URL subscribes
-    validate=_binance_validate,
-    rest_base=binance.rest_base,
-)
-
-
-def _coinbase_validate(symbols: Sequence[str], streams: Sequence[str]) -> None:
-    if any(s != "matches" for s in streams):
-        raise ValueError("coinbase: only the 'matches' channel is supported")
-
-
-COINBASE = Venue(
-    name=coinbase.VENUE,
-    normalise=coinbase.normalise,
-    connect_url=lambda base, symbols, streams: base,
-    subscribe_messages=lambda symbols, streams: [coinbase.subscribe_message(symbols)],
-    validate=_coinbase_validate,
-)
-
-VENUES = {v.name: v for v in (BINANCE, COINBASE)}
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+VENUES: dict[str, Venue] = {v.name: v for v in (BINANCE, COINBASE)}
 
 
 def backoff_delay(attempt: int, initial: float, cap: float, rng: random.Random) -> float:
@@ -117,30 +76,6 @@ def backoff_delay(attempt: int, initial: float, cap: float, rng: random.Random) 
     """
     ceiling = min(cap, initial * 2 ** min(attempt, 30))
     return ceiling / 2 + rng.uniform(0, ceiling / 2)
-
-
-class TradeCursor:
-    """Per-symbol last trade id queued: tells next, duplicate and gap apart.
-
-    >>> c = TradeCursor({"X": Position(10, 0)})
-    >>> c.jump("X", 10), c.jump("X", 11), c.jump("X", 14), c.jump("Y", 99)
-    (-1, 0, 3, 0)
-    """
-
-    def __init__(self, start: dict[str, Position]) -> None:
-        self.last = dict(start)
-
-    def jump(self, symbol: str, trade_id: int) -> int:
-        """Ids skipped before ``trade_id`` (0: next in line or first seen); -1: a duplicate."""
-        pos = self.last.get(symbol)
-        if pos is None:
-            return 0
-        if trade_id <= pos.trade_id:
-            return -1
-        return trade_id - pos.trade_id - 1
-
-    def advance(self, trade: Trade) -> None:
-        self.last[trade.symbol] = Position(trade.trade_id, trade.ts_event)
 
 
 @dataclass
@@ -156,6 +91,7 @@ class ProducerStats:
     dead_letters: int = 0
     klines_closed: int = 0
     connections: int = 0
+    resets: int = 0  # trade-id jumps beyond the bound, taken as venue resets
     reasons: list[str] = field(default_factory=list)  # dead-letter reasons, for the CLI summary
 
 
@@ -175,28 +111,25 @@ class ExchangeProducer:
         self.symbols = {s.upper() for s in symbols}
         self.url = venue.connect_url(url, sorted(self.symbols), list(streams))
         self.streams = list(streams)
-        self.by_agg_id = "aggTrade" in self.streams
         self.stats = ProducerStats()
-        self.checkpoint = Checkpoint.for_venue(settings.home, venue.name)
-        self.acked: dict[str, Position] = {s: p for s, p in self.checkpoint.load().items() if s in self.symbols}
+        self.bounds = Bounds.from_settings(settings)
+        checkpoint = Checkpoint.for_endpoint(settings.home, venue.name, url)
+        self.acked = {s: p for s, p in checkpoint.load().items() if s in self.symbols}  # updated by the batcher
         self.cursor = TradeCursor(self.acked)
+        self.batcher = Batcher(settings, publisher, venue.name, checkpoint, self.acked, self.bounds, self.stats)
+        self.gaps = GapFiller(settings, publisher, venue, self.url, self.streams, self.stats)
         self._rng = rng or random.Random()
-        self._buffers: dict[str, list[Trade]] = {}
-        self._send_lock = asyncio.Lock()
-        self._dirty = False
-        self._failure: BaseException | None = None
-        self._http: aiohttp.ClientSession | None = None
         self._session_messages = 0  # frames on the current connection
         self._closed_kline_ts: dict[str, int] = {}  # per symbol; klines are informational, so not checkpointed
         # Metric children looked up once: .labels() per frame is a measurable share of the hot path.
         self._m_in = {kind: MESSAGES_IN.labels(venue.name, kind) for kind in ("trade", "kline", "control", "refused")}
-        self._m_lag = LAG.labels(venue.name)
         self._rolled = False  # the current connection was closed for the 24 h rollover
 
     # --- the connection loop ------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> ProducerStats:
-        ticker = asyncio.create_task(self._tick(stop))
+        heartbeat = asyncio.create_task(HEALTH.heartbeat())  # /livez fails if this loop stalls
+        ticker = asyncio.create_task(self.batcher.tick())
         ticker.add_done_callback(self._ticker_done)
         attempt = 0
         try:
@@ -216,9 +149,11 @@ class ExchangeProducer:
                     await asyncio.wait_for(stop.wait(), delay)
         finally:
             ticker.cancel()
+            heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
-            await self._shutdown()
+            await self.batcher.close()
+            await self.gaps.close()
         return self.stats
 
     async def _connection(self, stop: asyncio.Event) -> str:
@@ -239,7 +174,7 @@ class ExchangeProducer:
                     async for raw in ws:
                         self._session_messages += 1
                         await self._handle(raw)
-                        if self._failure is not None:
+                        if self.batcher.failure is not None:
                             return "kafka"
                 except ReconnectNow:
                     return "shutdown"
@@ -266,12 +201,20 @@ class ExchangeProducer:
             self._rolled = True
         await ws.close()
 
+    def _ticker_done(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.batcher.failure = task.exception()  # the reader notices after its next frame and stops the run
+
+    def _raise_if_failed(self) -> None:
+        if self.batcher.failure is not None:
+            raise self.batcher.failure
+
     # --- one frame ----------------------------------------------------------------------------
 
     async def _handle(self, raw: str | bytes) -> None:
         self.stats.messages += 1
         try:
-            event = self.venue.normalise(binance.decode(raw, self.settings.max_message_bytes), now_ms())
+            event = self.venue.decode(raw, self.settings.max_message_bytes, now_ms())
             if isinstance(event, Trade):
                 if event.symbol not in self.symbols:
                     raise BadMessage("symbol", f"{event.symbol} is not subscribed")
@@ -303,14 +246,30 @@ class ExchangeProducer:
         await self.publisher.dead_letter(SOURCE, raw, reason, key=self.venue.name)
 
     async def _on_trade(self, trade: Trade) -> None:
+        try:
+            self.bounds.check_trade(trade.ts_event, trade.price, trade.qty)
+        except OutOfBounds as exc:
+            kind, _, detail = str(exc).partition(": ")
+            raise BadMessage(kind, detail) from None
+        last = self.cursor.last.get(trade.symbol)
+        if last is not None and self.bounds.is_reset(last.trade_id, trade.trade_id):
+            # Not a gap of billions to backfill, nor a stream of "duplicates": the ids restarted.
+            self.bounds.reset(SOURCE, trade.symbol, last.trade_id, trade.trade_id)
+            self.stats.resets += 1
+            self.cursor.forget(trade.symbol)
         skipped = self.cursor.jump(trade.symbol, trade.trade_id)
         if skipped < 0:
             DUPLICATES.labels(self.venue.name, trade.symbol).inc()
             self.stats.duplicates += 1
             return
         if skipped > 0:
-            await self._fill_gap(trade, skipped)
+            for recovered in await self.gaps.fill(self.cursor.last[trade.symbol], trade, skipped):
+                await self._queue(recovered)
         await self._queue(trade)
+
+    async def _queue(self, trade: Trade) -> None:
+        self.cursor.advance(trade)
+        await self.batcher.queue(trade)
 
     async def _on_closed_kline(self, kline: Kline) -> None:
         last = self._closed_kline_ts.get(kline.bar.symbol)
@@ -322,132 +281,6 @@ class ExchangeProducer:
         if self.settings.topic_exchange_klines:
             await self.publisher.send(self.settings.topic_exchange_klines,
                                       market_key(self.venue.name, kline.bar.symbol), kline.bar)
-
-    # --- gaps ---------------------------------------------------------------------------------
-
-    async def _fill_gap(self, trade: Trade, skipped: int) -> None:
-        sym = trade.symbol
-        before = self.cursor.last[sym]
-        GAPS.labels(self.venue.name, sym).inc()
-        self.stats.gaps += 1
-        recovered, why = await self._backfill(sym, before, trade.trade_id)
-        for t in recovered:
-            await self._queue(t)
-        BACKFILLED.labels(self.venue.name, sym).inc(len(recovered))
-        self.stats.backfilled += len(recovered)
-        missing = skipped - len(recovered)
-        log.info("%s %s: gap of %d ids after %d, %d backfilled", self.venue.name, sym, skipped,
-                 before.trade_id, len(recovered))
-        if missing > 0:
-            MISSING.labels(self.venue.name, sym).inc(missing)
-            self.stats.missing += missing
-            gap = Gap(exchange=self.venue.name, symbol=sym, after_id=before.trade_id, before_id=trade.trade_id,
-                      missing=missing, backfilled=len(recovered), ts_after=before.ts_event,
-                      ts_before=trade.ts_event, reason=why)
-            await self.publisher.send(self.settings.topic_gaps, market_key(self.venue.name, sym), gap)
-
-    async def _backfill(self, symbol: str, after: Position, before_id: int) -> tuple[list[Trade], str]:
-        """Trades with ids in (after, before_id) from the venue's REST API, and why any are missing."""
-        if self.venue.rest_base is None:
-            return [], "no backfill for this venue"
-        base = self.settings.exchange_rest_url or self.venue.rest_base(self.url)
-        out: list[Trade] = []
-        page: int | None = None
-        while len(out) < self.settings.exchange_backfill_max:
-            params = binance.backfill_params(symbol, self.by_agg_id, after.trade_id, after.ts_event, page)
-            try:
-                rows = await self._get_json(base + binance.AGG_TRADES_PATH, params)
-                trades, page = binance.backfill_trades(symbol, rows, self.by_agg_id, after.trade_id, before_id,
-                                                       now_ms())
-            except (aiohttp.ClientError, TimeoutError, BadMessage) as exc:
-                log.warning("backfill of %s after %d failed: %s", symbol, after.trade_id, exc)
-                return out, f"backfill failed: {exc}"[:200]
-            out.extend(t for t in trades if not out or t.trade_id > out[-1].trade_id)
-            if page is None:
-                return out, "not available over REST" if len(out) < before_id - after.trade_id - 1 else ""
-        return out, f"backfill capped at {self.settings.exchange_backfill_max} trades"
-
-    async def _get_json(self, url: str, params: dict[str, str]) -> Any:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-        async with self._http.get(url, params=params) as resp:
-            resp.raise_for_status()
-            return await resp.json(content_type=None)
-
-    # --- batching and acks --------------------------------------------------------------------
-
-    async def _queue(self, trade: Trade) -> None:
-        self.cursor.advance(trade)
-        buf = self._buffers.setdefault(trade.symbol, [])
-        buf.append(trade)
-        if len(buf) >= self.settings.exchange_batch_max:
-            await self._flush(trade.symbol)
-
-    async def _flush(self, symbol: str) -> None:
-        # One lock for all sends: the ticker and the reader never reorder a symbol's batches.
-        async with self._send_lock:
-            trades = self._buffers.pop(symbol, None)
-            if not trades:
-                return
-            batch = TradeBatch(exchange=self.venue.name, symbol=symbol, trades=trades)
-            future = await self.publisher.producer.send(
-                self.settings.topic_trades, batch.dumps(), key=market_key(self.venue.name, symbol).encode())
-            future.add_done_callback(lambda f: self._acked(f, trades))
-
-    def _acked(self, future: asyncio.Future, trades: list[Trade]) -> None:
-        exc = KafkaError("send cancelled") if future.cancelled() else future.exception()
-        if exc is not None or self._failure is not None:
-            # The checkpoint never moves past an unacked trade, nor past a later batch acked
-            # after an earlier one failed; stop and let a restart resume from it.
-            if self._failure is None:
-                self._failure = exc
-                log.error("Kafka refused a batch of %s: %s", trades[0].symbol, exc)
-            return
-        symbol, last = trades[0].symbol, trades[-1]
-        TRADES_OUT.labels(self.venue.name, symbol).inc(len(trades))
-        self.stats.trades += len(trades)
-        now = time.time()
-        lag = self._m_lag
-        for t in trades:
-            lag.observe(max(0.0, now - t.ts_event / 1000))
-        prev = self.acked.get(symbol)
-        if prev is None or last.trade_id > prev.trade_id:
-            self.acked[symbol] = Position(last.trade_id, last.ts_event)
-            self._dirty = True
-
-    def _ticker_done(self, task: asyncio.Task) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self._failure = task.exception()  # the reader notices after its next frame and stops the run
-
-    def _raise_if_failed(self) -> None:
-        if self._failure is not None:
-            raise self._failure
-
-    async def _flush_all(self) -> None:
-        for symbol in list(self._buffers):
-            await self._flush(symbol)
-
-    async def _tick(self, stop: asyncio.Event) -> None:
-        """Flush lingering batches and save the checkpoint now and then."""
-        linger = max(self.settings.exchange_linger_ms, 1) / 1000
-        last_save = time.monotonic()
-        while True:
-            await asyncio.sleep(linger)
-            await self._flush_all()
-            if self._dirty and time.monotonic() - last_save >= self.settings.exchange_checkpoint_interval_s:
-                self._dirty = False
-                last_save = time.monotonic()
-                await asyncio.to_thread(self.checkpoint.save, dict(self.acked))
-
-    async def _shutdown(self) -> None:
-        if self._failure is None:
-            with contextlib.suppress(KafkaError):
-                await self._flush_all()
-                await self.publisher.flush()
-        self.checkpoint.save(dict(self.acked))
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
 
 
 async def run_exchange_producer(settings: Settings, url: str | None = None, symbols: Sequence[str] | None = None,

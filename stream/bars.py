@@ -2,8 +2,10 @@
 
 Policy (deliberate, documented in the README):
 - trade ids are monotonic per symbol at the venue and the topic is keyed by
-  market, so a trade whose id is at or below the highest id seen is refused as
-  ``duplicate`` (redelivery, a reconnect's overlap);
+  market, so a trade whose id is at or below the highest id seen is a
+  ``Duplicate`` (redelivery, a reconnect's overlap): counted, not dead-lettered;
+- ``stream.bounds``: a trade dated too far ahead or overflowing a sum is
+  refused; an id jump beyond the bound is a venue reset (the position re-based);
 - a bar closes when the first trade of a later minute arrives (event time, not
   the wall clock); minutes without trades produce no bar (gaps stay gaps);
 - a trade of a minute before the open bar (time went backwards under a new id)
@@ -22,12 +24,19 @@ from dataclasses import asdict, dataclass
 from pydantic import ValidationError
 
 from chaincast.models.timeunits import MINUTE_MS
+from chaincast.stream.bounds import Bounds, OutOfBounds, finite_sum
 from chaincast.stream.records import Bar, Trade, TradeBatch, market_key
 
+SOURCE = "stream.markets"
 
 
 class Refused(ValueError):
     """A trade that must not change any bar; the message is the dead-letter reason."""
+
+
+class Duplicate(Refused):
+    """A trade already folded in (a redelivery after a crash, a reconnect's overlap): counted, not
+    dead-lettered one by one."""
 
 
 @dataclass
@@ -50,14 +59,16 @@ class OpenBar:
                    t.qty if t.side == "buy" else 0.0, t.price * t.qty, t.trade_id, t.trade_id)
 
     def add(self, t: Trade) -> None:
+        # Sums first: a trade that would overflow one is refused before anything changes.
+        volume = finite_sum(self.volume, t.qty, "volume")
+        notional = finite_sum(self.notional, t.price * t.qty, "notional")
         self.high = max(self.high, t.price)
         self.low = min(self.low, t.price)
         self.close = t.price
-        self.volume += t.qty
+        self.volume, self.notional = volume, notional
         self.trades += 1
         if t.side == "buy":
             self.buy_volume += t.qty
-        self.notional += t.price * t.qty
         self.last_trade_id = t.trade_id
 
     def to_bar(self, exchange: str, symbol: str) -> Bar:
@@ -83,7 +94,7 @@ class BarBuilder:
     >>> b.add(t(2, 62_000, 11.0))
     Traceback (most recent call last):
     ...
-    chaincast.stream.bars.Refused: duplicate: trade id 2 <= last seen 3
+    chaincast.stream.bars.Duplicate: duplicate: trade id 2 <= last seen 3
     """
 
     exchange: str
@@ -93,24 +104,44 @@ class BarBuilder:
     last_closed: OpenBar | None = None
     closer_id: int = -1  # the trade that closed ``last_closed``
 
-    def add(self, t: Trade) -> list[Bar]:
-        """Fold one trade in; return the bars it closed (zero or one)."""
-        if t.trade_id <= self.last_trade_id:
+    def add(self, t: Trade, bounds: Bounds | None = None) -> list[Bar]:
+        """Fold one trade in; return the bars it closed (zero or one).
+
+        With ``bounds``: a trade outside them is refused, and an id jump beyond
+        ``bounds.max_id_jump`` (either way) is a venue reset: the id position is
+        re-based and the trade folds in as the next one.
+        """
+        reset = False
+        if bounds is not None:
+            try:
+                bounds.check_trade(t.ts_event, t.price, t.qty)
+            except OutOfBounds as exc:
+                raise Refused(str(exc)) from None
+            reset = bounds.is_reset(self.last_trade_id, t.trade_id)
+        if t.trade_id <= self.last_trade_id and not reset:
             if t.trade_id == self.closer_id and self.last_closed is not None:
                 return [self.last_closed.to_bar(self.exchange, self.symbol)]
-            raise Refused(f"duplicate: trade id {t.trade_id} <= last seen {self.last_trade_id}")
+            raise Duplicate(f"duplicate: trade id {t.trade_id} <= last seen {self.last_trade_id}")
         minute = t.ts_event - t.ts_event % MINUTE_MS
         closed: list[Bar] = []
         if self.bar is None:
             self.bar = OpenBar.first(minute, t)
         elif minute == self.bar.ts:
-            self.bar.add(t)
+            try:
+                self.bar.add(t)
+            except OutOfBounds as exc:
+                raise Refused(str(exc)) from None
         elif minute > self.bar.ts:
             closed.append(self.bar.to_bar(self.exchange, self.symbol))
             self.last_closed, self.closer_id = self.bar, t.trade_id
             self.bar = OpenBar.first(minute, t)
         else:
             raise Refused(f"late: trade at {t.ts_event} is before the open bar {self.bar.ts}")
+        if reset:  # said only now: a refused trade changes nothing, not even the id position
+            assert bounds is not None
+            bounds.reset(SOURCE, self.symbol, self.last_trade_id, t.trade_id)
+            if not closed:
+                self.closer_id = -1
         self.last_trade_id = t.trade_id
         return closed
 
@@ -148,8 +179,8 @@ def parse_trades(raw: bytes | None, key: bytes | None, symbols: frozenset[str], 
         where = ".".join(str(p) for p in first["loc"])
         raise Refused(f"invalid: {where + ': ' if where else ''}{first['msg']}") from None
     if symbol not in symbols:
-        raise Refused(f"unknown_symbol: {symbol}")
+        raise Refused(f"unknown_symbol: {symbol[:64]!r}")  # cut: a reason is a log line, not a payload
     expected = market_key(exchange, symbol)
     if key is None or key.decode("utf-8", "replace") != expected:
-        raise Refused(f"bad_key: {key!r} for {expected}")
+        raise Refused(f"bad_key: {key[:128] if key else key!r} for {expected[:128]}")
     return trades

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from chaincast.stream.chainfeatures import ChainMinutes
 from chaincast.stream.records import Bar, Block
+from chaincast.stream import kafka_options
 from chaincast.stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,13 +41,12 @@ async def _reached(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) 
 
 async def watch_chain(settings: Settings, minutes: ChainMinutes, caught_up: asyncio.Event,
                       stopping: asyncio.Event | None = None) -> None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                                group_id=None, auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka_options.consumer(settings, group_id=None, auto_offset_reset="earliest",
+                                                          enable_auto_commit=False))
     await consumer.start()
     try:
-        await consumer.topics()  # loads the cluster metadata that partitions_for_topic reads
         partitions = [TopicPartition(settings.topic_blocks, p)
-                      for p in sorted(consumer.partitions_for_topic(settings.topic_blocks) or {0})]
+                      for p in sorted(await kafka_options.partitions_for(consumer, settings.topic_blocks) or {0})]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)

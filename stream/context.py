@@ -9,7 +9,9 @@ topics and tables in a module the agents import for the same reason).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Any
 
 import faust
 
@@ -32,16 +34,16 @@ class Streams:
     bars: faust.TopicT
     predictions: faust.TopicT
     deadletter: faust.TopicT
-    bar_state: faust.Table  # market key (str) -> BarBuilder dict
-    windows: faust.Table  # market key (str) -> recent bar rows
+    markets: faust.Table  # market key (str) -> stream.market.MarketState dict
     slot: ModelSlot
     sink: RedisSink
     chain: ChainMinutes
     chain_ready: asyncio.Event
 
     async def dead_letter(self, source: str, raw: bytes | str | None, reason: str, *,
-                          topic: str | None = None, key: bytes | None = None) -> None:
+                          topic: str | None = None, key: bytes | None = None) -> Awaitable[Any]:
+        """Send a dead letter; returns the broker's ack to await before the batch's state is recorded."""
         DEADLETTERED.labels(source, reason_kind(reason)).inc()
-        letter = DeadLetter(source=source, topic=topic, key=DeadLetter.text(key) or None, reason=reason,
+        letter = DeadLetter(source=source, topic=topic, key=DeadLetter.text(key, 1024) or None, reason=reason,
                             raw=DeadLetter.text(raw), ts=now_ms())
-        await self.deadletter.send(key=source.encode(), value=letter.dumps())
+        return await self.deadletter.send(key=source.encode(), value=letter.dumps())

@@ -21,6 +21,7 @@ from chaincast.models.serving import Forecaster, ModelRejected
 from chaincast.stream.metrics import MODELS_REFUSED
 from chaincast.stream.model_slot import ModelSlot, _assign, uri_path
 from chaincast.stream.records import ModelUpdate
+from chaincast.stream import kafka_options
 from chaincast.stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,8 @@ def _decode(slots: dict[str, FeeSlot], key: bytes | None, value: bytes | None) -
 async def watch_fee_models(settings: Settings, slots: dict[str, FeeSlot], stopping: asyncio.Event | None = None,
                            caught_up: asyncio.Event | None = None) -> None:
     """Serve the current champion of every fee slot, then follow ``models.updates`` until cancelled."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka_options.consumer(settings, group_id=None, auto_offset_reset="earliest",
+                                                          enable_auto_commit=False))
     await consumer.start()
     try:
         tps = await _assign(consumer, settings.topic_models)

@@ -18,9 +18,12 @@ BARS = Counter("chaincast_bars_total", "1-minute bars closed and emitted", ["sym
 PREDICTIONS = Counter("chaincast_predictions_total", "Predictions written to Redis and the topic", ["symbol"])
 LAST_CLOSE = Gauge("chaincast_last_close", "Close of the latest bar", ["symbol"])
 FORECAST = Gauge("chaincast_forecast_price", "Latest forecast price and band", ["symbol", "band"])
+DUPLICATES = Counter("chaincast_duplicate_trades_total",
+                     "Trades already folded in (redelivered after a crash, a reconnect's overlap): counted, "
+                     "not dead-lettered", ["symbol"])
 BAR_TO_REDIS = Histogram(
     "chaincast_bar_to_redis_seconds",
-    "Bar close (event arrival at the predict agent) to the prediction written in Redis",
+    "Bar close (the closing trade's batch reaching the worker) to the prediction written in Redis",
     buckets=LATENCY_BUCKETS,
 )
 INFERENCE = Histogram("chaincast_inference_seconds", "onnxruntime inference per batch", buckets=LATENCY_BUCKETS)

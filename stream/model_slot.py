@@ -6,7 +6,8 @@ starts later must find the current champion). On start it reads up to the end
 of the topic first and offers only the newest update (falling back to older
 ones if that is refused), so a late worker never serves a stale version even
 for one bar. After that, each new version is loaded off the event loop,
-verified (sha256, smoke inference, feature list, the stream's window), and
+verified (signature and location: ``stream.model_trust``; sha256, smoke
+inference, feature list, the stream's window), and
 swapped in with one reference assignment; a model that fails is refused,
 reported, and the old one keeps serving.
 """
@@ -18,43 +19,46 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from chaincast.models.serving import Forecaster, ModelRejected
 from chaincast.stream.metrics import MODEL_INFO, MODEL_LOADED_AT, MODEL_SWAP, MODELS_REFUSED
+from chaincast.stream.model_trust import trusted_path, uri_path, verify
 from chaincast.stream.records import ModelUpdate
+from chaincast.stream import kafka_options
 from chaincast.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 OnSwap = Callable[[ModelUpdate], Awaitable[None]]
-
-
-def uri_path(uri: str) -> Path:
-    """The local path of a ``file://`` URI (percent-escapes decoded, as ``Path.as_uri`` writes them).
-
-    >>> str(uri_path("file:///tmp/my%20models/abc.onnx")), str(uri_path("/plain/path.onnx"))
-    ('/tmp/my models/abc.onnx', '/plain/path.onnx')
-    """
-    parsed = urlparse(uri)
-    return Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(uri)
+OnRefused = Callable[[ModelUpdate, str], Awaitable[object]]  # (update, dead-letter reason)
 
 
 class ModelSlot:
     """Holds the serving Forecaster; ``current`` is replaced atomically."""
 
-    def __init__(self, name: str, threads: int = 1, window: int | None = None) -> None:
+    def __init__(self, name: str, threads: int = 1, window: int | None = None, *, registry_dir: Path | None = None,
+                 signing_key: str | None = None, max_bytes: int = 256_000_000) -> None:
         self.name = name
         self.threads = threads
         self.window = window  # the stream builds windows of this length; another shape would crash predict
+        self.registry_dir = registry_dir  # stream.model_trust: updates are trusted only from here ...
+        self.signing_key = signing_key  # ... and, with a key, only when signed with it
+        self.max_bytes = max_bytes
         self.current: Forecaster | None = None
         self.ready = asyncio.Event()
 
+    def serving(self) -> list[Forecaster]:
+        """The forecasters a closed bar is forecast with (one today; one per target and horizon later)."""
+        return [] if self.current is None else [self.current]
+
     def _load(self, update: ModelUpdate) -> Forecaster:
-        model = Forecaster.load(uri_path(update.uri), expected_sha256=update.sha256, threads=self.threads)
+        # No registry given (a test slot): the uri is taken as it is; workers always give one.
+        path = (uri_path(update.uri) if self.registry_dir is None
+                else trusted_path(update, self.registry_dir, self.signing_key, self.max_bytes))
+        model = Forecaster.load(path, expected_sha256=update.sha256, threads=self.threads)
         if self.window is not None and model.window != self.window:
             raise ModelRejected(f"model window {model.window} differs from the stream's window {self.window}")
         return model
@@ -63,15 +67,18 @@ class ModelSlot:
         """Load and verify off the loop; raises ModelRejected."""
         return await asyncio.get_running_loop().run_in_executor(None, self._load, update)
 
-    async def offer(self, update: ModelUpdate) -> bool:
+    async def offer(self, update: ModelUpdate, on_refused: OnRefused | None = None) -> bool:
         """Try an update; swap on success. Returns whether it now serves."""
         if self.current is not None and (self.current.version, self.current.sha256) == (update.version, update.sha256):
-            return True  # a re-announcement; the same version with another sha is checked (and refused) below
+            if not self.signing_key or verify(update, self.signing_key):
+                return True  # a re-announcement; the same version with another sha is checked (and refused) below
         try:
             model = await self.load(update)
         except ModelRejected as exc:
             MODELS_REFUSED.labels(self.name).inc()
             log.error("refused model %s %s: %s", update.name, update.version, exc)
+            if on_refused is not None:
+                await on_refused(update, f"model_refused: {exc}")
             return False
         old = self.current
         self.current = model  # the swap: predictions read this reference once per batch
@@ -97,10 +104,8 @@ def _decode(slot: ModelSlot, key: bytes | None, value: bytes | None, offset: int
 
 async def _assign(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     """Every partition of ``topic``, from the beginning; waits for the topic to exist."""
-    while not (parts := consumer.partitions_for_topic(topic)):
-        await consumer.topics()  # a metadata refresh; the topic may not be created yet
-        if not consumer.partitions_for_topic(topic):
-            await asyncio.sleep(0.5)
+    while not (parts := await kafka_options.partitions_for(consumer, topic)):
+        await asyncio.sleep(0.5)  # the topic may not be created yet
     tps = [TopicPartition(topic, p) for p in sorted(parts)]
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)
@@ -122,15 +127,15 @@ async def _catch_up(consumer: AIOKafkaConsumer, tps: list[TopicPartition], slot:
 
 
 async def watch_models(settings: Settings, slot: ModelSlot, on_swap: OnSwap | None = None,
-                       stopping: asyncio.Event | None = None) -> None:
+                       stopping: asyncio.Event | None = None, on_refused: OnRefused | None = None) -> None:
     """Serve the current champion of ``slot.name``, then follow ``models.updates`` until cancelled."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka_options.consumer(settings, group_id=None, auto_offset_reset="earliest",
+                                                          enable_auto_commit=False))
     await consumer.start()
     try:
         tps = await _assign(consumer, settings.topic_models)
         for update in reversed(await _catch_up(consumer, tps, slot)):  # newest first; older ones only on refusal
-            if await slot.offer(update):
+            if await slot.offer(update, on_refused):
                 if on_swap is not None:
                     await on_swap(update)
                 break
@@ -140,7 +145,7 @@ async def watch_models(settings: Settings, slot: ModelSlot, on_swap: OnSwap | No
                     if (update := _decode(slot, msg.key, msg.value, msg.offset)) is None:
                         continue
                     before = slot.current
-                    if await slot.offer(update):
+                    if await slot.offer(update, on_refused):
                         if slot.current is not before and update.created_at:
                             MODEL_SWAP.observe(max(time.time() - update.created_at / 1000, 0.0))
                         if on_swap is not None:

@@ -1,15 +1,24 @@
 """Producing chaincast records outside the Faust app (producers, the retrainer): keyed sends and dead letters.
 
-A lazily started aiokafka producer configured from the settings (acks=all;
-idempotent on real Kafka, one record per batch on the embedded broker).
+A lazily started aiokafka producer configured by ``stream.kafka_options`` (acks=all;
+idempotent on Kafka, one record per batch on the embedded broker).
+
+aiokafka's ``flush()`` never raises: a batch the broker refused only fails its
+delivery future. So the Publisher keeps every send's future until it resolves,
+and ``flush()`` waits for all of them and raises the first failure: a caller
+saves a position (a chain cursor, a checkpoint) only after ``flush()`` returned.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
 from chaincast.models.timeunits import now_ms
+from chaincast.stream import kafka_options
 from chaincast.stream.metrics import DEADLETTERED, reason_kind
 from chaincast.stream.records import DeadLetter, Record
 from chaincast.stream.settings import Settings
@@ -21,17 +30,16 @@ class Publisher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._producer: AIOKafkaProducer | None = None
+        self._pending: set[asyncio.Future] = set()  # sent, not yet acknowledged
+        self._failure: BaseException | None = None  # the first send the broker refused
 
     async def start(self) -> None:
         if self._producer is None:
-            self._producer = AIOKafkaProducer(
-                bootstrap_servers=self.settings.kafka_bootstrap_servers,
-                max_request_size=max(self.settings.max_message_bytes * 2, 1_048_576),
-                **self.settings.producer_config(),
-            )
+            self._producer = AIOKafkaProducer(**kafka_options.producer(self.settings))
             await self._producer.start()
 
     async def stop(self) -> None:
+        """Flush what is queued (without raising: the caller's own flush already reported) and stop."""
         if self._producer is not None:
             await self._producer.flush()
             await self._producer.stop()
@@ -50,9 +58,19 @@ class Publisher:
             raise RuntimeError("Publisher.start() was not awaited")
         return self._producer
 
-    async def send(self, topic: str, key: str, record: Record) -> None:
-        """Queue one record; the returned future resolves on the broker's ack."""
-        await self.producer.send(topic, record.dumps(), key=key.encode())
+    async def send(self, topic: str, key: str, record: Record) -> asyncio.Future:
+        """Queue one record; the returned future resolves on the broker's ack (``flush`` waits for it)."""
+        return self._track(await self.producer.send(topic, record.dumps(), key=key.encode()))
+
+    def _track(self, future: asyncio.Future) -> asyncio.Future:
+        self._pending.add(future)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, future: asyncio.Future) -> None:
+        self._pending.discard(future)
+        if self._failure is None:
+            self._failure = KafkaError("send cancelled") if future.cancelled() else future.exception()
 
     async def send_and_wait(self, topic: str, key: str, record: Record) -> None:
         await self.producer.send_and_wait(topic, record.dumps(), key=key.encode())
@@ -63,7 +81,12 @@ class Publisher:
         log.info("dead-lettered from %s: %s", source, reason)
         letter = DeadLetter(source=source, topic=topic, key=key, reason=reason,
                             raw=DeadLetter.text(raw), ts=now_ms())
-        await self.producer.send(self.settings.topic_deadletter, letter.dumps(), key=source.encode())
+        self._track(await self.producer.send(self.settings.topic_deadletter, letter.dumps(), key=source.encode()))
 
     async def flush(self) -> None:
+        """Send what is queued and wait for every ack; raise the first failure (a KafkaError)."""
         await self.producer.flush()
+        if self._pending:
+            await asyncio.wait(list(self._pending))
+        if self._failure is not None:
+            raise self._failure

@@ -206,6 +206,7 @@ class ModelUpdate(Record):
     metrics: dict[str, float] = Field(default_factory=dict)
     created_at: int = 0
     parent: str | None = None
+    signature: str = ""  # HMAC-SHA256 by the announcer (stream.model_trust); workers verify it when keyed
 
 
 class Gap(Record):
@@ -224,7 +225,7 @@ class Gap(Record):
 
 
 class DeadLetter(Record):
-    source: str  # the stage that refused it: "stream.bars", "producer.exchange", ...
+    source: str  # the stage that refused it: "stream.markets", "producer.exchange", ...
     topic: str | None = None
     key: str | None = None
     reason: str

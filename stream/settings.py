@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from chaincast.models.targets import ForecastSpec, parse_forecasts
@@ -161,6 +161,48 @@ class Settings(BaseSettings):
     # ... on at most this many of the newest.
     tx_retrain_history: int = Field(50_000, ge=500, validation_alias="CHAINCAST_TX_RETRAIN_HISTORY")
     tx_retrain_epochs: int = Field(4, ge=1, validation_alias="CHAINCAST_TX_RETRAIN_EPOCHS")
+    # --- kafka: security, replication, delivery (the clients are built by stream.kafka_options) ---
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", validation_alias="CHAINCAST_KAFKA_SECURITY_PROTOCOL")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", validation_alias="CHAINCAST_KAFKA_SASL_MECHANISM")
+    kafka_sasl_username: str | None = Field(None, validation_alias="CHAINCAST_KAFKA_SASL_USERNAME")
+    # SecretStr: shown as ********** in repr, str() and any log line that formats the settings.
+    kafka_sasl_password: SecretStr | None = Field(None, validation_alias="CHAINCAST_KAFKA_SASL_PASSWORD",
+                                                  repr=False)
+    kafka_ssl_cafile: Path | None = Field(None, validation_alias="CHAINCAST_KAFKA_SSL_CAFILE")
+    kafka_ssl_certfile: Path | None = Field(None, validation_alias="CHAINCAST_KAFKA_SSL_CERTFILE")
+    kafka_ssl_keyfile: Path | None = Field(None, validation_alias="CHAINCAST_KAFKA_SSL_KEYFILE")
+    kafka_ssl_key_password: SecretStr | None = Field(None, validation_alias="CHAINCAST_KAFKA_SSL_KEY_PASSWORD",
+                                                     repr=False)
+    # Unset: 3 when the cluster has three or more brokers, else 1 (resolved at start, kafka_options.resolve).
+    replication_factor: int | None = Field(None, ge=1, validation_alias="CHAINCAST_REPLICATION_FACTOR")
+    # Unset: replication_factor - 1 (at least 1): acks=all then survives one broker down, and refuses
+    # writes that only one broker holds.
+    min_insync_replicas: int | None = Field(None, ge=1, validation_alias="CHAINCAST_MIN_INSYNC_REPLICAS")
+    # Consumer fetch wait. Unset: Kafka's 500 ms (a broker answers as soon as data arrives), and on the
+    # embedded broker the value stream.kafka_options.EMBEDDED_FETCH_WAIT_MS (Tansu answers only when
+    # the wait expires, and its fetch scans the partition, so too short a wait starves).
+    kafka_fetch_max_wait_ms: int | None = Field(None, ge=1, validation_alias="CHAINCAST_KAFKA_FETCH_MAX_WAIT_MS")
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once", validation_alias="CHAINCAST_PROCESSING_GUARANTEE")
+
+    # --- delivery ---
+    # Bounds on well-formed records that would wedge a market (stream.bounds owns the checks).
+    # A trade dated later than now + this is refused; older trades stay valid (a backfill).
+    max_clock_skew_s: float = Field(300.0, gt=0, validation_alias="CHAINCAST_MAX_CLOCK_SKEW_S")
+    # 0 exempts event time from the wall clock: replays and backtests of data dated ahead of it.
+    clock_check: bool = Field(True, validation_alias="CHAINCAST_CLOCK_CHECK")
+    # A trade id this far from the last one (either way) is a venue reset, not a gap or duplicates.
+    max_id_jump: int = Field(100_000_000, ge=1, validation_alias="CHAINCAST_MAX_ID_JUMP")
+    # A worker retries Redis this long, then exits before acknowledging the batch (redone on restart).
+    redis_retry_budget_s: float = Field(120.0, gt=0, validation_alias="CHAINCAST_REDIS_RETRY_BUDGET_S")
+    # HMAC-SHA256 key of model updates; set, a worker serves only updates signed with it.
+    model_signing_key: str | None = Field(None, validation_alias="CHAINCAST_MODEL_SIGNING_KEY", repr=False)
+    # Largest model file a worker reads (the size is checked before reading).
+    model_max_bytes: int = Field(256_000_000, ge=1024, validation_alias="CHAINCAST_MODEL_MAX_BYTES")
+    # The liveness probe fails when the worker's event loop has not ticked for this long.
+    heartbeat_timeout_s: float = Field(30.0, gt=0, validation_alias="CHAINCAST_HEARTBEAT_TIMEOUT_S")
 
     @field_validator("symbols", mode="before")
     @classmethod
@@ -184,21 +226,26 @@ class Settings(BaseSettings):
                 raise ValueError("fee horizons are 1..1000 blocks, at least one")
             return sorted({int(h) for h in value})
         return value
+    @model_validator(mode="after")
+    def _check_kafka_security(self) -> "Settings":
+        if self.kafka_security_protocol.startswith("SASL") and not (
+                self.kafka_sasl_username and self.kafka_sasl_password):
+            raise ValueError(f"{self.kafka_security_protocol} needs CHAINCAST_KAFKA_SASL_USERNAME and "
+                             "CHAINCAST_KAFKA_SASL_PASSWORD")
+        for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"CHAINCAST_{name.upper()}: no such file: {path}")
+        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
+            raise ValueError("CHAINCAST_KAFKA_SSL_CERTFILE and CHAINCAST_KAFKA_SSL_KEYFILE go together")
+        if self.replication_factor and self.min_insync_replicas and self.min_insync_replicas > self.replication_factor:
+            raise ValueError(f"CHAINCAST_MIN_INSYNC_REPLICAS={self.min_insync_replicas} is above "
+                             f"CHAINCAST_REPLICATION_FACTOR={self.replication_factor}")
+        return self
 
     @property
     def registry_dir(self) -> Path:
         return self.home / "registry"
-
-    def producer_config(self) -> dict[str, Any]:
-        """aiokafka producer options: acks=all always; idempotence only on real Kafka.
-
-        Tansu (the embedded broker) refuses the idempotent producer, and its
-        ListOffsets(LATEST) is wrong for multi-record batches, so there each
-        record goes in a batch of its own (``max_batch_size`` too small for two).
-        """
-        if self.embedded_broker:
-            return {"acks": "all", "enable_idempotence": False, "max_batch_size": 1, "linger_ms": 0}
-        return {"acks": "all", "enable_idempotence": True, "linger_ms": 5}
 
     def env(self) -> dict[str, str]:
         """The environment that makes a child process build these same settings."""
@@ -209,7 +256,9 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if key is None or value is None:
                 continue
-            if isinstance(value, list):
+            if isinstance(value, SecretStr):  # a child's environment, never its argv or a log
+                value = value.get_secret_value()
+            elif isinstance(value, list):
                 value = ",".join(str(v) for v in value)
             elif isinstance(value, bool):
                 value = "1" if value else "0"

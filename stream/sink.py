@@ -12,14 +12,17 @@ it already holds, and the hash is only replaced by a newer bar.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
 from chaincast.stream.records import FeePrediction, ModelUpdate, Prediction
 from chaincast.stream.redis_layout import RedisLayout
@@ -36,6 +39,12 @@ return 1
 """
 
 
+def _log_retry(state: RetryCallState) -> None:
+    if state.attempt_number in (1, 10) or state.attempt_number % 50 == 0:
+        log.warning("Redis unreachable (attempt %d, %.1fs): %s", state.attempt_number, state.seconds_since_start,
+                    state.outcome.exception() if state.outcome else "")
+
+
 def _fields(pred: Prediction) -> dict[str, str]:
     # A volatility forecast has no price_hat: the field is absent, not the string "None".
     return {k: str(v) for k, v in pred.model_dump(by_alias=True).items() if v is not None}
@@ -43,10 +52,11 @@ def _fields(pred: Prediction) -> dict[str, str]:
 
 class RedisSink:
     def __init__(self, url: str, prefix: str = "cc:", maxlen: int = 10_000,
-                 default_forecast: tuple[str, int] | None = None) -> None:
+                 default_forecast: tuple[str, int] | None = None, retry_budget_s: float = 120.0) -> None:
         self.url = url
         self.keys = RedisLayout(prefix)
         self.maxlen = maxlen
+        self.retry_budget_s = retry_budget_s
         self._client: aioredis.Redis | None = None
         self._set_if_newer = None
         # (target, horizon) of the default forecaster, whose keys are cc:pred:{SYMBOL}; any other
@@ -57,10 +67,12 @@ class RedisSink:
     def client(self) -> aioredis.Redis:
         if self._client is None:  # lazily: no network work before the first write
             # A Redis outage blocks the writer (and so the agent: backpressure, Kafka keeps
-            # the input) until Redis answers again; nothing is dropped.
+            # the input) until Redis answers again, for up to ``retry_budget_s`` (``write``);
+            # beyond that the error reaches the agent, which stops before acknowledging.
             self._client = aioredis.Redis.from_url(
-                self.url, decode_responses=True, retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=-1),
-                retry_on_error=[RedisConnectionError, RedisTimeoutError],
+                self.url, decode_responses=True, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+                retry_on_error=[RedisConnectionError, RedisTimeoutError], socket_connect_timeout=5.0,
+                socket_timeout=30.0,
             )
             self._set_if_newer = self._client.register_script(_SET_IF_NEWER)
         return self._client
@@ -70,8 +82,39 @@ class RedisSink:
             await self._client.aclose()
             self._client = None
 
+    async def ping(self) -> None:
+        """One round trip (a readiness check)."""
+        await self.client.ping()
+
     async def write(self, preds: Iterable[Prediction]) -> int:
-        """Write a batch in one round trip; return how many history entries were new."""
+        """Write a batch in one round trip; return how many history entries were new.
+
+        Retried (jittered backoff) while Redis is unreachable, for ``retry_budget_s``;
+        then the connection error is raised. Retrying is safe: the write is idempotent.
+        """
+        preds = list(preds)
+        async for attempt in self._retrying():
+            with attempt:
+                return await self._write(preds)
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def execute(self, build: Callable[[Pipeline], None]) -> list[Any]:
+        """Run one transactional pipeline that ``build`` fills, with the same retry budget as ``write``."""
+        async for attempt in self._retrying():
+            with attempt:
+                pipe = self.client.pipeline(transaction=True)
+                build(pipe)
+                return await pipe.execute()
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    def _retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(
+            retry=retry_if_exception_type((RedisConnectionError, RedisTimeoutError, OSError)),
+            wait=wait_random_exponential(multiplier=0.05, max=2.0), stop=stop_after_delay(self.retry_budget_s),
+            before_sleep=_log_retry, reraise=True,
+        )
+
+    async def _write(self, preds: list[Prediction]) -> int:
         client = self.client
         pipe = client.pipeline(transaction=False)
         count = 0
@@ -103,20 +146,21 @@ class RedisSink:
         fields = {"version": update.version, "sha256": update.sha256, "uri": update.uri,
                   "family": update.family, "created_at": str(update.created_at)}
         fields.update({f"metric.{k}": repr(v) for k, v in update.metrics.items()})
-        pipe = self.client.pipeline(transaction=True)
-        pipe.delete(self.keys.model(update.name))
-        pipe.hset(self.keys.model(update.name), mapping=fields)
-        await pipe.execute()
+        key = self.keys.model(update.name)
+        await self.execute(lambda pipe: pipe.delete(key).hset(key, mapping=fields))
 
     async def write_score(self, symbol: str, fields: Mapping[str, str], *, model_name: str,
                           retrain_reason: str | None = None) -> None:
         """Replace the live score hash of ``symbol``; with a reason, also ask the retrainer for a round."""
-        pipe = self.client.pipeline(transaction=True)
-        pipe.delete(self.keys.score(symbol))
-        pipe.hset(self.keys.score(symbol), mapping=dict(fields))
-        if retrain_reason is not None:
-            pipe.set(self.keys.retrain_flag(model_name), retrain_reason)
-        await pipe.execute()
+        key = self.keys.score(symbol)
+
+        def build(pipe: Pipeline) -> None:
+            pipe.delete(key)
+            pipe.hset(key, mapping=dict(fields))
+            if retrain_reason is not None:
+                pipe.set(self.keys.retrain_flag(model_name), retrain_reason)
+
+        await self.execute(build)
 
     async def write_fees(self, chain_id: int, preds: list[FeePrediction], retracted: list[FeePrediction],
                          scores: dict[str, dict[str, float]]) -> None:

@@ -80,15 +80,30 @@ def renamed(settings: Settings, suffix: str) -> dict[str, str]:
 
 
 async def ensure_topics(settings: Settings) -> None:
-    """Create every missing topic of the registry with its partitions and config."""
+    """Create every missing topic of the registry with its partitions, config and replication factor.
+
+    An existing topic with fewer replicas than asked is refused (KafkaSetupError):
+    it would silently lose data when its one broker goes, whatever acks=all promises.
+    """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # lazily: Settings imports this module
     from aiokafka.errors import TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    from chaincast.stream import kafka_options
+
+    rf = kafka_options.replication_factor(settings)
+    admin = AIOKafkaAdminClient(**kafka_options.admin(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [NewTopic(name, settings.partitions if t.per_market else 1, 1, topic_configs=dict(t.config))
+        present = [name for t in TOPICS if (name := name_of(settings, t)) in existing]
+        if rf > 1 and present:
+            for desc in await admin.describe_topics(present):
+                have = min((len(p["replicas"]) for p in desc["partitions"]), default=rf)
+                if have < rf:
+                    raise kafka_options.KafkaSetupError(
+                        f"topic {desc['topic']} has {have} replica(s), CHAINCAST_REPLICATION_FACTOR asks {rf}")
+        wanted = [NewTopic(name, settings.partitions if t.per_market else 1, rf,
+                           topic_configs={**kafka_options.topic_configs(settings), **dict(t.config)})
                   for t in TOPICS if (name := name_of(settings, t)) not in existing]
         if wanted:
             try:

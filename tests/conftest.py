@@ -16,16 +16,47 @@ TEST_DATA = REPO / "tests" / "fixtures" / "data"  # real slices shipped with the
 PROJECT_DATA = REPO / "deploy" / "data"
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """Env pointing at a real embedded broker and Redis server, fresh for each test module.
+BROKERS = ("tansu", "kafka")
 
-    Per module, not per session: under the crash tests, a broker that already holds every
-    other module's topics was seen to lose the head of a partition (Tansu 0.6.0, memory
-    storage); a fresh one per module costs a fraction of a second.
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--broker", choices=(*BROKERS, "both"), default="both",
+                     help="broker(s) the integration tests run on: the embedded Tansu, Apache Kafka, or both")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Every test that needs a broker runs once per chosen broker (the `stack` fixture's parameter).
+    if "broker_kind" in metafunc.fixturenames:
+        chosen = metafunc.config.getoption("--broker")
+        metafunc.parametrize("broker_kind", BROKERS if chosen == "both" else (chosen,), scope="module")
+
+
+@pytest.fixture(scope="session")
+def kafka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One Apache Kafka node (KRaft, from deploy/kafka/lib) for the session: tests use their own topics."""
+    from chaincast.deploy.kafka import kafka_cluster
+
+    with kafka_cluster(tmp_path_factory.mktemp("kafka")) as cluster:
+        yield cluster.bootstrap
+
+
+@pytest.fixture(scope="module")
+def stack(broker_kind: str, request: pytest.FixtureRequest,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Env pointing at a real broker and Redis server.
+
+    Tansu: fresh for each test module, with the embedded workarounds on (a broker that
+    already held every other module's topics was seen to lose the head of a partition
+    under the crash tests; a fresh one costs a fraction of a second). Apache Kafka: one
+    node for the session, the production client settings (no workarounds).
     """
-    with embedded_stack(tmp_path_factory.mktemp("stack")) as env:
-        yield env
+    if broker_kind == "kafka":
+        bootstrap = request.getfixturevalue("kafka_server")
+        with embedded_stack(tmp_path_factory.mktemp("stack"), broker=False) as env:
+            yield {**env, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+    else:
+        with embedded_stack(tmp_path_factory.mktemp("stack")) as env:
+            yield env
 
 
 @pytest.fixture(scope="module")

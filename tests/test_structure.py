@@ -207,6 +207,6 @@ def test_no_module_imports_up_the_layers(layer: str) -> None:
 
 
 def test_agents_import_the_context_not_the_app() -> None:
-    for name in ("bars", "predict", "score"):
+    for name in ("markets", "score"):
         path = MODULES[f"chaincast.stream.agents.{name}"]
         assert "chaincast.stream.app" not in path.read_text(), name

@@ -27,6 +27,7 @@ from chaincast.deploy.bench.plan import partition_of
 from chaincast.deploy.embedded import Process, free_port
 from chaincast.deploy.metrics import scrape, scrape_samples
 from chaincast.deploy.up import child
+from chaincast.stream import kafka_options
 from chaincast.stream.settings import Settings
 from chaincast.stream.topics import ensure_topics, renamed
 
@@ -63,9 +64,8 @@ async def preload(settings: Settings, messages: Sequence[tuple[bytes, bytes]], b
                   topic: str | None = None) -> float:
     """Send everything to the trades topic, wait for every ack; returns the seconds it took.
     ``batched``: many records per batch even on the embedded broker (for topics only counted)."""
-    config = {**settings.producer_config(), **({"max_batch_size": 16_384, "linger_ms": 5} if batched else {})}
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                                max_request_size=max(settings.max_message_bytes * 2, 1_048_576), **config)
+    producer = AIOKafkaProducer(**kafka_options.producer(
+        settings, **({"max_batch_size": 16_384, "linger_ms": 5} if batched else {})))
     await producer.start()
     t0 = time.perf_counter()
     try:

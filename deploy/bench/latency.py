@@ -22,6 +22,7 @@ import redis
 from aiokafka import AIOKafkaProducer
 
 from chaincast.deploy.bench.plan import WARM_S, Close
+from chaincast.stream import kafka_options
 from chaincast.stream.settings import Settings
 
 SETTLE_S = 3.0  # after the last send: wait for the last forecasts until none came for this long
@@ -77,9 +78,7 @@ class Timed:
 async def send_closes(settings: Settings, closes: Sequence[Close], per_s: float, topic: str | None = None,
                       halfway: Callable[[], Awaitable[object]] | None = None) -> Timed:
     """Send ``closes`` at ``per_s`` (each close's untimed remainder half a step later)."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                                max_request_size=max(settings.max_message_bytes * 2, 1_048_576),
-                                **settings.producer_config())
+    producer = AIOKafkaProducer(**kafka_options.producer(settings))
     await producer.start()
     topic = topic or settings.topic_trades
     step = 1 / per_s

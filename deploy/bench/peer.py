@@ -30,7 +30,7 @@ from chaincast.deploy.bench.latency import Latency, measure
 from chaincast.deploy.bench.plan import Close
 from chaincast.deploy.bench.peer_app import peer_prefix
 from chaincast.deploy.embedded import Process
-from chaincast.stream.app import EMBEDDED_FETCH_WAIT_MS
+from chaincast.stream import kafka_options
 from chaincast.stream.settings import Settings
 from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.topics import ensure_topics
@@ -72,7 +72,7 @@ def run_peer(settings: Settings, messages: Sequence[tuple[bytes, bytes]], trades
     with tempfile.TemporaryDirectory(prefix="chaincast-peer-") as state:
         first_out = Path(state) / "first.json"
         env = {**os.environ, **settings.env(), "PYTHONUNBUFFERED": "1"}
-        wait = ["--fetch-wait-ms", str(EMBEDDED_FETCH_WAIT_MS)] if settings.embedded_broker else []
+        wait = ["--fetch-wait-ms", str(kafka_options.fetch_max_wait_ms(settings))] if settings.embedded_broker else []
         proc = Process("peer", [sys.executable, "-m", "chaincast.deploy.bench.peer_app", topic_in, topic_out,
                                 settings.app_id + "-peer", str(Path(state) / "rocksdb"), str(first_out), *wait],
                        env=env, log_path=log_dir / "peer.log").start()

@@ -177,7 +177,8 @@ class KafkaCluster:
         self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float = 180.0) -> None:
-        """Until every live node is registered as a broker (a client may then create topics with full replication)."""
+        """Until every live node is registered as a broker (a client may then create topics with full
+        replication) and a group coordinator answers."""
         want = {n.node_id for n in self.nodes if n.alive()}
         deadline = time.monotonic() + timeout
         last: Exception | None = None
@@ -211,7 +212,12 @@ class KafkaCluster:
     async def _broker_ids(self) -> list[int]:
         admin = await self._admin()
         try:
-            return [b["node_id"] for b in (await admin.describe_cluster())["brokers"]]
+            ids = [b["node_id"] for b in (await admin.describe_cluster())["brokers"]]
+            # Serving = a group coordinator answers too: the first FindCoordinator creates
+            # __consumer_offsets, and a Faust worker whose first join races that load was
+            # seen to stay unassigned (aiokafka marks the coordinator dead and never rejoins).
+            await admin.find_coordinator("chaincast-ready")
+            return ids
         finally:
             await admin.close()
 

@@ -223,8 +223,12 @@ async def send_bad_trade(bootstrap: str, topic: str = DEFAULTS["topic_trades"]) 
     """One malformed message on the trades topic: the bars agent must dead-letter it."""
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False,
-                                max_batch_size=1, linger_ms=0)
+    from chaincast.stream import kafka_options
+    from chaincast.stream.settings import Settings
+
+    # `chaincast up` printed this broker: the embedded one.
+    settings = Settings(KAFKA_BOOTSTRAP_SERVERS=bootstrap, CHAINCAST_EMBEDDED_BROKER=True)
+    producer = AIOKafkaProducer(**kafka_options.producer(settings))
     await producer.start()
     try:
         await producer.send_and_wait(topic, b'{"not": "a trade"', key=b"binance:BTCUSDT")

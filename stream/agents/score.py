@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from chaincast.stream.failure import stop_unacknowledged
 from chaincast.stream.metrics import LIVE_COVERAGE, LIVE_MAE, LIVE_SCORED, LIVE_SKILL, RETRAIN_REQUESTS
 from chaincast.stream.records import Bar, Prediction
 from chaincast.stream.scoring import MarketScore, Update
@@ -82,6 +83,9 @@ def register(s: "Streams") -> None:
                 states[market] = (symbol, state, Update(stats=total.stats + update.stats,
                                                         dropped=total.dropped + update.dropped,
                                                         retrain=update.retrain or total.retrain))
-            for market, (symbol, state, total) in states.items():
-                table[market] = state.state
-                await publish(symbol, state, total)
+            try:  # Redis first, then the state that stands for it (see stream.failure)
+                for market, (symbol, state, total) in states.items():
+                    await publish(symbol, state, total)
+                    table[market] = state.state
+            except Exception as exc:  # noqa: BLE001 - Redis beyond its retry budget, or a bug: never ack
+                stop_unacknowledged(SOURCE, exc)

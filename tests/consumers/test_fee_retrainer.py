@@ -55,3 +55,13 @@ def test_history_keeps_canonical_blocks_and_drops_retracted_ones() -> None:
     assert not h.add(blocks[1])  # an old block again
     assert not h.add(blocks[4].model_copy(update={"base_fee": None}))
     assert np.isnan(h.array()[:, 6]).all()
+
+
+def test_a_first_round_without_champions_serves_the_reference_where_nothing_beats_it(tmp_path: Path) -> None:
+    blocks = load_blocks(TEST_DATA / "chain" / "mainnet_blocks_18640000_18643999.csv.gz").blocks
+    settings = Settings(CHAINCAST_HOME=str(tmp_path), CHAINCAST_FEE_HORIZONS="1", CHAINCAST_FEE_WINDOW="8")
+    registry = Registry(settings.registry_dir)
+    verdicts = {v.name: v for v in fee_round(blocks, registry, settings, FIT)}
+    assert all(v.promoted for v in verdicts.values()), verdicts
+    assert registry.champion("fees.base_fee.h1").card["family"] == "eip1559"  # exact at h = 1
+    assert registry.champion("fees.gas_ratio.h1").card["family"] == "linear"

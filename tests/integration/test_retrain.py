@@ -33,6 +33,7 @@ from chaincast.models.features import FEATURES
 from chaincast.stream.predict import history_size
 from chaincast.stream.records import ModelUpdate, Prediction, market_key
 from chaincast.stream.redis_layout import RedisLayout
+from chaincast.stream import kafka_options
 from chaincast.stream.settings import Settings
 from chaincast.stream.topics import ensure_topics
 from tests.consumers.synth import ar_bars, to_bars
@@ -55,7 +56,7 @@ def series() -> dict[str, np.ndarray]:
 
 async def send_bars(settings: Settings, bars: dict[str, np.ndarray], start: int, stop: int) -> None:
     """Bars [start, stop) of every symbol, interleaved in time, keyed by market."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, **settings.producer_config())
+    producer = AIOKafkaProducer(**kafka_options.producer(settings))
     await producer.start()
     try:
         per_symbol = {sym: to_bars(sym, rows[start:stop]) for sym, rows in bars.items()}
@@ -195,7 +196,7 @@ def test_better_challenger_is_promoted_swapped_live_refusals_and_rollback(settin
 
 
 async def announce_raw(settings: Settings, update: ModelUpdate) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, **settings.producer_config())
+    producer = AIOKafkaProducer(**kafka_options.producer(settings))
     await producer.start()
     try:
         await producer.send_and_wait(settings.topic_models, update.dumps(), key=update.name.encode())

@@ -14,6 +14,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from chaincast.stream import kafka_options
 from chaincast.stream.settings import Settings
 
 EXPORT = Path(__file__).resolve().parents[1] / "fixtures" / "data" / "binance_export"
@@ -42,8 +43,8 @@ async def until(condition: Callable[[], bool], poll: float = 0.001) -> None:
 async def read_topic(settings: Settings, topic: str, done: Callable[[list[ConsumerRecord]], bool],
                      partitions: int | None = None, guard_s: float = 60.0) -> list[ConsumerRecord]:
     """Every record of ``topic`` from the beginning, in partition order, until ``done(records)``."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(**kafka_options.consumer(settings, enable_auto_commit=False,
+                                                        auto_offset_reset="earliest"))
     await consumer.start()
     try:
         parts = [TopicPartition(topic, p) for p in range(partitions or settings.partitions)]

@@ -8,7 +8,7 @@ import pytest
 from tests.producers.wire_recordings import RECORDINGS, WIRE, golden, normalised
 
 from chaincast.producers import binance
-from chaincast.producers.binance import BadMessage, Control, Kline
+from chaincast.producers.venue import BadMessage, Control, Kline
 from chaincast.stream.records import Trade
 
 

@@ -8,7 +8,7 @@ import pytest
 from tests.producers.wire_recordings import RECORDINGS, golden, normalised
 
 from chaincast.producers import coinbase
-from chaincast.producers.binance import BadMessage, Control
+from chaincast.producers.venue import BadMessage, Control
 
 MATCH = {"type": "match", "trade_id": 1568268, "side": "sell", "size": "450", "price": "0.791",
          "product_id": "SKL-USD", "sequence": 201390075, "time": "2021-04-17T16:43:37.121358Z"}

@@ -8,7 +8,7 @@ from chaincast.producers.checkpoint import Checkpoint, Position
 
 
 def test_round_trip_and_atomic_replace(tmp_path: Path) -> None:
-    cp = Checkpoint.for_venue(tmp_path, "binance")
+    cp = Checkpoint.for_endpoint(tmp_path, "binance", "ws://127.0.0.1:9")
     assert cp.load() == {}
     cp.save({"BTCUSDT": Position(10, 1000)})
     cp.save({"BTCUSDT": Position(11, 1001), "ETHUSDT": Position(3, 5)})
@@ -17,7 +17,7 @@ def test_round_trip_and_atomic_replace(tmp_path: Path) -> None:
 
 
 def test_unreadable_checkpoint_starts_fresh(tmp_path: Path, caplog) -> None:
-    cp = Checkpoint.for_venue(tmp_path, "binance")
+    cp = Checkpoint.for_endpoint(tmp_path, "binance", "ws://127.0.0.1:9")
     cp.path.parent.mkdir(parents=True)
     cp.path.write_text('{"BTCUSDT": {"trade_id": 1')
     assert cp.load() == {}

@@ -37,7 +37,7 @@ def test_serve_then_produce(exchange_settings) -> None:
     assert published > 0 and "0 duplicates dropped" in out and "0 dead-lettered" in out
     # The checkpoint names the last trade Kafka acknowledged: the first `published` ids of the day.
     day_start = first_trade_id(1_662_336_000_000)
-    assert Checkpoint.for_venue(settings.home, "binance").load()["BTCUSDT"].trade_id == day_start + published - 1
+    assert Checkpoint.for_endpoint(settings.home, "binance", url).load()["BTCUSDT"].trade_id == day_start + published - 1
 
 
 @pytest.mark.parametrize(("args", "message"), [

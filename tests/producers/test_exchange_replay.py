@@ -83,7 +83,7 @@ async def test_producer_restart_resumes_from_checkpoint_and_backfills_the_gap(ex
         stop.set()
         await task
 
-        resume = Checkpoint.for_venue(settings.home, "binance").load()["BTCUSDT"]
+        resume = Checkpoint.for_endpoint(settings.home, "binance", server.url).load()["BTCUSDT"]
         assert resume.trade_id == first.acked["BTCUSDT"].trade_id
         # The market moved on while we were away: the exchange now streams from 100 minutes later.
         later = int(MARKETS["BTCUSDT"][np.searchsorted(MARKETS["BTCUSDT"][:, TS], bar_ts_of(resume.trade_id)) + 100, TS])

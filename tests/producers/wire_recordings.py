@@ -36,7 +36,7 @@ def messages(recording: str) -> Iterator[tuple[int, str]]:
 def normalised(recording: str, venue: str) -> Iterator[dict[str, Any]]:
     """One JSON-able line per message: the record the normaliser made, or why it refused."""
     from chaincast.producers import binance, coinbase
-    from chaincast.producers.binance import BadMessage, Control, Kline
+    from chaincast.producers.venue import BadMessage, Control, Kline
 
     normalise: Callable[[Any, int], Any] = binance.normalise if venue == "binance" else coinbase.normalise
     for ts, raw in messages(recording):

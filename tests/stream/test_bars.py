@@ -7,7 +7,9 @@ import pytest
 
 from chaincast.models.history import CLOSE, HIGH, LOW, OPEN, TS, VOLUME, load_bars
 from chaincast.producers.synth import bar_trades
-from chaincast.stream.bars import BarBuilder, Refused, parse_trades
+from chaincast.stream.bars import BarBuilder, Duplicate, Refused, parse_trades
+from chaincast.stream.bounds import Bounds
+from chaincast.stream.market import MarketState
 from chaincast.stream.records import Trade, TradeBatch
 from tests.conftest import PROJECT_DATA
 
@@ -44,7 +46,7 @@ def test_duplicates_and_late_trades_are_refused_without_changing_the_bar():
     for t in trades:
         builder.add(t)
     before = builder.to_dict()
-    with pytest.raises(Refused, match="^duplicate"):
+    with pytest.raises(Duplicate, match="^duplicate"):
         builder.add(trades[1])
     late = trades[0].model_copy(update={"trade_id": 10**12, "ts_event": trades[0].ts_event - 60_000})
     with pytest.raises(Refused, match="^late"):
@@ -92,3 +94,81 @@ def test_single_trades_and_batches_parse():
     one = Trade(exchange="binance", symbol="ETHUSDT", trade_id=7, price=2.0, qty=1.0, side="sell", ts_event=5)
     assert parse_trades(one.dumps(), b"binance:ETHUSDT", SYMBOLS, 10_000) == [one]
     assert len(parse_trades(batch(), b"binance:BTCUSDT", SYMBOLS, 10_000)) == 1
+
+
+# --- bounds: one poisonous record never stops a market ---------------------------------------
+
+BOUNDS = Bounds(max_clock_skew_ms=300_000, max_id_jump=1_000_000)
+
+
+def fold_day(poison: list[tuple[int, Trade]], n: int = 30) -> tuple[MarketState, list, list[str]]:
+    """Fold ``n`` real bars of trades with ``poison`` inserted before the i-th trade; return
+    (state, closed bars, refusal reasons)."""
+    trades = [t for row in real_bars(n) for t in bar_trades("binance", "BTCUSDT", row)]
+    for i, bad in sorted(poison, key=lambda p: p[0], reverse=True):
+        trades.insert(i, bad)
+    state = MarketState(BarBuilder("binance", "BTCUSDT"))
+    out = state.fold(trades, BOUNDS)
+    return state, out.closed, [reason for _, reason in out.refused]
+
+
+def good_bars(n: int = 30) -> list:
+    state, closed, refused = fold_day([], n)
+    assert not refused
+    return closed
+
+
+def test_a_trade_dated_2100_or_overflowing_is_refused_and_the_market_goes_on():
+    first = bar_trades("binance", "BTCUSDT", real_bars(1)[0])[0]
+    future = first.model_copy(update={"trade_id": first.trade_id + 3, "ts_event": 4_102_444_800_000})
+    huge = first.model_copy(update={"trade_id": first.trade_id + 5, "price": 1e300, "qty": 1e300})
+    _, closed, reasons = fold_day([(3, future), (40, huge)])
+    assert [r.split(":")[0] for r in reasons] == ["future", "overflow"]
+    assert closed == good_bars()
+
+
+def test_summed_volume_that_would_overflow_is_refused():
+    t = Trade(exchange="binance", symbol="BTCUSDT", trade_id=1, price=1e-300, qty=1.7e308, side="buy", ts_event=0)
+    state = MarketState(BarBuilder("binance", "BTCUSDT"))
+    out = state.fold([t, t.model_copy(update={"trade_id": 2}), t.model_copy(update={"trade_id": 3, "qty": 1.0})],
+                     BOUNDS)
+    assert [r for _, r in out.refused] == ["overflow: bar volume would not be finite"]
+    assert state.bars.bar.trades == 2 and state.bars.last_trade_id == 3
+
+
+def test_an_id_jump_beyond_the_bound_is_a_venue_reset_not_a_wedge():
+    rows = real_bars(30)
+    trades = [t for row in rows for t in bar_trades("binance", "BTCUSDT", row)]
+    jump = trades[10].model_copy(update={"trade_id": 2**62, "qty": 0.5})
+    state = MarketState(BarBuilder("binance", "BTCUSDT"))
+    out = state.fold(trades[:11] + [jump] + trades[11:], BOUNDS)
+    # Two resets (up to 2^62, back down): every later trade folds in, none is a "duplicate".
+    assert out.duplicates == 0 and not out.refused
+    assert len(out.closed) == len(rows) - 1
+    ref = good_bars()
+    touched = next(i for i, b in enumerate(ref) if b.ts == jump.ts_event - jump.ts_event % 60_000)
+    for i, (got, want) in enumerate(zip(out.closed, ref)):
+        if i == touched:  # the jumped trade is a trade like any other of its minute
+            assert got.trades == want.trades + 1 and got.volume == pytest.approx(want.volume + 0.5)
+        else:
+            assert got == want
+
+
+def test_a_refused_trade_never_moves_the_id_position_even_across_a_reset():
+    trades = bar_trades("binance", "BTCUSDT", real_bars(2)[1])
+    state = MarketState(BarBuilder("binance", "BTCUSDT"))
+    state.fold(trades)
+    before = state.to_dict()
+    late = trades[0].model_copy(update={"trade_id": 2**62, "ts_event": trades[0].ts_event - 120_000})
+    out = state.fold([late], BOUNDS)
+    assert [r.split(":")[0] for _, r in out.refused] == ["late"] and state.to_dict() == before
+
+
+def test_redelivered_trades_are_counted_as_duplicates_not_refused():
+    trades = bar_trades("binance", "BTCUSDT", real_bars(1)[0])
+    state = MarketState(BarBuilder("binance", "BTCUSDT"))
+    state.fold(trades, BOUNDS)
+    out = state.fold(trades, BOUNDS)
+    assert out.duplicates == len(trades) and not out.refused and not out.closed
+    with pytest.raises(Duplicate):
+        state.bars.add(trades[0])

@@ -21,8 +21,9 @@ def test_each_forecaster_has_its_own_name_keys_and_retrainer(tmp_path) -> None:
     names = [Retrainer(s, spec=spec).name for spec in s.forecast_specs]
     assert names == ["forecaster", "forecaster-volatility-5"]
     keys = RedisLayout.of(s)
-    assert keys.latest("BTCUSDT") != keys.latest("BTCUSDT", vol.target, vol.horizon)
-    assert keys.history("BTCUSDT") != keys.history("BTCUSDT", vol.target, vol.horizon)
+    # The default forecast keeps its historical key; the extra one is that key plus target and horizon.
+    assert keys.latest("BTCUSDT", ret.target, ret.horizon) == keys.latest("BTCUSDT") + ":log_return:1"
+    assert keys.latest("BTCUSDT", vol.target, vol.horizon) == keys.latest("BTCUSDT") + ":volatility:5"
 
 
 @pytest.mark.parametrize("value,message", [

@@ -1,0 +1,162 @@
+"""The markets agent: ``ticks.trades`` -> 1-minute bars -> forecasts, in one task (one broker hop).
+
+The worker that closes a bar forecasts it at once from the window kept next to
+the bar state (``stream.market.MarketState``, one changelogged table entry per
+market), writes the forecasts to Redis and ``predictions``, and publishes the
+bar to ``bars.1m`` for the retrainer, the scorer and subscribers without
+waiting on it before the forecast.
+
+Delivery, per batch (DESIGN.md "Reliability rules"):
+- a record that cannot be used is dead-lettered with its reason; duplicates
+  (a redelivery after a crash) are only counted; the market goes on;
+- every send (bars, predictions, dead letters) is confirmed by the broker and
+  the Redis write has succeeded before the markets' state is recorded, so a
+  worker killed in between redoes the batch: identical bars, the same
+  forecasts (Redis keeps one history entry per bar and horizon);
+- anything else (broker, Redis beyond its retry budget, a bug) stops the
+  worker before Faust acknowledges the batch (``stream.failure``).
+
+Bars that close together (several markets in one batch, a replay at speed)
+are forecast in one inference and written in one Redis pipeline; the model is
+read once per batch, so a hot swap never splits a batch between versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+from chaincast.stream.bars import Refused, parse_trades
+from chaincast.stream.bounds import Bounds
+from chaincast.stream.chain import with_chain
+from chaincast.stream.failure import stop_unacknowledged
+from chaincast.stream.market import MarketState
+from chaincast.stream.metrics import (
+    BAR_TO_REDIS,
+    BARS,
+    DUPLICATES,
+    FORECAST,
+    INFERENCE,
+    LAST_CLOSE,
+    PREDICTIONS,
+    TRADE_MESSAGES,
+    TRADES,
+)
+from chaincast.stream.predict import MAX_ABS_OUTPUT, Ready, forecast, history_size, push, ready
+from chaincast.stream.records import Bar, Prediction, market_key
+
+if TYPE_CHECKING:
+    from chaincast.stream.context import Streams
+
+log = logging.getLogger(__name__)
+SOURCE = "stream.markets"
+CHAIN_CATCH_UP_S = 30.0
+BATCH = 500  # messages per batch at most
+BATCH_WITHIN_S = 0.002  # and no longer than this after the first
+
+
+class MarketBatch:
+    """One batch of trade messages folded into the markets' state: what to send, what to forecast."""
+
+    def __init__(self, s: "Streams", bounds: Bounds) -> None:
+        self.s = s
+        self.bounds = bounds
+        self.symbols = frozenset(s.settings.symbols)
+        self.window = s.settings.window
+        self.size = history_size(s.settings.window)
+        self.arrived = time.perf_counter()
+        self.states: dict[str, MarketState] = {}  # copies: the table is written after the acks
+        self.sent: list[Awaitable[Any]] = []  # broker acks to confirm before the state is recorded
+        self.ready: list[Ready] = []  # closed bars with a full window behind them
+
+    async def dead_letter(self, raw: bytes | str | None, reason: str, key: bytes | None) -> None:
+        self.sent.append(await self.s.dead_letter(SOURCE, raw, reason, topic=self.s.settings.topic_trades, key=key))
+
+    async def add(self, key: bytes | None, raw: bytes | None) -> None:
+        s = self.s
+        try:
+            trades = parse_trades(raw, key, self.symbols, s.settings.max_message_bytes)
+        except Refused as exc:
+            await self.dead_letter(raw, str(exc), key)
+            return
+        market = key.decode()  # parse_trades checked it is the market key
+        if (state := self.states.get(market)) is None:
+            first = trades[0]
+            state = self.states[market] = MarketState.load(s.markets.get(market), first.exchange, first.symbol)
+        folded = state.fold(trades, self.bounds)
+        symbol = state.bars.symbol
+        for trade, reason in folded.refused:
+            await self.dead_letter(trade.dumps(), reason, key)
+        if folded.duplicates:
+            DUPLICATES.labels(symbol).inc(folded.duplicates)
+        TRADES.labels(symbol).inc(len(trades) - folded.duplicates - len(folded.refused))
+        for bar in folded.closed:
+            bar = with_chain(bar, s.chain)
+            self.sent.append(await s.bars.send(key=key, value=bar.dumps()))  # not awaited before the forecast
+            BARS.labels(symbol).inc()
+            LAST_CLOSE.labels(symbol).set(bar.close)
+            # A redelivered bar (same minute as the last row) replaces it and is forecast again.
+            if push(state.window, bar, self.size) and (r := ready(bar, state.window, self.window, self.arrived)):
+                self.ready.append(r)
+
+    async def forecast(self) -> None:
+        """Forecast the ready bars, write Redis, send the predictions (acks collected)."""
+        if not self.ready:
+            return
+        s = self.s
+        preds: list[Prediction] = []
+        for model in s.slot.serving():  # one per (target, horizon) once several forecasters serve a market
+            with INFERENCE.time():
+                made, refused = forecast(model, self.ready)
+            preds += made
+            for bar in refused:
+                await self.dead_letter(bar.dumps(), f"model_output: not finite or beyond {MAX_ABS_OUTPUT} "
+                                       f"from {model.version}", bar_key(bar))
+        await s.sink.write(preds)
+        done = time.perf_counter()
+        for p in preds:
+            BAR_TO_REDIS.observe(done - self.arrived)
+            PREDICTIONS.labels(p.symbol).inc()
+            if p.price_hat is not None:  # a return forecast: the price band
+                FORECAST.labels(p.symbol, "mid").set(p.price_hat)
+                FORECAST.labels(p.symbol, "q10").set(p.price * math.exp(p.q10))
+                FORECAST.labels(p.symbol, "q90").set(p.price * math.exp(p.q90))
+            self.sent.append(await s.predictions.send(key=market_key(p.exchange, p.symbol).encode(),
+                                                      value=p.dumps()))
+
+    async def commit(self) -> None:
+        """Confirm every send, then record the state that consumed the batch."""
+        if self.sent:
+            await asyncio.gather(*self.sent)
+        for market, state in self.states.items():  # one changelog write per market per batch
+            self.s.markets[market] = state.to_dict()
+
+
+def bar_key(bar: Bar) -> bytes:
+    return market_key(bar.exchange, bar.symbol).encode()
+
+
+def register(s: "Streams") -> None:
+    bounds = Bounds.from_settings(s.settings)
+
+    @s.app.agent(s.trades, name="markets")
+    async def markets(stream):  # noqa: ANN001 - a faust stream
+        try:  # bars join the chain features of their minute: catch up first, but never stall on it
+            await asyncio.wait_for(s.chain_ready.wait(), CHAIN_CATCH_UP_S)
+        except asyncio.TimeoutError:
+            log.warning("chain blocks not caught up after %.0fs; bars start without them", CHAIN_CATCH_UP_S)
+        await s.slot.ready.wait()  # hold trades (not drop them) until a model serves
+        async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
+            TRADE_MESSAGES.inc(len(events))
+            try:
+                batch = MarketBatch(s, bounds)
+                for event in events:
+                    await batch.add(event.key, event.value)
+                await batch.forecast()
+                await batch.commit()
+            except Exception as exc:  # noqa: BLE001 - not one record's fault: never let Faust ack this batch
+                stop_unacknowledged(SOURCE, exc)

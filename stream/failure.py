@@ -1,0 +1,33 @@
+"""How a stream worker stops when its infrastructure fails: before the batch is acknowledged.
+
+Faust's ``take``/``take_events`` acknowledge the whole batch in their ``finally``,
+even when the agent body raised, and a graceful stop commits acknowledged
+offsets on the way out. So an agent body never raises: per-record problems are
+dead-lettered where they occur, and anything else (the broker refusing a send,
+Redis down beyond its retry budget, a bug) ends the process at once, without
+unwinding through Faust. The batch stays uncommitted and is redone after the
+restart (Kubernetes, compose or ``chaincast up`` restart the worker); the state
+it would have recorded was not recorded, because state is saved only after the
+outputs are acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import NoReturn
+
+log = logging.getLogger(__name__)
+
+# EX_TEMPFAIL: the batch was not processed; running again will process it.
+EXIT_UNACKNOWLEDGED = 75
+
+
+def stop_unacknowledged(where: str, exc: BaseException) -> NoReturn:
+    """End the worker now, leaving the current batch unacknowledged (redone after a restart)."""
+    log.critical("%s: %s: %s; stopping before the batch is acknowledged (it is redone after restart)",
+                 where, type(exc).__name__, exc, exc_info=exc)
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(EXIT_UNACKNOWLEDGED)

@@ -1,0 +1,297 @@
+"""Every Kafka client's options, from the settings, in one place: aiokafka producers, consumers, the admin client and the Faust app.
+
+Two broker profiles:
+
+- **Apache Kafka** (production): idempotent producer with ``acks=all``, normal
+  batching (``linger_ms`` 5), Kafka's fetch wait, 30 s group sessions,
+  replicated topics with ``min.insync.replicas``, TLS and SASL when configured.
+- **The embedded broker** (Tansu 0.6.0, ``CHAINCAST_EMBEDDED_BROKER=1``), whose
+  measured quirks need workarounds: no idempotent producer or transactions;
+  ``ListOffsets(LATEST)`` is wrong when a batch holds several records (Faust's
+  changelog recovery then loses updates), so one record per batch; a group join
+  takes half the session timeout, so 10 s sessions; and a fetch is answered only
+  when its wait expires, and is cut off at that deadline while Tansu scans the
+  partition, so the wait must be short for latency and long enough to scan.
+
+No other module passes broker-specific options to a Kafka client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import faust
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.helpers import create_ssl_context
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+if TYPE_CHECKING:  # settings -> topics -> here: only the type is needed
+    from chaincast.stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Tansu answers a fetch only when its max wait expires (Kafka answers as soon as data arrives),
+# so this wait is added to every hop; but Tansu also stops scanning a partition's batches at that
+# deadline, so too short a wait returns nothing once a partition grows (measured: 40k records,
+# nothing at 10 ms). See deploy/BENCHMARKS.md for the measurements behind the value.
+EMBEDDED_FETCH_WAIT_MS = 10
+KAFKA_FETCH_WAIT_MS = 500  # aiokafka's and Kafka's default
+EMBEDDED_SESSION_TIMEOUT_MS = 10_000  # Tansu completes a join only after half the session timeout
+SESSION_TIMEOUT_MS = 30_000
+
+
+class KafkaSetupError(RuntimeError):
+    """The cluster cannot serve these settings (unreachable, refused credentials, too few brokers): exit 2."""
+
+
+# --- plain aiokafka clients ----------------------------------------------------------------------------
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context for SSL / SASL_SSL (CA file, optional client certificate), else None."""
+    if settings.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    password = settings.kafka_ssl_key_password
+    try:
+        return create_ssl_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
+            certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
+            keyfile=str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+            password=password.get_secret_value() if password else None,
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise KafkaSetupError(f"TLS files refused: {exc.__class__.__name__}: {exc}") from None
+
+
+def connection(settings: Settings) -> dict[str, Any]:
+    """Bootstrap servers and security: what every client needs."""
+    opts: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if (context := ssl_context(settings)) is not None:
+        opts["ssl_context"] = context
+    if settings.kafka_security_protocol.startswith("SASL"):
+        password = settings.kafka_sasl_password
+        opts.update(sasl_mechanism=settings.kafka_sasl_mechanism, sasl_plain_username=settings.kafka_sasl_username,
+                    sasl_plain_password=password.get_secret_value() if password else None)
+    return opts
+
+
+def max_request_bytes(settings: Settings) -> int:
+    """Room for the largest message we accept (larger ones are dead-lettered), and a TradeBatch of them."""
+    return max(settings.max_message_bytes * 2, 1_048_576)
+
+
+def producer(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """AIOKafkaProducer kwargs: acks=all always; idempotent and batching on Kafka, one record per batch on Tansu."""
+    opts = {**connection(settings), "acks": "all", "max_request_size": max_request_bytes(settings)}
+    if settings.embedded_broker:
+        opts.update(enable_idempotence=False, max_batch_size=1, linger_ms=0)
+    else:
+        opts.update(enable_idempotence=True, linger_ms=5)
+    return {**opts, **overrides}
+
+
+def fetch_max_wait_ms(settings: Settings) -> int:
+    """The stream worker's fetch wait: on Tansu every hop of the pipeline pays it."""
+    if settings.kafka_fetch_max_wait_ms is not None:
+        return settings.kafka_fetch_max_wait_ms
+    return EMBEDDED_FETCH_WAIT_MS if settings.embedded_broker else KAFKA_FETCH_WAIT_MS
+
+
+def session_timeout_ms(settings: Settings) -> int:
+    return EMBEDDED_SESSION_TIMEOUT_MS if settings.embedded_broker else SESSION_TIMEOUT_MS
+
+
+def consumer(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """AIOKafkaConsumer kwargs (pass group_id, offsets policy etc. as overrides)."""
+    # Kafka's wait for the side consumers (models, chain, retrainer, tail): none of them is on
+    # the latency path, and a long wait never starves a Tansu scan.
+    opts = {**connection(settings), "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms or KAFKA_FETCH_WAIT_MS,
+            "session_timeout_ms": session_timeout_ms(settings), "heartbeat_interval_ms": 3_000}
+    return {**opts, **overrides}
+
+
+def admin(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    return {**connection(settings), **overrides}
+
+
+async def partitions_for(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    """The partitions of ``topic`` for a consumer without a subscription (empty while it does not exist).
+
+    ``consumer.topics()`` fetches metadata without keeping it, and the consumer's own refresh
+    names no topic when nothing is subscribed: Tansu answers that with every topic, Kafka
+    with none (measured). So name the topic in the client's metadata requests.
+    """
+    await consumer._client.add_topic(topic)  # noqa: SLF001 - aiokafka has no public way to track a topic
+    return consumer.partitions_for_topic(topic) or set()
+
+
+# --- topics --------------------------------------------------------------------------------------------
+
+
+def replication_factor(settings: Settings) -> int:
+    """The resolved factor (see :func:`resolve`); 1 if it was never resolved."""
+    return settings.replication_factor or 1
+
+
+def topic_configs(settings: Settings) -> dict[str, str]:
+    """Configs every chaincast topic (and changelog) is created with."""
+    rf = replication_factor(settings)
+    if rf <= 1:
+        return {}
+    return {"min.insync.replicas": str(settings.min_insync_replicas or max(1, rf - 1))}
+
+
+# --- the Faust app -------------------------------------------------------------------------------------
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        # Faust fixes the fetch wait at 1.5 s; the consumer reads it when it starts its fetcher.
+        consumer._fetch_max_wait_ms = self.app.fetch_max_wait_ms
+        return consumer
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> _ConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Producer(faust_aiokafka.Producer):
+    def _settings_extra(self) -> dict[str, Any]:
+        # Faust asks for idempotence only inside transactions; on Kafka every producer gets it.
+        extra = dict(super()._settings_extra())
+        if self.app.idempotent:
+            extra.update(acks="all", enable_idempotence=True)
+        return extra
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer = _Consumer
+    Producer = _Producer
+
+
+class TunedApp(faust.App):
+    """faust.App whose consumers use our fetch wait and whose producers are idempotent on Kafka."""
+
+    fetch_max_wait_ms: int = 1500
+    idempotent: bool = False
+
+    def _new_transport(self) -> faust_aiokafka.Transport:
+        return _Transport(self.conf.broker_consumer, self)
+
+    async def _on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
+        # Faust picks a changelog record's partition from the producer's metadata, which on
+        # Kafka names only the topics this producer asked about (Tansu lists every topic):
+        # without this a table write crashes its agent with partitions_for_topic() -> None.
+        client = self.producer._ensure_producer().client  # noqa: SLF001
+        for topic in self.tables.changelog_topics:
+            await client.add_topic(topic)
+        await super()._on_partitions_assigned(assigned, generation_id)
+
+
+def faust_credentials(settings: Settings) -> dict[str, Any]:
+    context = ssl_context(settings)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        password = settings.kafka_sasl_password
+        return {"broker_credentials": faust.SASLCredentials(
+            username=settings.kafka_sasl_username, password=password.get_secret_value() if password else None,
+            ssl_context=context, mechanism=settings.kafka_sasl_mechanism)}
+    if context is not None:
+        return {"broker_credentials": faust.SSLCredentials(context)}
+    return {}
+
+
+def faust_app(settings: Settings, **options: Any) -> faust.App:
+    """The Faust app with the broker profile applied; ``options`` are the app's own (store, web, ...)."""
+    embedded = settings.embedded_broker
+    app = TunedApp(
+        settings.app_id,
+        broker=[f"kafka://{server}" for server in (settings.kafka_bootstrap_servers or "").split(",")],
+        topic_partitions=settings.partitions,
+        topic_replication_factor=replication_factor(settings),
+        processing_guarantee=settings.processing_guarantee,
+        producer_acks=-1,
+        broker_session_timeout=session_timeout_ms(settings) / 1000,
+        # One record per batch on Tansu: multi-record batches break ListOffsets(LATEST) and so
+        # changelog recovery there.
+        producer_max_batch_size=1 if embedded else 16_384,
+        producer_linger=0.0 if embedded else 0.005,
+        producer_max_request_size=max_request_bytes(settings),
+        consumer_auto_offset_reset="earliest",
+        **faust_credentials(settings),
+        **options,
+    )
+    app.fetch_max_wait_ms = fetch_max_wait_ms(settings)
+    app.idempotent = not embedded
+    return app
+
+
+# --- start-up checks -----------------------------------------------------------------------------------
+
+
+def _one_line(exc: BaseException) -> str:
+    name = exc.__class__.__name__
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return text if text.startswith(name) else f"{name}: {text}".rstrip(": ")
+
+
+@contextlib.contextmanager
+def _quiet_clients() -> Iterator[None]:
+    """The probe's failure is reported as one line; aiokafka's own error logs would repeat it."""
+    logger = logging.getLogger("aiokafka")
+    before = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+async def brokers(settings: Settings, timeout_s: float = 20.0) -> int:
+    """How many brokers the cluster has; KafkaSetupError when it cannot be reached or refuses us."""
+    client = AIOKafkaAdminClient(**admin(settings, request_timeout_ms=int(timeout_s * 1000)))
+    with _quiet_clients():
+        return await _count_brokers(client, settings, timeout_s)
+
+
+async def _count_brokers(client: AIOKafkaAdminClient, settings: Settings, timeout_s: float) -> int:
+    try:
+        await asyncio.wait_for(client.start(), timeout_s)
+        return len((await asyncio.wait_for(client.describe_cluster(), timeout_s))["brokers"])
+    except asyncio.TimeoutError:
+        raise KafkaSetupError(f"Kafka at {settings.kafka_bootstrap_servers} did not answer within "
+                              f"{timeout_s:.0f}s ({settings.kafka_security_protocol})") from None
+    except (KafkaConnectionError, KafkaError, OSError, ssl.SSLError) as exc:
+        raise KafkaSetupError(f"cannot use Kafka at {settings.kafka_bootstrap_servers} "
+                              f"({settings.kafka_security_protocol}): {_one_line(exc)}") from None
+    finally:
+        await client.close()
+
+
+async def resolve(settings: Settings) -> Settings:
+    """Settings with the replication factor fixed for this cluster; KafkaSetupError when it cannot serve them.
+
+    Default factor: 3 when the cluster has three or more brokers, else 1. Asking
+    for more replicas than there are brokers is refused here, before any topic exists.
+    """
+    if settings.embedded_broker and settings.processing_guarantee == "exactly_once":
+        raise KafkaSetupError("exactly_once needs Kafka transactions, which the embedded broker refuses")
+    n = await brokers(settings)
+    rf = settings.replication_factor or (3 if n >= 3 else 1)
+    if rf > n:
+        raise KafkaSetupError(f"CHAINCAST_REPLICATION_FACTOR={rf} but the cluster has {n} broker(s)")
+    min_isr = settings.min_insync_replicas or max(1, rf - 1)
+    if min_isr > rf:
+        raise KafkaSetupError(f"CHAINCAST_MIN_INSYNC_REPLICAS={min_isr} is above the replication factor {rf}")
+    return settings.model_copy(update={"replication_factor": rf, "min_insync_replicas": min_isr})
