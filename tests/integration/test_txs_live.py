@@ -107,7 +107,7 @@ def test_live_forecasts_alert_and_retract(settings_for, tmp_path: Path) -> None:
         whale, orphan = asyncio.run(scenario())
         alert_msgs = asyncio.run(read_topic(settings, settings.topic_alerts, lambda m: len(m) >= 1, timeout=WAIT))
     finally:
-        code = worker.stop()
+        code = worker.stop(timeout=WAIT)  # a loaded machine can take more than the default 10 s to drain
         chain.stop()
     assert code == 0, (tmp_path / "worker.log").read_text()[-3000:]
 
