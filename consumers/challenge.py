@@ -10,7 +10,8 @@ leaves nothing behind.
 The validation slice is the last ``val_bars`` bars of every symbol: the
 challenger trains only on bars before it (its own early stopping uses an
 earlier split), the champion is scored through its ONNX file exactly as the
-stream serves it, and persistence is the zero-change forecast.
+stream serves it, and the reference is persistence (the zero-change forecast)
+for returns and HAR-RV (fitted on the same training bars) for volatility.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from chaincast.consumers.compare import Decision, SliceScore, decide, score
+from chaincast.models.backtest import REFERENCE
 from chaincast.models.build import export_checked
 from chaincast.models.dataset import Samples, samples
 from chaincast.models.evaluate import predict
@@ -54,6 +56,7 @@ class ChallengeJob:
     seed: int = 0
     trigger: str = "schedule"
     parent: str | None = None  # the champion's version: the lineage a promoted card records
+    round_index: int = 1  # rounds against this champion so far, this one included (alpha spending)
 
 
 @dataclass
@@ -109,7 +112,7 @@ def champion_predictions(job: ChallengeJob, val: Samples) -> np.ndarray | None:
 def _card(result: TrainResult, job: ChallengeJob, slice_scores: dict[str, SliceScore], val: Samples,
           decision: Decision) -> dict[str, Any]:
     card = dict(result.card)
-    own = slice_scores.get("challenger" if card["family"] == job.family else "persistence")
+    own = slice_scores.get("challenger" if card["family"] == job.family else REFERENCE[job.target])
     if own is not None:
         card["metrics"] = {**card["metrics"], "holdout": {
             "mae": own.mae, "skill_vs_persistence": own.skill, "coverage_80": own.coverage_80, "rows": own.rows}}
@@ -142,22 +145,38 @@ def run_challenge(job: ChallengeJob) -> ChallengeResult:
     pers = predict(make_net("persistence", job.window, job.horizon, job.target)[0], val.x)
     chal = predict(result.module, val.x)
     champ = champion_predictions(job, val)
-    scores = {"challenger": score(y, chal, pers), "persistence": score(y, pers, pers)}
+    t = job.target
+    ref_family = REFERENCE[t]
+    ref_result = None
+    if ref_family == "persistence":
+        ref = pers
+    else:
+        ref_result = train(train_bars, ref_family, job.window, job.horizon, seed=job.seed, target=t, name=job.name)
+        ref = predict(ref_result.module, val.x)
+    scores = {"challenger": score(y, chal, pers, t), "persistence": score(y, pers, pers, t)}
+    if ref_family != "persistence":
+        scores[ref_family] = score(y, ref, pers, t)
     if champ is not None:
-        scores["champion"] = score(y, champ, pers)
-    decision = decide(y, chal, champ, pers, job.margin, job.alpha, job.horizon)
+        scores["champion"] = score(y, champ, pers, t)
+    decision = decide(y, chal, champ, ref, job.margin, job.alpha, job.horizon, t, val.ts, job.round_index)
     out = ChallengeResult(decision, scores)
     if decision.promote:
         out.kind, out.onnx, out.card = "challenger", *_export(result, job, scores, val, decision)
-    elif job.fallback and champ is not None and scores["champion"].mae > scores["persistence"].mae:
-        # Live and validation scores agree the champion loses to no-change: serve persistence instead.
-        base = train(train_bars, "persistence", job.window, job.horizon, seed=job.seed, target=job.target,
-                     name=job.name)
+    elif job.fallback and champ is not None and _loses(scores["champion"], scores[ref_family], t):
+        # Live and validation scores agree the champion loses to the reference: serve the reference instead.
+        base = ref_result or train(train_bars, "persistence", job.window, job.horizon, seed=job.seed, target=t,
+                                   name=job.name)
         out.kind, out.onnx, out.card = "fallback", *_export(base, job, scores, val, decision)
     if out.kind and out.onnx is None:
         out.decision, out.kind = Decision(False, "export_failed", decision.p_value), ""
     out.seconds = time.monotonic() - started
     return out
+
+
+def _loses(champion: SliceScore, reference: SliceScore, target: str) -> bool:
+    if target == "volatility" and champion.qlike is not None and reference.qlike is not None:
+        return champion.qlike > reference.qlike
+    return champion.mae > reference.mae
 
 
 def _export(result: TrainResult, job: ChallengeJob, scores: dict[str, SliceScore], val: Samples,

@@ -26,8 +26,9 @@ from chaincast.stream.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def val_skill(entry: ModelEntry) -> float:
-    return float(entry.card.get("metrics", {}).get("val", {}).get("skill_vs_persistence", float("-inf")))
+def test_skill(entry: ModelEntry) -> float:
+    """Skill vs persistence on the TEST split: the validation split already chose the epoch (early stopping)."""
+    return float(entry.card.get("metrics", {}).get("test", {}).get("skill_vs_persistence", float("-inf")))
 
 
 def initial_champion(registry: Registry, name: str, bars_list: list[np.ndarray], window: int, horizon: int,
@@ -38,9 +39,9 @@ def initial_champion(registry: Registry, name: str, bars_list: list[np.ndarray],
     options = FitOptions(max_epochs=8, patience=2)
     fallback = build_model(bars_list, "persistence", window, horizon, registry, seed=seed, name=name)
     candidate = build_model(bars_list, family, window, horizon, registry, seed=seed, options=options, name=name)
-    chosen = candidate if val_skill(candidate) > 0 else fallback
-    log.warning("initial model for %s: %s (validation skill vs persistence %.4f)",
-                name, chosen.card["family"], val_skill(candidate))
+    chosen = candidate if test_skill(candidate) > 0 else fallback
+    log.warning("initial model for %s: %s (test skill vs persistence %.4f)",
+                name, chosen.card["family"], test_skill(candidate))
     return registry.set_champion(name, chosen.version)
 
 

@@ -84,6 +84,7 @@ class Retrainer:
         self.job: asyncio.Future[ChallengeResult] | None = None
         self.job_meta: tuple[str, float, dict[TopicPartition, int]] = ("", 0.0, {})
         self.rounds = 0
+        self.rounds_vs_champion = 0  # alpha spending: each round against one champion tests at a lower level
         self._consumer: AIOKafkaConsumer | None = None
         self._redis: aioredis.Redis | None = None
 
@@ -172,11 +173,12 @@ class Retrainer:
             champion_path=str(champion.onnx_path) if champion else None,
             champion_sha256=champion.sha256 if champion else None,
             fallback=trigger == "live", trigger=trigger, seed=self.rounds,
-            parent=champion.version if champion else None,
+            parent=champion.version if champion else None, round_index=self.rounds_vs_champion + 1,
         )
         for sym, n in self.history.sizes().items():
             RETRAIN_HISTORY.labels(sym).set(n)
         self.rounds += 1
+        self.rounds_vs_champion += 1
         log.warning("round %d (%s): training a %s challenger on %d bars", self.rounds, trigger, job.family,
                     len(self.history))
         # The offsets this round has seen: committed only once its outcome is durable.
@@ -205,6 +207,7 @@ class Retrainer:
             VAL_SKILL.labels(role).set(sc.skill)
         if result.onnx is not None and result.card is not None:
             entry = await self.promote(result)
+            self.rounds_vs_champion = 0
             PROMOTIONS.labels(result.kind).inc()
             log.warning("promoted %s %s (%s; p=%s)", result.card["family"], entry.version, result.kind,
                         result.decision.p_value)

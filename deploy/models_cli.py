@@ -23,8 +23,10 @@ from chaincast.models.build import export_checked
 from chaincast.models.export import ExportError
 from chaincast.models.families import FAMILIES, LEARNED
 from chaincast.models.history import HistoryFormatError, load_many, symbol_of
+from chaincast.models.features import GROUPS
 from chaincast.models.logs import setup_logging
 from chaincast.models.plot import PlotUnavailable, plot_last_window
+from chaincast.models.report import write_report
 from chaincast.models.targets import TARGETS
 from chaincast.models.train import FitOptions, train as run_train
 
@@ -39,19 +41,24 @@ def load_series(ctx: typer.Context, data: list[Path]) -> list[np.ndarray]:
     groups: dict[str, list[Path]] = {}
     for p in paths:
         if str(p).startswith("-"):
-            raise typer.BadParameter(f"unknown option {p}")
+            raise fail(f"unknown option {p}")
         if not p.is_file():
-            raise typer.BadParameter(f"no such file: {p}", param_hint="--data")
+            raise fail(f"--data: no such file: {p}")
         groups.setdefault(symbol_of(p) or str(p), []).append(p)
     try:
         return [load_many(list(g)) for g in groups.values()]
     except HistoryFormatError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--data") from None
+        raise fail(f"--data: {exc}") from None
+
+
+def fail(message: str) -> typer.BadParameter:
+    """A bad argument or unusable data: ``run_app`` prints it as one line and exits 2."""
+    return typer.BadParameter(message)
 
 
 def _check(choice: str, allowed: tuple[str, ...], hint: str) -> str:
     if choice not in allowed:
-        raise typer.BadParameter(f"{choice!r} is not one of {', '.join(allowed)}", param_hint=hint)
+        raise fail(f"{hint}: {choice!r} is not one of {', '.join(allowed)}")
     return choice
 
 
@@ -90,7 +97,7 @@ def train(
                            options=FitOptions(max_epochs=epochs), name=name, progress=progress)
         onnx_bytes, card = export_checked(result)
     except ValueError as exc:  # too little contiguous data for the splits
-        raise typer.BadParameter(str(exc), param_hint="--data") from None
+        raise fail(f"--data: {exc}") from None
     except ExportError as exc:
         typer.echo(f"export refused: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -113,34 +120,45 @@ def backtest(
     ctx: typer.Context,
     data: list[Path] = typer.Option(..., "--data", help="History file(s)."),
     horizon: int = typer.Option(1, min=1, max=1440, help="Bars ahead."),
-    models: str = typer.Option(",".join(LEARNED), help="Comma-separated families beside the baselines."),
+    models: str = typer.Option(",".join(LEARNED), help="Comma-separated families beside the references."),
     window: int = typer.Option(32, min=2, max=4096),
     target: str = typer.Option("log_return", help=f"Target: {', '.join(TARGETS)}."),
     folds: int = typer.Option(3, min=1, max=50, help="Walk-forward test windows."),
     seed: int = typer.Option(0),
     min_skill: float = typer.Option(0.0, min=0.0, max=1.0, help="Skill vs persistence the gate demands (> it)."),
+    features: str = typer.Option("base", help=f"Feature groups, comma-separated: {', '.join(GROUPS)}."),
+    ablation: bool = typer.Option(False, help="Also score linear and lightgbm with/without each feature group."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the results as JSON here."),
+    report_dir: Path | None = typer.Option(None, "--report", help="Write a self-contained HTML report into this directory."),
     plot: Path | None = typer.Option(None, help="Plot the last test window's forecast band (needs matplotlib)."),
     threads: int = typer.Option(1, min=1, help="Torch threads."),
 ) -> None:
-    """Walk-forward backtest of every model beside persistence and EMA drift; prints a table."""
+    """Walk-forward backtest of every model beside persistence, EMA drift and HAR; prints a table.
+
+    ``selected`` is chosen on validation rows only; bands are calibrated online (adaptive conformal).
+    """
     chosen = tuple(m.strip() for m in models.split(",") if m.strip())
     if not chosen:
-        raise typer.BadParameter("give at least one model", param_hint="--models")
+        raise fail("--models: give at least one model")
     for m in chosen:
         _check(m, FAMILIES, "--models")
     _check(target, TARGETS, "--target")
+    groups = tuple(g.strip() for g in features.split(",") if g.strip())
+    for g in groups:
+        _check(g, tuple(GROUPS), "--features")
     bars = load_series(ctx, data)
     _setup(threads)
     try:
         report = run_backtest(bars, horizon, chosen, window, target, folds, seed=seed, min_skill=min_skill,
-                              progress=lambda msg: typer.echo(f"  {msg}", err=True))
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--data") from None
+                              groups=groups, ablation=ablation, progress=lambda msg: typer.echo(f"  {msg}", err=True))
+    except ValueError as exc:  # horizon longer than the data, too few rows for the folds, no chain columns
+        raise fail(str(exc)) from None
     typer.echo(format_table(report))
     if json_out is not None:
         json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
         typer.echo(f"wrote {json_out}")
+    if report_dir is not None:
+        typer.echo(f"wrote {write_report(report, report_dir)}")
     if plot is not None:
         try:
             typer.echo(f"wrote {plot_last_window(report, plot)}")

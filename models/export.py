@@ -10,11 +10,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from torch import nn
 
+from chaincast.models.evaluate import predict
 from chaincast.models.features import FEATURES
+from chaincast.models.serving import session
 
 PARITY_LIMIT = 1e-4  # max abs diff torch vs onnxruntime above which an export is refused
 EXAMPLE_BATCH = 4  # >= 2: with a batch-1 example the exporter pins the batch dim to 1
@@ -24,14 +25,18 @@ class ExportError(RuntimeError):
     """The exported graph does not reproduce the torch model."""
 
 
-def export_onnx(module: nn.Module, card: dict[str, Any] | None = None, window: int = 32) -> bytes:
+def export_onnx(module: nn.Module | Any, card: dict[str, Any] | None = None, window: int = 32) -> bytes:
     """Export ``module`` (B, window, F) -> (B, 4) as a single-file ONNX model.
 
-    ``card`` is optional; when given its ``window`` wins over the argument.
+    ``card`` is optional; when given its ``window`` and feature list win over the
+    defaults. A model that is not a torch module (LightGBM) exports itself (``to_onnx``).
     """
     window = int((card or {}).get("window", window))
+    if not isinstance(module, nn.Module):
+        return module.to_onnx(window)
+    n_features = len((card or {}).get("features", FEATURES))
     module = module.eval()
-    example = torch.randn(EXAMPLE_BATCH, window, len(FEATURES)) * 1e-3
+    example = torch.randn(EXAMPLE_BATCH, window, n_features) * 1e-3
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     with _quiet_exporter():
         program = _export(module, example, batch)
@@ -71,20 +76,10 @@ def _export(module: nn.Module, example: torch.Tensor, batch: object) -> object:
     )
 
 
-def session(onnx_bytes: bytes, threads: int = 1) -> ort.InferenceSession:
-    """One onnxruntime session from bytes (the bytes that were hashed, not a path re-read later)."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3  # warnings from ORT graph rewrites are noise here
-    return ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
-
-
-def parity(module: nn.Module, onnx_bytes: bytes, x: np.ndarray, limit: float | None = PARITY_LIMIT) -> float:
-    """Max abs diff between torch and onnxruntime on ``x`` (B, T, F); raise above ``limit``."""
+def parity(module: nn.Module | Any, onnx_bytes: bytes, x: np.ndarray, limit: float | None = PARITY_LIMIT) -> float:
+    """Max abs diff between the trained model (torch or LightGBM) and onnxruntime on ``x`` (B, T, F)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    with torch.no_grad():
-        expected = module.eval()(torch.from_numpy(x)).numpy()
+    expected = predict(module, x)
     got = session(onnx_bytes).run(["y"], {"x": x})[0]
     if got.shape != expected.shape:
         raise ExportError(f"onnx output shape {got.shape} != torch {expected.shape}")

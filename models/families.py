@@ -9,11 +9,14 @@ from torch import nn
 
 from chaincast.models.baselines import BASELINES, BaselineConfig, BaselineNet
 from chaincast.models.features import FEATURES
+from chaincast.models.gbm import GBMConfig, GBMForecaster
+from chaincast.models.har import HarConfig, HarNet
 from chaincast.models.nets import ForecastNet, LinearBody, LinearConfig, RNNBody, RNNConfig
 from chaincast.models.transformer import TransformerBody, TransformerConfig
 
-LEARNED: tuple[str, ...] = ("linear", "gru", "lstm", "transformer")
-FAMILIES: tuple[str, ...] = LEARNED + BASELINES
+LEARNED: tuple[str, ...] = ("linear", "lightgbm", "gru", "lstm", "transformer")
+REFERENCES: tuple[str, ...] = (*BASELINES, "har")  # closed-form references every backtest runs
+FAMILIES: tuple[str, ...] = LEARNED + REFERENCES
 
 
 def _config(cls: type, overrides: dict[str, Any] | None, **base: Any) -> Any:
@@ -30,9 +33,10 @@ def make_net(
     horizon: int = 1,
     target: str = "log_return",
     overrides: dict[str, Any] | None = None,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Return (module, config as a plain dict) for ``family``."""
-    n = len(FEATURES)
+    n_features: int = len(FEATURES),
+) -> tuple[nn.Module | GBMForecaster, dict[str, Any]]:
+    """Return (model, config as a plain dict) for ``family``; ``n_features`` follows the feature groups."""
+    n = n_features
     if family == "linear":
         cfg: Any = _config(LinearConfig, overrides, window=window, n_features=n)
         return ForecastNet(LinearBody(cfg), n), asdict(cfg)
@@ -42,6 +46,12 @@ def make_net(
     if family == "transformer":
         cfg = _config(TransformerConfig, overrides, window=window, n_features=n)
         return ForecastNet(TransformerBody(cfg), n), asdict(cfg)
+    if family == "har":
+        cfg = _config(HarConfig, overrides, window=window, horizon=horizon, target=target)
+        return HarNet(cfg), asdict(cfg)
+    if family == "lightgbm":
+        cfg = _config(GBMConfig, overrides, window=window, n_features=n, target=target)
+        return GBMForecaster(cfg), asdict(cfg)
     if family in BASELINES:
         cfg = _config(BaselineConfig, overrides, kind=family, window=window, horizon=horizon, target=target)
         return BaselineNet(cfg), asdict(cfg)

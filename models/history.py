@@ -24,6 +24,10 @@ from chaincast.models.timeunits import MINUTE_MS  # noqa: F401 - re-exported for
 
 BAR_COLUMNS = ("ts", "open", "high", "low", "close", "volume", "trades", "buy_volume")
 TS, OPEN, HIGH, LOW, CLOSE, VOLUME, TRADES, BUY_VOLUME = range(len(BAR_COLUMNS))
+# Optional chain columns after BAR_COLUMNS (bars joined with chain features carry them;
+# history files do not): only the ``chain`` feature group reads them.
+CHAIN_COLUMNS = ("base_fee_change", "gas_utilisation", "chain_tx_count")
+BASE_FEE_CHANGE, GAS_UTILISATION, CHAIN_TX_COUNT = range(len(BAR_COLUMNS), len(BAR_COLUMNS) + len(CHAIN_COLUMNS))
 
 
 class HistoryFormatError(ValueError):

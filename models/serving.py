@@ -20,8 +20,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-from chaincast.models.export import session
-from chaincast.models.features import FEATURES
+from chaincast.models.features import FEATURES, SERVABLE_GROUPS, feature_names
 
 # onnxruntime raises these (all direct Exception subclasses) for bad graphs and bad inputs.
 ORT_ERRORS: tuple[type[Exception], ...] = (
@@ -33,6 +32,18 @@ ORT_ERRORS: tuple[type[Exception], ...] = (
     ort_errors.NotImplemented,
     ort_errors.RuntimeException,
 )
+
+
+def session(onnx_bytes: bytes, threads: int = 1) -> ort.InferenceSession:
+    """One onnxruntime session from bytes (the bytes that were hashed, not a path re-read later).
+
+    It lives here, not in ``models.export``, so that serving never imports torch.
+    """
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # warnings from ORT graph rewrites are noise here
+    return ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 class ModelRejected(Exception):
@@ -69,6 +80,7 @@ class Forecaster:
     window: int
     horizon: int
     features: tuple[str, ...]
+    groups: tuple[str, ...]
     card: dict[str, Any]
     sha256: str
     _session: ort.InferenceSession = field(repr=False)
@@ -86,8 +98,12 @@ class Forecaster:
             raise ModelRejected(f"sha256 of {onnx_path.name} is {sha[:12]}, its card says {str(card['sha256'])[:12]}")
         if expected_sha256 is not None and sha != expected_sha256:
             raise ModelRejected(f"sha256 of {onnx_path.name} is {sha[:12]}, expected {expected_sha256[:12]}")
-        if not isinstance(card["features"], list) or tuple(card["features"]) != FEATURES:
-            raise ModelRejected(f"card features {card['features']} differ from this code's {list(FEATURES)}")
+        groups = card.get("feature_groups", ["base"])
+        if not isinstance(groups, list) or not set(groups) <= set(SERVABLE_GROUPS):
+            raise ModelRejected(f"feature groups {groups} cannot be served (servable: {list(SERVABLE_GROUPS)})")
+        features = feature_names(tuple(groups))
+        if not isinstance(card["features"], list) or tuple(card["features"]) != features:
+            raise ModelRejected(f"card features {card['features']} differ from this code's {list(features)}")
         try:
             sess = session(data, threads)  # from the hashed bytes: no window to swap the file
         except ORT_ERRORS as exc:
@@ -98,7 +114,8 @@ class Forecaster:
             family=str(card["family"]),
             window=int(card["window"]),
             horizon=int(card["horizon"]),
-            features=FEATURES,
+            features=features,
+            groups=tuple(groups),
             card=card,
             sha256=sha,
             _session=sess,
@@ -113,14 +130,14 @@ class Forecaster:
             names = f"{[i.name for i in inputs]} -> {[o.name for o in outputs]}"
             raise ModelRejected(f"graph must map ['x'] -> ['y'], it maps {names}")
         shape = inputs[0].shape
-        if len(shape) != 3 or isinstance(shape[0], int) or list(shape[1:]) != [self.window, len(FEATURES)]:
-            want = f"(batch, {self.window}, {len(FEATURES)})"
+        if len(shape) != 3 or isinstance(shape[0], int) or list(shape[1:]) != [self.window, len(self.features)]:
+            want = f"(batch, {self.window}, {len(self.features)})"
             raise ModelRejected(f"input shape {shape} is not {want} with a dynamic batch")
 
     def _smoke(self) -> None:
         # Random windows near the scale of real features: returns ~1e-3, ratios ~0.5.
         rng = np.random.default_rng(0)
-        x = (rng.standard_normal((2, self.window, len(FEATURES))) * 1e-3).astype(np.float32)
+        x = (rng.standard_normal((2, self.window, len(self.features))) * 1e-3).astype(np.float32)
         x[:, :, FEATURES.index("buy_ratio")] = 0.5
         try:
             y = self._session.run(["y"], {"x": x})[0]
@@ -134,8 +151,8 @@ class Forecaster:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """x (B, window, F) float32 -> (B, 4) float32 = [y_hat, q10, q50, q90]."""
         x = np.asarray(x)
-        if x.ndim != 3 or x.shape[1:] != (self.window, len(FEATURES)):
-            raise ValueError(f"input shape {x.shape} is not (B, {self.window}, {len(FEATURES)})")
+        if x.ndim != 3 or x.shape[1:] != (self.window, len(self.features)):
+            raise ValueError(f"input shape {x.shape} is not (B, {self.window}, {len(self.features)})")
         return self._session.run(["y"], {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
 
 

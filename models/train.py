@@ -22,7 +22,9 @@ from chaincast.models.baselines import BASELINES, QUANTILES, BaselineNet
 from chaincast.models.dataset import Samples, Splits, make_splits
 from chaincast.models.evaluate import metrics, pinball, predict
 from chaincast.models.families import FAMILIES, make_net
-from chaincast.models.features import FEATURES, WARMUP
+from chaincast.models.features import WARMUP, canonical_groups, feature_names
+from chaincast.models.gbm import GBMForecaster
+from chaincast.models.har import HarNet
 from chaincast.models.nets import ForecastNet
 from chaincast.models.targets import TARGETS
 
@@ -41,11 +43,12 @@ class FitOptions:
     weight_decay: float = 1e-4
     max_steps_per_epoch: int | None = None  # caps an epoch on long histories (and in tests)
     overrides: dict[str, Any] = field(default_factory=dict)  # family config fields
+    groups: tuple[str, ...] = ("base",)  # feature groups (models.features.GROUPS)
 
 
 @dataclass
 class TrainResult:
-    module: nn.Module
+    module: nn.Module | GBMForecaster
     card: dict[str, Any]
     val: Samples
     test: Samples
@@ -81,13 +84,20 @@ def fit_module(
     seed: int = 0,
     options: FitOptions | None = None,
     progress: Progress | None = None,
-) -> tuple[nn.Module, dict[str, Any], list[dict[str, float]]]:
+) -> tuple[nn.Module | GBMForecaster, dict[str, Any], list[dict[str, float]]]:
     """Build and fit one family on ``train``; keep the state with the best validation loss."""
     opt = options or FitOptions()
     torch.manual_seed(seed)
-    net, config = make_net(family, window, horizon, target, opt.overrides)
+    # Overrides are one family's config fields, or {family: fields} when several families share options.
+    nested = opt.overrides and all(isinstance(v, dict) for v in opt.overrides.values())
+    overrides = opt.overrides.get(family, {}) if nested else opt.overrides
+    if family == "lightgbm":
+        overrides = {**overrides, "seed": seed}
+    net, config = make_net(family, window, horizon, target, overrides, n_features=train.x.shape[-1])
+    if isinstance(net, GBMForecaster):
+        return net.fit(train.x, train.y, val.x, val.y), config, []
     x_tr, y_tr = torch.from_numpy(train.x), torch.from_numpy(train.y)
-    if isinstance(net, BaselineNet):
+    if isinstance(net, (BaselineNet, HarNet)):
         net.fit(x_tr, y_tr)
         return net.eval(), config, []
     assert isinstance(net, ForecastNet)
@@ -124,11 +134,12 @@ def fit_module(
     return net.eval(), config, history
 
 
-def scores(module: nn.Module, s: Samples, persistence: nn.Module, ema: nn.Module) -> tuple[dict, np.ndarray]:
+def scores(module: nn.Module | GBMForecaster, s: Samples, persistence: nn.Module, ema: nn.Module,
+           target: str = "log_return") -> tuple[dict, np.ndarray]:
     """Metrics of ``module`` on ``s`` with both baselines' MAE beside it; returns (metrics, predictions)."""
     pred, p_pers, p_ema = predict(module, s.x), predict(persistence, s.x), predict(ema, s.x)
     y = s.y.astype(np.float64)
-    out = metrics(y, pred, p_pers)
+    out = metrics(y, pred, p_pers, target)
     out["mae_persistence"] = metrics(y, p_pers, p_pers)["mae"]
     out["mae_ema_drift"] = metrics(y, p_ema, p_pers)["mae"]
     out["rows"] = len(y)
@@ -155,17 +166,19 @@ def train(
     if window < 2 or horizon < 1:
         raise ValueError("window must be >= 2 and horizon >= 1")
     opt = options or FitOptions(max_epochs=max_epochs)
-    splits: Splits = make_splits(bars_list, window, horizon, target)
+    groups = canonical_groups(opt.groups)
+    splits: Splits = make_splits(bars_list, window, horizon, target, groups=groups)
     started = time.monotonic()
     module, config, history = fit_module(family, splits.train, splits.val, window, horizon, target, seed, opt, progress)
     base = {k: fit_module(k, splits.train, splits.val, window, horizon, target, seed)[0] for k in BASELINES}
-    val_m, val_pred = scores(module, splits.val, base["persistence"], base["ema_drift"])
-    test_m, test_pred = scores(module, splits.test, base["persistence"], base["ema_drift"])
+    val_m, val_pred = scores(module, splits.val, base["persistence"], base["ema_drift"], target)
+    test_m, test_pred = scores(module, splits.test, base["persistence"], base["ema_drift"], target)
     card = {
         "name": name or family,
         "family": family,
         "config": config,
-        "features": list(FEATURES),
+        "features": list(feature_names(groups)),
+        "feature_groups": list(groups),
         "warmup": WARMUP,
         "window": window,
         "horizon": horizon,

@@ -4,6 +4,11 @@ Keys and values are gathered as ``band`` shifted copies instead of a full
 (T, T) score matrix, so cost is O(T * band) and long windows stay cheap. Only
 slicing, stacking and elementwise ops are used, which export cleanly to ONNX
 (no ``nn.TransformerEncoder`` mask / ``is_causal`` pitfalls).
+
+The head reads the last position AND the mean over all positions: with
+``n_layers`` blocks of band ``band`` the last position alone only sees the
+last ``n_layers * (band - 1) + 1`` bars, so without the pooled summary the
+older bars of the window would never reach the output.
 """
 
 from __future__ import annotations
@@ -77,10 +82,11 @@ class TransformerBody(nn.Module):
         nn.init.normal_(self.pos, std=0.02)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
-        self.head = nn.Linear(cfg.d_model, 4)
+        self.head = nn.Linear(2 * cfg.d_model, 4)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.inp(z) + self.pos  # (B, T, C)
         for block in self.blocks:
             h = block(h)
-        return self.head(self.ln_f(h[:, -1]))  # (B, 4)
+        h = self.ln_f(h)
+        return self.head(torch.cat([h[:, -1], h.mean(1)], dim=1))  # (B, 2C) -> (B, 4)

@@ -42,7 +42,7 @@ def test_worse_challenger_is_refused(ar, bad_champion) -> None:
     _, champion = bad_champion
     result = run_challenge(job(ar, "ema_drift", champion))  # the same bad idea again
     assert not result.decision.promote and result.onnx is None
-    assert result.decision.reason == "worse_than_persistence"
+    assert result.decision.reason == "worse_than_reference"
 
 
 def test_a_margin_the_challenger_cannot_reach_refuses_it(ar, bad_champion) -> None:
@@ -55,7 +55,7 @@ def test_live_trigger_falls_back_to_persistence_when_the_challenger_also_loses(a
     _, champion = bad_champion
     result = run_challenge(job(ar, "ema_drift", champion, fallback=True, trigger="live"))
     assert result.kind == "fallback" and result.card["family"] == "persistence" and result.onnx
-    assert result.card["trigger"] == "live" and result.decision.reason == "worse_than_persistence"
+    assert result.card["trigger"] == "live" and result.decision.reason == "worse_than_reference"
 
 
 def test_too_little_history_is_a_refusal_not_a_crash(ar) -> None:

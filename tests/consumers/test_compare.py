@@ -10,7 +10,8 @@ from tests.consumers.synth import ar_bars, to_bars
 
 
 def _preds(y_hat: np.ndarray) -> np.ndarray:
-    return np.column_stack([y_hat, y_hat - 1, y_hat, y_hat + 1])
+    """A forecast whose band collapses onto its point: the interval score then follows the point error."""
+    return np.column_stack([y_hat, y_hat, y_hat, y_hat])
 
 
 def test_a_real_edge_is_significant_and_a_noisy_one_is_not() -> None:

@@ -37,3 +37,9 @@ def btc_2023() -> np.ndarray:
 def btc_slice(btc_2023: np.ndarray) -> np.ndarray:
     """The first 4,000 bars: enough for every split, quick to train on."""
     return btc_2023[:4000]
+
+
+@pytest.fixture(scope="session")
+def eth_2023() -> np.ndarray:
+    """ETHUSDT 1m bars over the same minutes as ``btc_2023``."""
+    return load_bars(MARKET / "binance_ETHUSDT_1m_2023-03.csv.gz")
