@@ -16,9 +16,7 @@ import math
 import numpy as np
 
 from chaincast.consumers.registry import ModelEntry, Registry
-from chaincast.models.build import build_model
 from chaincast.models.timeunits import now_ms
-from chaincast.models.train import FitOptions
 from chaincast.stream.publish import Publisher
 from chaincast.stream.records import ModelUpdate
 from chaincast.stream.settings import Settings
@@ -36,6 +34,9 @@ def initial_champion(registry: Registry, name: str, bars_list: list[np.ndarray],
     """The champion of ``name``; on first start, train ``family`` and gate it against persistence."""
     if (entry := registry.champion(name)) is not None:
         return entry
+    from chaincast.models.build import build_model  # training needs torch: only here, on a first start
+    from chaincast.models.train import FitOptions
+
     options = FitOptions(max_epochs=8, patience=2)
     fallback = build_model(bars_list, "persistence", window, horizon, registry, seed=seed, name=name)
     candidate = build_model(bars_list, family, window, horizon, registry, seed=seed, options=options, name=name)

@@ -54,7 +54,6 @@ from chaincast.consumers.registry import ModelEntry, Registry
 from chaincast.deploy.embedded import Process, embedded_stack, free_port
 from chaincast.deploy.metrics import scrape
 from chaincast.deploy.up import bundled_files, child
-from chaincast.models.build import build_model
 from chaincast.models.history import TS, load_many, symbol_of
 from chaincast.models.logs import setup_logging
 from chaincast.producers.synth import dense_trades
@@ -492,6 +491,8 @@ def run_bench(base: Settings, plan: BenchPlan, files: dict[str, list[Path]], log
         home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chaincast-bench-")))
         registry = Registry(home / "registry")
         first = next(iter(bars.values()))
+        from chaincast.models.build import build_model  # torch, only when the bench runs (not for --help)
+
         serving = build_model([first[:3000]], "persistence", base.window, base.horizon, registry, name=base.model_name)
         swap_to = build_model([first[3000:6000]], "persistence", base.window, base.horizon, registry,
                               name=base.model_name)

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 import typer
 
+# The follower (web3, aiokafka) is imported by the commands that run it: the CLI's help stays fast.
 from chaincast.deploy.cli_args import load_settings, run_app
 from chaincast.deploy.metrics import serve_metrics
 from chaincast.models.logs import setup_logging
-from chaincast.producers.chain import ChainFollower, follow_chain
-from chaincast.producers.chain_node import redact
-from chaincast.producers.cursor import CursorError
-from chaincast.stream.publish import Publisher
 from chaincast.stream.settings import Settings
 from chaincast.stream.shutdown import run_until_signalled
-from chaincast.stream.topics import ensure_topics
+
+if TYPE_CHECKING:
+    from chaincast.producers.chain import ChainFollower
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,9 @@ def _alone(ctx: typer.Context) -> None:
 
 
 async def _follow(settings: Settings, duration: float | None) -> None:
+    from chaincast.producers.chain import follow_chain
+    from chaincast.producers.chain_node import redact
+
     # stops between batches: the cursor is saved
     follower = await run_until_signalled(lambda stop: follow_chain(settings, duration=duration, stop=stop))
     tip = follower.tip
@@ -72,6 +75,8 @@ def chain(
     if not settings.kafka_bootstrap_servers:
         typer.echo("KAFKA_BOOTSTRAP_SERVERS is not set (chaincast up starts an embedded broker)", err=True)
         raise typer.Exit(2)
+    from chaincast.producers.cursor import CursorError
+
     try:
         asyncio.run(_follow(settings, duration))
     except CursorError as exc:
@@ -124,6 +129,10 @@ def _mine_batch(url: str, n: int) -> None:
 
 
 async def _until_block(settings: Settings, url: str, last: int) -> ChainFollower:
+    from chaincast.producers.chain import ChainFollower
+    from chaincast.stream.publish import Publisher
+    from chaincast.stream.topics import ensure_topics
+
     await ensure_topics(settings)
     async with Publisher(settings) as publisher:
         follower = ChainFollower(settings, publisher, node_url=url)

@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from chaincast.deploy import bench, chain_cli, exchange_cli, models_cli, models_registry_cli, page
-from chaincast.deploy.cli_args import DataOpt, SymbolsOpt, check_files, load_settings, parse_speed, run_app
+from chaincast.deploy.cli_args import (DataOpt, SymbolsOpt, check_files, console, load_settings, parse_speed, plain_table,
+                                      run_app)
 from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.topics import DEFAULTS
 
@@ -94,20 +95,22 @@ def predictions(symbol: Annotated[Optional[str], typer.Argument(help="One symbol
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     symbols = [symbol.upper()] if symbol else settings.symbols
     keys = RedisLayout.of(settings)
+    table = plain_table("symbol", "bar", "h", "price", "forecast", "80% band", "model")
     try:
         for sym in symbols:
             p = client.hgetall(keys.latest(sym))
             if not p:
-                typer.echo(f"{sym}: no prediction yet")
+                table.add_row(sym, "no prediction yet", "", "", "", "", "")
                 continue
             price = float(p["price"])
-            typer.echo(f"{sym} bar {p['bar_ts']} h={p['horizon']}: {price:.4f} -> {float(p['price_hat']):.4f} "
-                       f"(80% band {price * math.exp(float(p['q10'])):.4f} .. {price * math.exp(float(p['q90'])):.4f}) "
-                       f"model {p['model_name']} {p['model_version']}")
+            band = f"{price * math.exp(float(p['q10'])):.4f} .. {price * math.exp(float(p['q90'])):.4f}"
+            table.add_row(sym, p["bar_ts"], p["horizon"], f"{price:.4f}", f"{float(p['price_hat']):.4f}", band,
+                          f"{p['model_name']} {p['model_version']}")
     except redis.exceptions.ConnectionError as exc:
         raise typer.BadParameter(f"cannot reach Redis: {exc}") from None
     finally:
         client.close()
+    console().print(table)
 
 
 @app.command()
