@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from chaincast.deploy import bench, chain_cli, exchange_cli, models_cli, models_registry_cli, page
+from chaincast.deploy import bench, chain_cli, exchange_cli, fees_cli, models_cli, models_registry_cli, page
 from chaincast.deploy.cli_args import (DataOpt, SymbolsOpt, check_files, console, load_settings, parse_speed, plain_table,
                                       run_app)
 from chaincast.stream.redis_layout import RedisLayout
@@ -26,15 +26,23 @@ def up(
     speed: Annotated[str, typer.Option(help="Replay speed: market seconds per second, or 'max'.")] = "600",
     symbols: SymbolsOpt = None,
     data: DataOpt = None,
+    chain: Annotated[str, typer.Option(help="Local chain when CHAINCAST_NODE_URL is unset: 'replay' (real "
+                                            "mainnet blocks) or 'hardhat' (an empty dev chain).")] = "replay",
+    chain_speed: Annotated[str, typer.Option(help="Replay node: block time per wall time, or 'max'.")] = "12",
+    chain_reorg_every: Annotated[int, typer.Option(help="Replay node: fork the newest 1..3 blocks every N heads "
+                                                        "(0 = never).", min=0)] = 0,
 ) -> None:
     """Run the whole system on this machine (embedded broker and Redis unless configured)."""
-    from chaincast.deploy.up import run_up
+    from chaincast.deploy.up import ChainOptions, run_up
 
     settings = load_settings(CHAINCAST_SYMBOLS=symbols)
     replay_speed = parse_speed(speed)
+    if chain not in ("replay", "hardhat"):
+        raise typer.BadParameter(f"--chain must be 'replay' or 'hardhat', not {chain!r}")
+    options = ChainOptions(source=chain, speed=parse_speed(chain_speed), reorg_every=chain_reorg_every)
     try:
         code = run_up(settings, check_files(data or []), duration, replay_speed,
-                      echo=lambda s: typer.echo(s, nl=not s.startswith("\r")))
+                      echo=lambda s: typer.echo(s, nl=not s.startswith("\r")), chain=options)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     raise typer.Exit(code)
@@ -148,6 +156,8 @@ produce_app.command("exchange")(exchange_cli.produce_exchange)
 produce_app.command("chain")(chain_cli.chain)
 app.add_typer(produce_app, name="produce")
 app.add_typer(exchange_cli.serve_app, name="exchange")
+app.add_typer(fees_cli.chain_app, name="chain")
+app.command("retrain-fees")(fees_cli.retrain_fees)
 app.command("train", context_settings=models_cli.EXTRA)(models_cli.train)
 app.command("backtest", context_settings=models_cli.EXTRA)(models_cli.backtest)
 app.add_typer(models_registry_cli.models_app, name="models")

@@ -16,15 +16,19 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> int:
     return server.server_port
 
 
-def scrape(port: int, timeout: float = 1.0) -> dict[str, float]:
-    """Sum every sample by name (labels folded) from one endpoint; {} if it does not answer."""
+def scrape_samples(port: int, timeout: float = 1.0) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample (name, labels, value) of one endpoint; [] if it does not answer."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as resp:
             text = resp.read().decode()
     except (urllib.error.URLError, OSError):
-        return {}
+        return []
+    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def scrape(port: int, timeout: float = 1.0) -> dict[str, float]:
+    """Sum every sample by name (labels folded) from one endpoint; {} if it does not answer."""
     out: dict[str, float] = defaultdict(float)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[sample.name] += sample.value
+    for name, _labels, value in scrape_samples(port, timeout):
+        out[name] += value
     return dict(out)

@@ -133,7 +133,13 @@ def backtest(
     """Walk-forward backtest of every model beside persistence, EMA drift and HAR; prints a table.
 
     ``selected`` is chosen on validation rows only; bands are calibrated online (adaptive conformal).
+    On a block series (detected from the header) the fee backtest runs instead (deploy/fees_cli.py).
     """
+    from chaincast.deploy import fees_cli
+
+    if fees_cli.is_block_data(data):
+        fees_cli.backtest_blocks(ctx, data, horizon, models, window, target, seed, min_skill, json_out, threads)
+        return
     chosen = tuple(m.strip() for m in models.split(",") if m.strip())
     if not chosen:
         raise fail("--models: give at least one model")

@@ -4,8 +4,11 @@ One ``websockets`` server does both jobs: plain HTTP GET of ``/`` returns the
 page (via ``process_request``), and the page's websocket on ``/ws`` receives a
 snapshot every second: per symbol the last ``points`` predictions from the
 history stream, the live score hash when the score agent has written one, and
-the serving model's hash (keys from ``stream.redis_layout``). The page draws price, forecast and its
-q10..q90 band as SVG; it needs nothing from the internet.
+the serving model's hash (keys from ``stream.redis_layout``); and for the chain
+``CHAINCAST_FEE_CHAIN_ID`` the latest fee forecasts, their live scores and the recent
+base-fee forecasts from the fee history (retracted ones left out). The page draws price,
+forecast and its q10..q90 band as SVG, and the base fee with its forecast band h blocks
+ahead; it needs nothing from the internet.
 """
 
 from __future__ import annotations
@@ -91,14 +94,57 @@ class Snapshots:
             pipe.xrevrange(keys.history(sym), count=self.points)
             pipe.hgetall(keys.score(sym))
         pipe.hgetall(keys.model(self.settings.model_name))
+        chain = self.settings.fee_chain_id
+        pipe.hgetall(keys.fee_latest(chain))
+        pipe.hgetall(keys.fee_score(chain))
+        # every forecast is (targets x horizons) entries: read enough for `points` blocks of each
+        per_block = 2 * len(self.settings.fee_horizons)
+        pipe.xrevrange(keys.fee_history(chain), count=self.points * per_block)
         replies = await pipe.execute()
-        model = replies[-1]
+        model = replies[-4]
+        fee_latest, fee_score, fee_history = replies[-3:]
+        fees = {"chain_id": chain, "latest": fee_latest or None, "score": fee_score or None,
+                "points": [p.__dict__ for p in fee_points([f for _, f in reversed(fee_history)])]}
         symbols = {}
         for i, sym in enumerate(self.settings.symbols):
             history, score = replies[2 * i], replies[2 * i + 1]
             points = [p for _, fields in reversed(history) if (p := point(fields)) is not None]
             symbols[sym] = {"points": [p.__dict__ for p in points], "score": score or None}
-        return {"model": {"name": self.settings.model_name, **model}, "symbols": symbols}
+        return {"model": {"name": self.settings.model_name, **model}, "symbols": symbols, "fees": fees}
+
+
+@dataclass(frozen=True)
+class FeePoint:
+    block: int  # the block the forecast saw
+    target_block: int  # block + horizon
+    horizon: int
+    base_fee: float  # gwei, of ``block``
+    forecast: float  # gwei
+    lo: float
+    hi: float
+
+
+def fee_points(entries: list[dict[str, str]]) -> list[FeePoint]:
+    """Base-fee forecasts of the history stream, oldest first, without the retracted ones.
+
+    >>> e = {"target": "base_fee", "block": "10", "horizon": "5", "block_hash": "0xa", "base_fee_gwei": "20.0",
+    ...      "forecast_gwei": "21.0", "forecast_q10_gwei": "19.0", "forecast_q90_gwei": "23.0", "retracted": "False"}
+    >>> [p.target_block for p in fee_points([e, {**e, "block": "11"}, {**e, "block": "11", "retracted": "True"}])]
+    [15]
+    """
+    withdrawn = {(e.get("block"), e.get("block_hash")) for e in entries if e.get("retracted") == "True"}
+    out = []
+    for e in entries:
+        if e.get("target") != "base_fee" or e.get("retracted") == "True" or (e.get("block"), e.get("block_hash")) \
+                in withdrawn:
+            continue
+        try:
+            block, horizon = int(e["block"]), int(e["horizon"])
+            out.append(FeePoint(block, block + horizon, horizon, float(e["base_fee_gwei"]), float(e["forecast_gwei"]),
+                                float(e["forecast_q10_gwei"]), float(e["forecast_q90_gwei"])))
+        except (KeyError, ValueError):
+            continue  # an entry of another schema
+    return out
 
 
 def html_response(body: bytes, content_type: str = "text/html; charset=utf-8",

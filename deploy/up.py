@@ -22,11 +22,15 @@ from pathlib import Path
 
 import redis
 
+import threading
+
+from chaincast.consumers.fee_promotion import initial_fee_champions
 from chaincast.consumers.promotion import announce, initial_champion
 from chaincast.consumers.registry import Registry
 from chaincast.deploy.embedded import EmbeddedError, Process, embedded_stack, free_port, wait_for_port
 from chaincast.deploy.hardhat import start_hardhat
 from chaincast.deploy.metrics import scrape
+from chaincast.models.blocks import NUMBER, load_blocks
 from chaincast.models.history import TS, load_many, symbol_of
 from chaincast.models.timeunits import DAY_MS, MINUTE_MS
 from chaincast.stream.predict import history_size
@@ -40,6 +44,18 @@ log = logging.getLogger(__name__)
 DATA_DIR = Path(__file__).parent / "data"
 TRAIN_DAYS = 5  # the bundled week: the initial model learns on days 1-5, the local exchange plays days 6-7
 PAGE_PORT_OFFSET = 16  # the live page: 9480 beside the default metrics base 9464
+BLOCKS_FILE = DATA_DIR / "mainnet_blocks_18620000_18649999.csv.gz"
+TRAIN_BLOCKS = 25_000  # the bundled blocks: the initial fee models learn on the first 25k, the replay node plays the rest
+
+
+@dataclass(frozen=True)
+class ChainOptions:
+    """Where `up` takes blocks from when CHAINCAST_NODE_URL is unset: the replay node or Hardhat."""
+
+    source: str = "replay"  # "replay" (real mainnet blocks, fee forecasts move) or "hardhat" (empty dev chain)
+    data: Path = BLOCKS_FILE
+    speed: float | None = 12.0  # block time per wall time: 12 = one block a second
+    reorg_every: int = 0  # the replay node forks the newest 1..3 blocks every N heads (0 = never)
 
 
 def bundled_files(symbols: list[str]) -> dict[str, list[Path]]:
@@ -75,6 +91,7 @@ class Status:
     bars: float = 0
     predictions: float = 0
     latest: dict[str, dict[str, str]] = field(default_factory=dict)
+    fee: dict[str, str] = field(default_factory=dict)
 
     def line(self) -> str:
         parts = [f"t={time.monotonic() - self.started:5.1f}s trades={int(self.trades)} bars={int(self.bars)} "
@@ -83,6 +100,12 @@ class Status:
             parts.append(f"{sym} {float(p['price']):.2f}->{float(p['price_hat']):.2f} "
                          f"[{float(p['price']) * math.exp(float(p['q10'])):.2f},"
                          f"{float(p['price']) * math.exp(float(p['q90'])):.2f}] v{p['model_version']}")
+        f = self.fee
+        if "base_fee.h1.forecast_gwei" in f:
+            parts.append(f"block {f['block']} {float(f['base_fee_gwei']):.2f} gwei -> "
+                         f"{float(f['base_fee.h1.forecast_gwei']):.2f} (h1), "
+                         + (f"{float(f['base_fee.h25.forecast_gwei']):.2f} (h25)" if "base_fee.h25.forecast_gwei" in f
+                            else ""))
         return " | ".join(parts)
 
 
@@ -92,8 +115,30 @@ def child(name: str, args: list[str], settings: Settings, log_dir: Path, metrics
                    log_path=log_dir / f"{name}.log").start()
 
 
+def start_fee_models(settings: Settings, options: ChainOptions, echo: Callable[[str], None]) -> threading.Thread:
+    """Train (first start only), gate and announce the fee models in the background: the stream
+    starts at once, and the worker hot-swaps each fee model in as it is announced."""
+    blocks = load_blocks(options.data).blocks[:TRAIN_BLOCKS]
+
+    def announced(name: str, entry) -> None:  # noqa: ANN001 - a ModelEntry
+        asyncio.run(announce(settings, name, entry))
+        echo(f"\nserving {name} {entry.version} ({entry.card['family']}, validation skill vs "
+             f"{entry.card['reference']} {entry.card['metrics']['val'].get('skill_vs_reference', 0.0):+.4f})")
+
+    def run() -> None:
+        try:
+            initial_fee_champions(Registry(settings.registry_dir), settings, blocks, on_champion=announced)
+        except Exception:  # a thread's failure must be seen, not vanish; the market path runs on
+            log.exception("fee models could not be trained; no fee forecasts")
+
+    thread = threading.Thread(target=run, name="fee-models", daemon=True)
+    thread.start()
+    return thread
+
+
 def run_up(settings: Settings, paths: list[Path], duration: float | None, speed: float | None,
-           echo: Callable[[str], None]) -> int:
+           echo: Callable[[str], None], chain: ChainOptions | None = None) -> int:
+    chain = chain or ChainOptions()
     files = files_by_symbol(paths, settings.symbols)
     log_dir = settings.home / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -118,7 +163,11 @@ def run_up(settings: Settings, paths: list[Path], duration: float | None, speed:
              f"validation skill vs persistence {entry.card['metrics']['val']['skill_vs_persistence']:+.4f})")
 
         replay_from = int(train_end - history_size(settings.window) * MINUTE_MS)
-        procs, ports = start_processes(settings, files, replay_from, speed, log_dir, echo)
+        procs, ports = start_processes(settings, files, replay_from, speed, log_dir, echo, chain)
+        if "chain" in ports and settings.node_url is None and chain.source == "replay":
+            start_fee_models(settings, chain, echo)
+        if "chain" in ports:  # fee challengers on the recent blocks, promoted only when better
+            procs.append(child("fee-retrainer", ["retrain-fees"], settings, log_dir, 0))
         page_port = settings.metrics_port + PAGE_PORT_OFFSET if settings.metrics_port else free_port()
         procs.append(child("page", ["page", "--port", str(page_port)], settings, log_dir, 0))
         echo(f"live page: http://127.0.0.1:{page_port}/")
@@ -152,10 +201,26 @@ def run_up(settings: Settings, paths: list[Path], duration: float | None, speed:
     return code
 
 
+def start_replay_node(settings: Settings, chain: ChainOptions, log_dir: Path) -> tuple[Process, str, int]:
+    """The replay node on a free port, its head just after the initial fee models' training blocks;
+    returns (process, websocket URL, the block the follower starts from: a window before the head)."""
+    blocks = load_blocks(chain.data).blocks
+    start = int(blocks[min(TRAIN_BLOCKS, len(blocks) - 1), NUMBER])
+    port = free_port()
+    args = ["chain", "serve", "--data", str(chain.data), "--port", str(port), "--start", str(start),
+            "--speed", "max" if chain.speed is None else str(chain.speed), "--reorg-every", str(chain.reorg_every)]
+    proc = child("node", args, settings, log_dir, 0)
+    wait_for_port(port, proc.popen, 60, "the replay node")
+    return proc, f"ws://127.0.0.1:{port}", max(int(blocks[0, NUMBER]), start - settings.fee_window - 1)
+
+
 def start_processes(settings: Settings, files: dict[str, list[Path]], replay_from: int, speed: float | None,
-                    log_dir: Path, echo: Callable[[str], None]) -> tuple[list[Process], dict[str, int]]:
+                    log_dir: Path, echo: Callable[[str], None],
+                    chain: ChainOptions | None = None) -> tuple[list[Process], dict[str, int]]:
     """The stream worker; the local exchange (unless CHAINCAST_EXCHANGE_URL is set) and its producer;
-    a Hardhat dev chain (unless CHAINCAST_NODE_URL is set) and the block follower."""
+    the replay node of real mainnet blocks or a Hardhat dev chain (unless CHAINCAST_NODE_URL is set)
+    and the block follower."""
+    chain = chain or ChainOptions()
     names = ["worker", "producer", "chain", "retrainer"]
     if settings.metrics_port == 0:
         ports = {name: free_port() for name in names}
@@ -177,7 +242,12 @@ def start_processes(settings: Settings, files: dict[str, list[Path]], replay_fro
                                     "--symbols", ",".join(settings.symbols).lower()], settings, log_dir,
                        ports["producer"]))
     node = settings.node_url
-    if node is None:
+    from_block: int | None = None
+    if node is None and chain.source == "replay":
+        replay_node, node, from_block = start_replay_node(settings, chain, log_dir)
+        procs.append(replay_node)
+        echo(f"local chain (replay node of real mainnet blocks, {chain.data.name}) on {node}")
+    elif node is None:
         try:
             hardhat, _http, node = start_hardhat(log_dir, mining_interval_ms=2000)
         except EmbeddedError as exc:  # the chain is optional in the demo; the market path runs without it
@@ -189,6 +259,8 @@ def start_processes(settings: Settings, files: dict[str, list[Path]], replay_fro
     # A user's node URL may embed an API key: it travels in the child's environment, never on
     # its command line (which every local user can read).
     args = ["produce", "chain"] if settings.node_url else ["produce", "chain", "--node", node]
+    if from_block is not None:
+        args += ["--from-block", str(from_block)]
     procs.append(child("chain", args, settings, log_dir, ports["chain"]))
     return procs, ports
 
@@ -199,6 +271,7 @@ def _refresh(status: Status, client: redis.Redis, settings: Settings, ports: dic
         status.trades = worker.get("chaincast_trades_total", status.trades)
         status.bars = worker.get("chaincast_bars_total", status.bars)
         status.predictions = worker.get("chaincast_predictions_total", status.predictions)
+    status.fee = client.hgetall(RedisLayout.of(settings).fee_latest(settings.fee_chain_id)) or status.fee
     for sym in settings.symbols:
         latest = client.hgetall(RedisLayout.of(settings).latest(sym))
         if latest:

@@ -28,8 +28,9 @@ class ExportError(RuntimeError):
 def export_onnx(module: nn.Module | Any, card: dict[str, Any] | None = None, window: int = 32) -> bytes:
     """Export ``module`` (B, window, F) -> (B, 4) as a single-file ONNX model.
 
-    ``card`` is optional; when given its ``window`` and feature list win over the
-    defaults. A model that is not a torch module (LightGBM) exports itself (``to_onnx``).
+    ``card`` is optional; when given its ``window`` and ``features`` (the fee models have
+    their own) win over the defaults. A model that is not a torch module (LightGBM) exports
+    itself (``to_onnx``).
     """
     window = int((card or {}).get("window", window))
     if not isinstance(module, nn.Module):

@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-from chaincast.models.features import FEATURES, SERVABLE_GROUPS, feature_names
+from chaincast.models.features import SERVABLE_GROUPS, feature_names
 
 # onnxruntime raises these (all direct Exception subclasses) for bad graphs and bad inputs.
 ORT_ERRORS: tuple[type[Exception], ...] = (
@@ -86,7 +86,10 @@ class Forecaster:
     _session: ort.InferenceSession = field(repr=False)
 
     @classmethod
-    def load(cls, onnx_path: str | Path, expected_sha256: str | None = None, threads: int = 1) -> Forecaster:
+    def load(cls, onnx_path: str | Path, expected_sha256: str | None = None, threads: int = 1,
+             features: tuple[str, ...] | None = None) -> Forecaster:
+        """``features``: what the caller will feed (the fee models' own); ``None`` for a market model,
+        whose features follow from the feature groups on its card."""
         onnx_path = Path(onnx_path)
         try:
             data = onnx_path.read_bytes()
@@ -99,9 +102,10 @@ class Forecaster:
         if expected_sha256 is not None and sha != expected_sha256:
             raise ModelRejected(f"sha256 of {onnx_path.name} is {sha[:12]}, expected {expected_sha256[:12]}")
         groups = card.get("feature_groups", ["base"])
-        if not isinstance(groups, list) or not set(groups) <= set(SERVABLE_GROUPS):
-            raise ModelRejected(f"feature groups {groups} cannot be served (servable: {list(SERVABLE_GROUPS)})")
-        features = feature_names(tuple(groups))
+        if features is None:
+            if not isinstance(groups, list) or not set(groups) <= set(SERVABLE_GROUPS):
+                raise ModelRejected(f"feature groups {groups} cannot be served (servable: {list(SERVABLE_GROUPS)})")
+            features = feature_names(tuple(groups))
         if not isinstance(card["features"], list) or tuple(card["features"]) != features:
             raise ModelRejected(f"card features {card['features']} differ from this code's {list(features)}")
         try:
@@ -138,7 +142,8 @@ class Forecaster:
         # Random windows near the scale of real features: returns ~1e-3, ratios ~0.5.
         rng = np.random.default_rng(0)
         x = (rng.standard_normal((2, self.window, len(self.features))) * 1e-3).astype(np.float32)
-        x[:, :, FEATURES.index("buy_ratio")] = 0.5
+        if "buy_ratio" in self.features:
+            x[:, :, self.features.index("buy_ratio")] = 0.5
         try:
             y = self._session.run(["y"], {"x": x})[0]
         except ORT_ERRORS as exc:

@@ -81,7 +81,7 @@ def faust_app(settings: Settings) -> faust.App:
 
 
 def create_app(settings: Settings) -> Streams:
-    from chaincast.stream.agents import bars, predict, score  # the agents register themselves on this app
+    from chaincast.stream.agents import bars, fees, predict, score  # the agents register themselves on this app
     from chaincast.stream import lag
 
     app = faust_app(settings)
@@ -110,6 +110,7 @@ def create_app(settings: Settings) -> Streams:
     bars.register(streams)
     predict.register(streams)
     score.register(streams)
+    fees.register(streams)  # fee forecasts from chain.blocks
     lag.register(streams)  # consumer lag and model age, sampled on a timer
 
     @app.task

@@ -72,3 +72,18 @@ CONSUMER_COMMIT_LAG = Gauge("chaincast_consumer_commit_lag_messages",
                             "Fetch high-water mark minus the last committed offset", ["topic", "partition"])
 MODEL_AGE = Gauge("chaincast_model_age_seconds", "Age of the serving model (now minus its card's created_at)",
                   ["name"])
+
+# Fee forecasts (stream.agents.fees). Labels: target (2), horizon (configured set), chain id.
+FEE_BASE_FEE = Gauge("chaincast_fee_base_fee_gwei", "Base fee of the latest canonical block", ["chain"])
+FEE_FORECAST = Gauge("chaincast_fee_forecast_gwei", "Latest base-fee forecast and its band, h blocks ahead",
+                     ["chain", "horizon", "band"])
+FEE_GAS_RATIO_FORECAST = Gauge("chaincast_fee_gas_ratio_forecast", "Latest fullness forecast, h blocks ahead",
+                               ["chain", "horizon"])
+FEE_PREDICTIONS = Counter("chaincast_fee_predictions_total", "Fee forecasts written", ["target"])
+FEE_RETRACTIONS = Counter("chaincast_fee_retractions_total", "Fee forecasts withdrawn after a reorg")
+FEE_LIVE_MAE = Gauge("chaincast_fee_live_mae", "Rolling live MAE of the served fee model and of its reference",
+                     ["target", "horizon", "model"])
+FEE_LIVE_SKILL = Gauge("chaincast_fee_live_skill", "Rolling live skill of the served fee model over its reference "
+                       "(EIP-1559 for the base fee, persistence for fullness)", ["target", "horizon"])
+FEE_LIVE_COVERAGE = Gauge("chaincast_fee_live_coverage", "Share of realised values inside the q10..q90 band",
+                          ["target", "horizon"])

@@ -208,3 +208,32 @@ class DeadLetter(Record):
             return ""
         text = raw.decode("utf-8", errors="backslashreplace") if isinstance(raw, bytes) else raw
         return text if len(text) <= limit else f"{text[:limit]}...[{len(text)} characters, truncated]"
+
+
+class FeePrediction(Record):
+    """A fee forecast made when block ``block`` arrived, on the ``predictions.chain`` topic (key: chain id).
+
+    ``target`` ``base_fee``: ``y_hat`` / quantiles are log(base_fee[block+h] / base_fee[block]) and the
+    ``*_gwei`` fields the forecast base fee; ``gas_ratio``: gas_used / gas_limit of block+h (no gwei).
+    ``retracted: true`` withdraws the forecast made on an orphaned block (same block and hash).
+    """
+
+    chain_id: int
+    block: int = Field(ge=0)
+    block_hash: str
+    timestamp: int = Field(ge=0)  # seconds, of the block the forecast saw
+    target: Literal["base_fee", "gas_ratio"]
+    horizon: int = Field(ge=1)  # blocks ahead
+    y_hat: Finite
+    q10: Finite
+    q50: Finite
+    q90: Finite
+    base_fee_gwei: NonNegFinite  # of the block the forecast saw
+    forecast_gwei: NonNegFinite | None = None
+    forecast_q10_gwei: NonNegFinite | None = None
+    forecast_q90_gwei: NonNegFinite | None = None
+    reference: Finite  # what the reference (EIP-1559 / persistence) says, in target units
+    model_name: str
+    model_version: str
+    created_at: int  # ms, wall clock
+    retracted: bool = False

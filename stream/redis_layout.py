@@ -9,13 +9,23 @@ Prefix default ``cc:``:
 - ``{prefix}model:{name}``             hash, the version a worker serves and its metrics
                                        (written by the workers once they accepted it);
 - ``{prefix}score:{SYMBOL}``           hash, live MAE / skill / coverage of the serving versions;
-- ``{prefix}retrain:{model name}``     string, set by the score agent to ask the retrainer for a round now.
+- ``{prefix}retrain:{model name}``     string, set by the score agent to ask the retrainer for a round now;
+- ``{prefix}fee:{CHAIN_ID}``           hash, the latest fee forecasts of a chain: ``block``, ``block_hash``,
+                                       ``timestamp``, ``base_fee_gwei`` and per forecast ``{target}.h{H}.{field}``
+                                       (y_hat, q10, q90, reference, forecast_gwei, forecast_q10_gwei,
+                                       forecast_q90_gwei, model_version); after a reorg ``retracted_block`` /
+                                       ``retracted_hash`` name the last block withdrawn;
+- ``{prefix}fees:{CHAIN_ID}``          stream, every fee forecast and retraction (auto ids: a re-forecast after
+                                       a reorg is for a block number already in it), capped;
+- ``{prefix}feescore:{CHAIN_ID}``      hash, live ``{target}.h{H}.{n,mae,mae_reference,skill,coverage_80}``.
 
 >>> keys = RedisLayout("cc:")
 >>> keys.latest("BTCUSDT"), keys.history("BTCUSDT"), keys.model("forecaster")
 ('cc:pred:BTCUSDT', 'cc:preds:BTCUSDT', 'cc:model:forecaster')
 >>> keys.score("ETHUSDT"), keys.retrain_flag("forecaster"), keys.history_id(60000, 1)
 ('cc:score:ETHUSDT', 'cc:retrain:forecaster', '60000-1')
+>>> keys.fee_latest(1), keys.fee_history(1), keys.fee_score(1)
+('cc:fee:1', 'cc:fees:1', 'cc:feescore:1')
 """
 
 from __future__ import annotations
@@ -54,3 +64,12 @@ class RedisLayout:
 
     def retrain_flag(self, model_name: str) -> str:
         return f"{self.prefix}retrain:{model_name}"
+
+    def fee_latest(self, chain_id: int) -> str:
+        return f"{self.prefix}fee:{chain_id}"
+
+    def fee_history(self, chain_id: int) -> str:
+        return f"{self.prefix}fees:{chain_id}"
+
+    def fee_score(self, chain_id: int) -> str:
+        return f"{self.prefix}feescore:{chain_id}"

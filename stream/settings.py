@@ -115,6 +115,20 @@ class Settings(BaseSettings):
     metrics_host: str = Field("127.0.0.1", validation_alias="CHAINCAST_METRICS_HOST")
     log_level: str = Field("WARNING", validation_alias="CHAINCAST_LOG_LEVEL")
 
+    # --- fees ---
+    # Fee forecasts (issue 16): a topic of their own, not `predictions` (whose records and keys are per market).
+    topic_fee_predictions: str = Field(DEFAULTS["topic_fee_predictions"],
+                                       validation_alias="CHAINCAST_TOPIC_FEE_PREDICTIONS")
+    fee_horizons: Annotated[list[int], NoDecode] = Field([1, 5, 25], validation_alias="CHAINCAST_FEE_HORIZONS")
+    fee_window: int = Field(32, ge=2, le=512, validation_alias="CHAINCAST_FEE_WINDOW")  # blocks the models see
+    fee_model_prefix: str = Field("fees", validation_alias="CHAINCAST_FEE_MODEL_PREFIX")  # fees.base_fee.h5, ...
+    fee_score_window: int = Field(500, ge=10, validation_alias="CHAINCAST_FEE_SCORE_WINDOW")  # forecasts scored
+    # The fee retrainer: a round after this many new blocks (0 = off), on this many recent blocks.
+    fee_retrain_every_blocks: int = Field(600, ge=0, validation_alias="CHAINCAST_FEE_RETRAIN_EVERY_BLOCKS")
+    fee_history_blocks: int = Field(20_000, ge=500, validation_alias="CHAINCAST_FEE_HISTORY_BLOCKS")
+    fee_retrain_family: str = Field("linear", validation_alias="CHAINCAST_FEE_RETRAIN_FAMILY")
+    fee_chain_id: int = Field(1, ge=1, validation_alias="CHAINCAST_FEE_CHAIN_ID")  # the chain the page and `up` show
+
     @field_validator("symbols", mode="before")
     @classmethod
     def _split_symbols(cls, value: Any) -> Any:
@@ -125,6 +139,17 @@ class Settings(BaseSettings):
             if not symbols:
                 raise ValueError("at least one symbol is required")
             return symbols
+        return value
+
+    @field_validator("fee_horizons", mode="before")
+    @classmethod
+    def _split_horizons(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [int(h) for h in value.replace(" ", ",").split(",") if h]
+        if isinstance(value, (list, tuple)):
+            if not value or any(int(h) < 1 or int(h) > 1000 for h in value):
+                raise ValueError("fee horizons are 1..1000 blocks, at least one")
+            return sorted({int(h) for h in value})
         return value
 
     @property
@@ -152,7 +177,7 @@ class Settings(BaseSettings):
             if key is None or value is None:
                 continue
             if isinstance(value, list):
-                value = ",".join(value)
+                value = ",".join(str(v) for v in value)
             elif isinstance(value, bool):
                 value = "1" if value else "0"
             out[key] = str(value)

@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from chaincast.stream.records import ModelUpdate, Prediction
+from chaincast.stream.records import FeePrediction, ModelUpdate, Prediction
 from chaincast.stream.redis_layout import RedisLayout
 
 log = logging.getLogger(__name__)
@@ -110,3 +110,36 @@ class RedisSink:
         if retrain_reason is not None:
             pipe.set(self.keys.retrain_flag(model_name), retrain_reason)
         await pipe.execute()
+
+    async def write_fees(self, chain_id: int, preds: list[FeePrediction], retracted: list[FeePrediction],
+                         scores: dict[str, dict[str, float]]) -> None:
+        """One batch of fee forecasts in one round trip: retractions first, then the new forecasts.
+
+        The history stream takes auto ids: a re-forecast after a reorg is for a block number
+        already in it, which an id made of the block number could not express.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        for p in [*retracted, *preds]:
+            pipe.xadd(self.keys.fee_history(chain_id), {k: "" if v is None else str(v)
+                                                        for k, v in p.model_dump(by_alias=True).items()},
+                      maxlen=self.maxlen, approximate=True)
+        latest: dict[str, str] = {}
+        if retracted:
+            latest |= {"retracted_block": str(retracted[-1].block), "retracted_hash": retracted[-1].block_hash}
+        for p in preds:
+            latest |= {"block": str(p.block), "block_hash": p.block_hash, "timestamp": str(p.timestamp),
+                       "base_fee_gwei": repr(p.base_fee_gwei), "updated_at": str(p.created_at)}
+            key = f"{p.target}.h{p.horizon}"
+            for name in ("y_hat", "q10", "q90", "reference", "forecast_gwei", "forecast_q10_gwei",
+                         "forecast_q90_gwei", "model_version"):
+                value = getattr(p, name)
+                if value is not None:
+                    latest[f"{key}.{name}"] = value if isinstance(value, str) else repr(value)
+        if latest:
+            pipe.hset(self.keys.fee_latest(chain_id), mapping=latest)
+        flat = {f"{key}.{k}": repr(v) for key, stats in scores.items() for k, v in stats.items()}
+        if flat:
+            pipe.hset(self.keys.fee_score(chain_id), mapping=flat)
+        for res in await pipe.execute(raise_on_error=False):
+            if isinstance(res, Exception):
+                raise res

@@ -48,6 +48,8 @@ TOPICS: tuple[Topic, ...] = (
     Topic("topic_deadletter", "deadletter", False, doc="refused input with the reason, key source"),
     Topic("topic_exchange_klines", "bars.exchange", True, doc="the exchange's own closed klines"),
     Topic("topic_gaps", "ticks.gaps", False, doc="trade-id gaps the producer found (and backfilled)"),
+    Topic("topic_fee_predictions", "predictions.chain", False,
+          doc="fee forecasts (base fee, fullness) and their retractions after a reorg, key chain id"),
 )
 DEFAULTS: Mapping[str, str] = MappingProxyType({t.setting: t.default for t in TOPICS})
 

@@ -107,6 +107,13 @@ def symbol_variable() -> dict[str, Any]:
             "multi": False, "sort": 1, "current": {}}
 
 
+def fee_horizon_variable() -> dict[str, Any]:
+    return {"name": "fee_horizon", "label": "fee horizon (blocks)", "type": "query", "datasource": DATASOURCE,
+            "query": {"query": "label_values(chaincast_fee_forecast_gwei, horizon)", "refId": "fee_horizon"},
+            "definition": "label_values(chaincast_fee_forecast_gwei, horizon)", "refresh": 2, "includeAll": False,
+            "multi": False, "sort": 3, "current": {}}
+
+
 def band_overrides() -> tuple[dict[str, Any], ...]:
     """Shade q10..q90: q90 fills down to q10, both drawn as thin dashed lines."""
     thin = [{"id": "custom.lineWidth", "value": 1}, {"id": "custom.lineStyle", "value": {"fill": "dash",
@@ -199,12 +206,35 @@ def forecasts() -> dict[str, Any]:
                                   "{{name}} {{version}} ({{family}})"),), kind="table", width=12, height=6),
         Panel("Serving model age", (q("max by (name) (chaincast_model_age_seconds)", "{{name}}"),),
               kind="stat", unit="s", width=12, height=6),
+        Panel("Ethereum base fee and its forecast $fee_horizon blocks ahead (q10..q90)", (
+            q("max(chaincast_fee_base_fee_gwei)", "base fee"),
+            q('max(chaincast_fee_forecast_gwei{horizon="$fee_horizon", band="mid"})', "forecast"),
+            q('max(chaincast_fee_forecast_gwei{horizon="$fee_horizon", band="q10"})', "q10"),
+            q('max(chaincast_fee_forecast_gwei{horizon="$fee_horizon", band="q90"})', "q90"),
+        ), unit="gwei", width=24, height=10, overrides=band_overrides(),
+            description="Base fee of the latest canonical block, and the forecast made from it for the block "
+                        "$fee_horizon blocks later; the forecast plotted now is for a later block"),
+        Panel("Fee forecasts: live skill vs the reference", (
+            q("max by (target, horizon) (chaincast_fee_live_skill)", "{{target}} h={{horizon}}"),
+        ), unit="percentunit", description="1 - MAE / MAE(reference) over realised forecasts: EIP-1559 for the "
+                                           "base fee, persistence for fullness; below 0 = worse than the reference"),
+        Panel("Fee forecasts: live MAE, served model vs reference", (
+            q("max by (target, horizon, model) (chaincast_fee_live_mae)", "{{target}} h={{horizon}} {{model}}"),
+        )),
+        Panel("Fee forecasts and reorg retractions per minute", (
+            q(f"sum by (target) (rate(chaincast_fee_predictions_total[{RATE}])) * 60", "{{target}}"),
+            q(f"sum(rate(chaincast_fee_retractions_total[{RATE}])) * 60 or vector(0)", "retracted"),
+        )),
+        Panel("Fee forecasts: live q10..q90 coverage", (
+            q("max by (target, horizon) (chaincast_fee_live_coverage)", "{{target}} h={{horizon}}"),
+        ), unit="percentunit", description="Share of realised values inside the band; 0.8 is calibrated"),
     ]
     swaps = {"name": "model versions", "enable": True, "iconColor": "orange", "datasource": DATASOURCE,
              "expr": "max by (name, version) (chaincast_model_info)", "step": "30s",
              "titleFormat": "model {{version}}", "tagKeys": "name", "textFormat": "serving {{name}} {{version}}",
              "useValueForTime": False}
-    return dashboard("chaincast-forecasts", "chaincast / forecasts", panels, variables=[symbol_variable()],
+    return dashboard("chaincast-forecasts", "chaincast / forecasts", panels,
+                     variables=[symbol_variable(), fee_horizon_variable()],
                      annotations=[swaps], description="Price with its forecast band, model versions, live skill")
 
 

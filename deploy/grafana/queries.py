@@ -3,7 +3,7 @@
 Used by the parse test (``tests/deploy/test_dashboards.py``) and by
 ``deploy/prometheus/verify_dashboards.py``, which runs them against a real
 Prometheus. Grafana's own variables are expanded the way Grafana would:
-``$__rate_interval`` to a fixed window and ``$symbol`` to one market.
+``$__rate_interval`` to a fixed window, ``$symbol`` to one market and ``$fee_horizon`` to 5 blocks.
 """
 
 from __future__ import annotations
@@ -54,10 +54,11 @@ def all_queries(directory: Path = DASHBOARD_DIR) -> list[PanelQuery]:
     return [pq for d in load_dashboards(directory) for pq in panel_queries(d)]
 
 
-def expand(expr: str, rate_interval: str = "1m", symbol: str = "BTCUSDT") -> str:
+def expand(expr: str, rate_interval: str = "1m", symbol: str = "BTCUSDT", fee_horizon: str = "5") -> str:
     """Grafana's variables as Grafana would fill them.
 
     >>> expand('rate(x{symbol="$symbol"}[$__rate_interval])')
     'rate(x{symbol="BTCUSDT"}[1m])'
     """
-    return expr.replace("$__rate_interval", rate_interval).replace("$symbol", symbol)
+    return expr.replace("$__rate_interval", rate_interval).replace("$symbol", symbol).replace(
+        "$fee_horizon", fee_horizon)

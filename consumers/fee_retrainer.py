@@ -1,0 +1,142 @@
+"""The fee retrainer: challengers trained on the recent block history, promoted only when better.
+
+It follows ``chain.blocks`` from the start (a groupless consumer: one retrainer per
+deployment), keeps the last ``CHAINCAST_FEE_HISTORY_BLOCKS`` canonical blocks
+(a retraction removes its block), and every ``CHAINCAST_FEE_RETRAIN_EVERY_BLOCKS``
+new blocks runs a round: for each fee name it trains a ``CHAINCAST_FEE_RETRAIN_FAMILY``
+challenger on the history's first 85 % and scores it, the serving champion (its ONNX
+file, as served) and the reference on the same latest 15 %. The challenger is promoted
+(registry champion + ``models.updates``, so every worker hot-swaps) only when its MAE
+beats the champion's by ``CHAINCAST_RETRAIN_PROMOTE_MARGIN`` and the reference's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import ValidationError
+
+from chaincast.consumers.promotion import announce
+from chaincast.consumers.registry import ModelEntry, Registry
+from chaincast.models.export import session
+from chaincast.models.fee_build import fee_model_name, fee_splits, store_fee_model, train_fee_model
+from chaincast.models.fee_models import FeeFit, fit_fee_model, predict_chunked
+from chaincast.models.fees import FEE_TARGETS, REFERENCE, BlockSamples
+from chaincast.stream.fees import block_row
+from chaincast.stream.records import Block
+from chaincast.stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ROUND_FIT = FeeFit(max_epochs=4, patience=1, lgbm_trees=150)
+
+
+@dataclass
+class Verdict:
+    name: str
+    promoted: bool
+    reason: str
+    entry: ModelEntry | None = None
+
+
+def onnx_mae(entry: ModelEntry, s: BlockSamples, chunk: int = 50_000) -> float:
+    """MAE of a stored model on ``s``, run through onnxruntime exactly as a worker runs it."""
+    sess = session(entry.onnx_path.read_bytes())
+    y_hat = np.concatenate([sess.run(["y"], {"x": s.x(slice(i, i + chunk))})[0][:, 0]
+                            for i in range(0, len(s), chunk)])
+    return float(np.mean(np.abs(s.y.astype(np.float64) - y_hat)))
+
+
+def fee_round(blocks: np.ndarray, registry: Registry, settings: Settings,
+              options: FeeFit = ROUND_FIT) -> list[Verdict]:
+    """One round over every fee name; see the module docstring."""
+    out = []
+    for target in FEE_TARGETS:
+        for horizon in settings.fee_horizons:
+            name = fee_model_name(settings.fee_model_prefix, target, horizon)
+            try:
+                candidate = train_fee_model(blocks[: int(len(blocks) * 0.85)], settings.fee_retrain_family, target,
+                                            horizon, settings.fee_window, name, options)
+                _, val, _ = fee_splits(blocks, settings.fee_window, horizon, target, val=0.15, test=0.0)
+            except ValueError as exc:  # too few contiguous blocks yet
+                out.append(Verdict(name, False, f"not enough history: {exc}"))
+                continue
+            mae = float(np.mean(np.abs(val.y - predict_chunked(candidate.model, val)[:, 0])))
+            reference = fit_fee_model(REFERENCE[target], val, val, target, horizon, options)  # rules need no fit
+            ref_mae = float(np.mean(np.abs(val.y - predict_chunked(reference, val)[:, 0])))
+            champion = registry.champion(name)
+            champ_mae = onnx_mae(champion, val) if champion is not None else float("inf")
+            if mae >= ref_mae:
+                out.append(Verdict(name, False, f"MAE {mae:.4e} does not beat {REFERENCE[target]} {ref_mae:.4e}"))
+            elif mae >= champ_mae * (1 - settings.promote_margin):
+                out.append(Verdict(name, False, f"MAE {mae:.4e} does not beat the champion's {champ_mae:.4e}"))
+            else:
+                candidate.card["parent"] = champion.version if champion is not None else None
+                candidate.card["metrics"]["promotion"] = {"mae": mae, "mae_champion": champ_mae,
+                                                          "mae_reference": ref_mae, "rows": len(val)}
+                entry = registry.set_champion(name, store_fee_model(candidate, registry).version)
+                out.append(Verdict(name, True, f"MAE {mae:.4e} < champion {champ_mae:.4e}, "
+                                               f"{REFERENCE[target]} {ref_mae:.4e}", entry))
+    return out
+
+
+class BlockHistory:
+    """The last ``size`` canonical blocks of one chain, as ``models.blocks`` rows; retractions pop."""
+
+    def __init__(self, size: int) -> None:
+        self.rows: deque[list[float]] = deque(maxlen=size)
+        self.hashes: deque[str] = deque(maxlen=size)
+
+    def add(self, block: Block) -> bool:
+        """Fold one record; True for a new canonical block (what counts towards a round)."""
+        if block.reorged:
+            if self.hashes and self.hashes[-1] == block.hash:
+                self.rows.pop()
+                self.hashes.pop()
+            return False
+        if block.base_fee is None or (self.rows and self.rows[-1][0] >= block.number):
+            return False
+        self.rows.append(block_row(block))
+        self.hashes.append(block.hash)
+        return True
+
+    def array(self) -> np.ndarray:
+        return np.asarray(self.rows, dtype=np.float64)
+
+
+async def run_fee_retrainer(settings: Settings, stopping: asyncio.Event | None = None) -> None:
+    """Follow ``chain.blocks`` and run a round every ``fee_retrain_every_blocks`` new blocks."""
+    if settings.fee_retrain_every_blocks == 0:
+        log.warning("fee retraining is off (CHAINCAST_FEE_RETRAIN_EVERY_BLOCKS=0)")
+        return
+    registry = Registry(settings.registry_dir)
+    history = BlockHistory(settings.fee_history_blocks)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(settings.topic_blocks, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        new = 0
+        while stopping is None or not stopping.is_set():
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                for msg in messages:
+                    try:
+                        new += history.add(Block.loads(msg.value))
+                    except ValidationError:
+                        continue  # the follower validated it; the fee agent dead-letters what it refuses
+            if new >= settings.fee_retrain_every_blocks:
+                new = 0
+                verdicts = await asyncio.to_thread(fee_round, history.array(), registry, settings)
+                for v in verdicts:
+                    log.warning("fee round %s: %s (%s)", v.name, "promoted" if v.promoted else "kept", v.reason)
+                    if v.promoted and v.entry is not None:
+                        await announce(settings, v.name, v.entry)
+    finally:
+        await consumer.stop()

@@ -1,0 +1,258 @@
+"""The processes a bench run drives and how it reads them.
+
+Real ``chaincast worker`` processes, read through their own ``/metrics`` and
+through ``/proc`` (RSS, CPU seconds); a pre-loading producer; the drain loop
+that times a backlog; the bare-Faust counter (the framework's ceiling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+from aiokafka import AIOKafkaProducer
+
+from chaincast.deploy.bench.plan import partition_of
+from chaincast.deploy.embedded import Process, free_port
+from chaincast.deploy.metrics import scrape, scrape_samples
+from chaincast.deploy.up import child
+from chaincast.stream.settings import Settings
+from chaincast.stream.topics import ensure_topics, renamed
+
+POLL_S = 0.1  # metrics polls: each costs the worker a scrape (~1% of its CPU at this rate)
+SETTLE_S = 5.0  # fallback: predictions unchanged this long (bars all emitted) = the backlog is done
+COUNTS = ("chaincast_trade_messages_total", "chaincast_trades_total", "chaincast_bars_total",
+          "chaincast_predictions_total")
+
+
+def run_settings(base: Settings, run: str, symbols: Sequence[str], home: Path) -> Settings:
+    """Fresh topics, consumer group and Redis prefix for one run, so runs never see each other."""
+    suffix = f"bench-{run}"
+    return base.model_copy(update={
+        "app_id": f"chaincast-{suffix}", "redis_prefix": f"{suffix}:", "home": home, "symbols": list(symbols),
+        **renamed(base, suffix),
+    })
+
+
+def broker_name(settings: Settings) -> str:
+    """What the run measured: the embedded Tansu or the Kafka broker it was pointed at (or started).
+
+    >>> broker_name(Settings(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9092", CHAINCAST_EMBEDDED_BROKER="1"))
+    'tansu (embedded)'
+    >>> broker_name(Settings(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9092"))
+    'kafka at 127.0.0.1:9092'
+    """
+    if settings.embedded_broker:
+        return "tansu (embedded)"
+    return f"kafka at {settings.kafka_bootstrap_servers}"
+
+
+async def preload(settings: Settings, messages: Sequence[tuple[bytes, bytes]], batched: bool = False,
+                  topic: str | None = None) -> float:
+    """Send everything to the trades topic, wait for every ack; returns the seconds it took.
+    ``batched``: many records per batch even on the embedded broker (for topics only counted)."""
+    config = {**settings.producer_config(), **({"max_batch_size": 16_384, "linger_ms": 5} if batched else {})}
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers,
+                                max_request_size=max(settings.max_message_bytes * 2, 1_048_576), **config)
+    await producer.start()
+    t0 = time.perf_counter()
+    try:
+        futures = [await producer.send(topic or settings.topic_trades, value, key=key) for key, value in messages]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - t0
+
+
+@dataclass
+class Worker:
+    proc: Process
+    port: int
+
+    def metrics(self) -> dict[str, float]:
+        return scrape(self.port, timeout=2.0)
+
+    def rss_mb(self) -> float:
+        return psutil.Process(self.proc.pid).memory_info().rss / 2**20
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds of the worker process (all its threads) so far."""
+        times = psutil.Process(self.proc.pid).cpu_times()
+        return times.user + times.system
+
+    def trades_by_symbol(self) -> dict[str, float]:
+        out: dict[str, float] = defaultdict(float)
+        for name, labels, value in scrape_samples(self.port, timeout=2.0):
+            if name == "chaincast_trades_total" and "symbol" in labels:
+                out[labels["symbol"]] += value
+        return dict(out)
+
+    def wait_for(self, metric: str, timeout: float) -> None:
+        """Until the worker reports ``metric`` above zero."""
+        deadline = time.monotonic() + timeout
+        while self.metrics().get(metric, 0.0) <= 0:
+            if not self.proc.alive():
+                raise RuntimeError(f"{self.proc.name} exited; see its log")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.proc.name} did not report {metric} within {timeout:.0f}s")
+            time.sleep(POLL_S)
+
+
+@contextmanager
+def workers(settings: Settings, n: int, log_dir: Path) -> Iterator[list[Worker]]:
+    started: list[Worker] = []
+    try:
+        for i in range(n):
+            port = free_port()
+            started.append(Worker(child(f"worker-{settings.app_id}-{i}", ["worker"], settings, log_dir, port), port))
+        yield started
+    finally:
+        for w in started:
+            w.proc.stop(timeout=15)
+
+
+@dataclass
+class Throughput:
+    workers: int
+    trades: int
+    messages: int
+    bars: int
+    predictions: int
+    seconds: float  # first processed message -> last prediction of the backlog
+    startup_s: float  # process start -> first processed message
+    rss_mb: list[float] = field(default_factory=list)
+    cpu_s: list[float] = field(default_factory=list)  # each worker's CPU seconds over ``seconds``
+    trades_by_worker: list[float] = field(default_factory=list)
+    partitions_by_worker: list[list[int]] = field(default_factory=list)
+
+    @property
+    def trades_per_s(self) -> float:
+        return self.trades / self.seconds
+
+    @property
+    def messages_per_s(self) -> float:
+        return self.messages / self.seconds
+
+    @property
+    def cpu_s_per_million_trades(self) -> float:
+        return sum(self.cpu_s) / self.trades * 1e6
+
+    def shares(self) -> list[dict[str, object]]:
+        total = sum(self.trades_by_worker) or 1.0
+        return [{"partitions": parts, "trade_share": trades / total}
+                for parts, trades in zip(self.partitions_by_worker, self.trades_by_worker)]
+
+
+def drain(ws: list[Worker], settings: Settings, trades: int, messages: int, bars: int, predictions: int,
+          timeout: float, baseline: dict[str, float] | None = None) -> Throughput:
+    """Poll the workers' metrics until the backlog is through: every trade folded, every bar
+    emitted and every expected forecast made (or, should the expectation be off, no new forecast
+    for SETTLE_S). Counts are taken above ``baseline`` (what the workers had done before). The
+    clock runs from the first poll that sees a message of the backlog to the last of: all trades
+    folded, all bars emitted, the last forecast; CPU from the last poll before that first one."""
+    base = baseline or {}
+    t0 = time.perf_counter()
+    first = None
+    reached: dict[str, float] = {}
+    last_change = t0
+    seen_preds = 0.0
+    cpu_before: list[float] = [w.cpu_s() for w in ws]
+    totals: dict[str, float] = {}
+    while True:
+        now = time.perf_counter()
+        if now - t0 > timeout:
+            raise TimeoutError(f"the backlog was not processed within {timeout:.0f}s (last: {totals})")
+        for w in ws:
+            if not w.proc.alive():
+                raise RuntimeError(f"{w.proc.name} exited; see its log")
+        cpu_now = [w.cpu_s() for w in ws]
+        samples = [w.metrics() for w in ws]
+        totals = {k: sum(s.get(k, 0.0) for s in samples) - base.get(k, 0.0) for k in COUNTS}
+        if first is None:
+            if totals["chaincast_trade_messages_total"] > 0:
+                first = now
+            else:
+                cpu_before = cpu_now
+        if totals["chaincast_predictions_total"] != seen_preds:
+            seen_preds, last_change = totals["chaincast_predictions_total"], now
+        if totals["chaincast_trades_total"] >= trades:
+            reached.setdefault("trades", now)
+        if totals["chaincast_bars_total"] >= bars:
+            reached.setdefault("bars", now)
+        if len(reached) == 2 and (seen_preds >= predictions or now - max(last_change, *reached.values()) >= SETTLE_S):
+            assert first is not None
+            by_symbol = [w.trades_by_symbol() for w in ws]
+            return Throughput(
+                len(ws), trades, messages, int(totals["chaincast_bars_total"]), int(seen_preds),
+                seconds=max(max(last_change, *reached.values()) - first, 1e-6), startup_s=first - t0,
+                rss_mb=[w.rss_mb() for w in ws], cpu_s=[b - a for a, b in zip(cpu_before, cpu_now)],
+                trades_by_worker=[sum(s.values()) for s in by_symbol],
+                partitions_by_worker=[sorted({partition_of(settings.exchange, sym, settings.partitions)
+                                              for sym, n in s.items() if n > 0}) for s in by_symbol])
+        time.sleep(POLL_S)
+
+
+def counts(ws: list[Worker]) -> dict[str, float]:
+    """The workers' counters now (a baseline for the next ``drain``)."""
+    samples = [w.metrics() for w in ws]
+    return {k: sum(s.get(k, 0.0) for s in samples) for k in COUNTS}
+
+
+def bare_faust(settings: Settings, messages: Sequence[tuple[bytes, bytes]], log_dir: Path, timeout: float,
+               count: int) -> float:
+    """Messages/s of a Faust app that only counts raw messages: the throughput run's messages,
+    repeated to ``count`` on a topic of their own, the worker's broker settings."""
+    out = log_dir / f"count-{uuid.uuid4().hex[:6]}.json"
+    counting = settings.model_copy(update={"app_id": settings.app_id + "-count",
+                                           "topic_trades": settings.topic_trades + "-count"})
+    asyncio.run(ensure_topics(counting))
+    repeated = [messages[i % len(messages)] for i in range(max(count, len(messages)))]
+    asyncio.run(preload(counting, repeated, batched=True))
+    n = len(repeated)
+    env = {**os.environ, **counting.env(), "PYTHONUNBUFFERED": "1"}
+    proc = Process("bare-faust", [sys.executable, "-m", "chaincast.deploy.bench", "--count", str(n), "--out", str(out)],
+                   env=env, log_path=log_dir / "bare-faust.log").start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not out.exists():
+            if time.monotonic() > deadline or not proc.alive():
+                raise RuntimeError(f"the bare Faust counter did not finish; see {log_dir}/bare-faust.log")
+            time.sleep(POLL_S)
+        time.sleep(0.05)  # written in one call; let it land
+        result = json.loads(out.read_text())
+    finally:
+        proc.stop(timeout=10)
+    return result["messages"] / max(result["last"] - result["first"], 1e-6)
+
+
+def count_messages(settings: Settings, expect: int, out: Path) -> None:
+    """The bare-Faust counter (runs in its own process): the worker's broker settings, no tables,
+    no decoding; writes first/last wall times when ``expect`` messages were seen."""
+    import faust
+
+    from chaincast.stream.app import faust_app
+
+    app = faust_app(settings)
+    topic = app.topic(settings.topic_trades, key_serializer="raw", value_serializer="raw")
+    state = {"n": 0, "first": 0.0}
+
+    @app.agent(topic, name="count")
+    async def count(stream):  # noqa: ANN001 - a faust stream
+        async for _value in stream:
+            state["n"] += 1
+            if state["n"] == 1:
+                state["first"] = time.perf_counter()
+            if state["n"] == expect:
+                out.write_text(json.dumps({"messages": expect, "first": state["first"], "last": time.perf_counter()}))
+
+    faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False).execute_from_commandline()
