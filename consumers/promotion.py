@@ -29,20 +29,36 @@ def test_skill(entry: ModelEntry) -> float:
     return float(entry.card.get("metrics", {}).get("test", {}).get("skill_vs_persistence", float("-inf")))
 
 
+def test_qlike(entry: ModelEntry) -> float:
+    return float(entry.card.get("metrics", {}).get("test", {}).get("qlike", float("inf")))
+
+
 def initial_champion(registry: Registry, name: str, bars_list: list[np.ndarray], window: int, horizon: int,
-                     family: str = "linear", seed: int = 0) -> ModelEntry:
-    """The champion of ``name``; on first start, train ``family`` and gate it against persistence."""
+                     family: str = "linear", seed: int = 0, target: str = "log_return") -> ModelEntry:
+    """The champion of ``name``; on first start, train ``family`` and gate it against the reference.
+
+    The gate reads the TEST split (rows neither training nor early stopping saw): for returns the
+    candidate must have positive skill vs persistence, for volatility a lower QLIKE than HAR-RV;
+    otherwise the reference itself serves.
+    """
     if (entry := registry.champion(name)) is not None:
         return entry
-    from chaincast.models.build import build_model  # training needs torch: only here, on a first start
+    from chaincast.models.backtest import REFERENCE  # training needs torch: only here, on a first start
+    from chaincast.models.build import build_model
     from chaincast.models.train import FitOptions
 
     options = FitOptions(max_epochs=8, patience=2)
-    fallback = build_model(bars_list, "persistence", window, horizon, registry, seed=seed, name=name)
-    candidate = build_model(bars_list, family, window, horizon, registry, seed=seed, options=options, name=name)
-    chosen = candidate if test_skill(candidate) > 0 else fallback
-    log.warning("initial model for %s: %s (test skill vs persistence %.4f)",
-                name, chosen.card["family"], test_skill(candidate))
+    reference = REFERENCE[target]
+    fallback = build_model(bars_list, reference, window, horizon, registry, target=target, seed=seed, name=name)
+    candidate = build_model(bars_list, family, window, horizon, registry, target=target, seed=seed, options=options,
+                            name=name)
+    if target == "volatility":
+        wins = test_qlike(candidate) < test_qlike(fallback)
+    else:
+        wins = test_skill(candidate) > 0
+    chosen = candidate if wins else fallback
+    log.warning("initial model for %s: %s (test skill vs persistence %.4f, vs %s)",
+                name, chosen.card["family"], test_skill(candidate), reference)
     return registry.set_champion(name, chosen.version)
 
 

@@ -33,6 +33,7 @@ from chaincast.consumers.bar_history import BarHistory
 from chaincast.consumers.challenge import ChallengeJob, ChallengeResult, run_challenge
 from chaincast.consumers.promotion import announce
 from chaincast.consumers.registry import ModelEntry, Registry
+from chaincast.models.targets import ForecastSpec
 from chaincast.models.logs import setup_logging
 from chaincast.stream.metrics import (PROMOTIONS, REFUSALS, RETRAIN_ACTIVE, RETRAIN_HISTORY, RETRAIN_RUNS, RETRAIN_SECONDS,
                             VAL_MAE, VAL_SKILL)
@@ -72,8 +73,14 @@ class _Rewind(ConsumerRebalanceListener):
 
 
 class Retrainer:
-    def __init__(self, settings: Settings, registry: Registry | None = None, pool: Executor | None = None) -> None:
+    """Retrains ONE forecaster of ``CHAINCAST_FORECASTS`` (the default one unless ``spec`` says otherwise)."""
+
+    def __init__(self, settings: Settings, registry: Registry | None = None, pool: Executor | None = None,
+                 spec: ForecastSpec | None = None) -> None:
         self.settings = settings
+        specs = settings.forecast_specs
+        self.spec = spec or specs[0]
+        self.name = self.spec.model_name(settings.model_name, default=self.spec == specs[0])
         self.registry = registry or Registry(settings.registry_dir)
         self.pool = pool
         self.history = BarHistory(settings.history_bars)
@@ -96,7 +103,7 @@ class Retrainer:
     async def run(self, stopping: asyncio.Event | None = None) -> None:
         s = self.settings
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap_servers, group_id=f"{s.app_id}-retrainer-{s.model_name}",
+            bootstrap_servers=s.kafka_bootstrap_servers, group_id=f"{s.app_id}-retrainer-{self.name}",
             enable_auto_commit=False, auto_offset_reset="earliest",
             # Tansu completes a join only after half the session timeout: keep it short there.
             session_timeout_ms=10_000 if s.embedded_broker else 30_000, heartbeat_interval_ms=3_000,
@@ -155,7 +162,7 @@ class Retrainer:
         if self._redis is None:
             self._redis = aioredis.Redis.from_url(self.settings.redis_url, decode_responses=True)
         try:
-            reason = await self._redis.getdel(RedisLayout.of(self.settings).retrain_flag(self.settings.model_name))
+            reason = await self._redis.getdel(RedisLayout.of(self.settings).retrain_flag(self.name))
         except (RedisConnectionError, RedisTimeoutError) as exc:  # Redis restarting: the schedule goes on
             log.warning("cannot read the retrain flag: %s", exc)
             return False
@@ -165,10 +172,10 @@ class Retrainer:
 
     def _start(self, trigger: str) -> None:
         s = self.settings
-        champion = self.registry.champion(s.model_name)
+        champion = self.registry.champion(self.name)
         job = ChallengeJob(
-            bars=self.history.arrays(), name=s.model_name, family=s.retrain_family, window=s.window,
-            horizon=s.horizon, val_bars=s.retrain_val_bars, max_epochs=s.retrain_max_epochs,
+            bars=self.history.arrays(), name=self.name, family=s.retrain_family, window=s.window,
+            horizon=self.spec.horizon, target=self.spec.target, val_bars=s.retrain_val_bars, max_epochs=s.retrain_max_epochs,
             margin=s.promote_margin, alpha=s.retrain_alpha,
             champion_path=str(champion.onnx_path) if champion else None,
             champion_sha256=champion.sha256 if champion else None,
@@ -224,7 +231,7 @@ class Retrainer:
     async def promote(self, result: ChallengeResult) -> ModelEntry:
         """Registry write (atomic, write-once), champion pointer, then the announcement."""
         assert result.onnx is not None and result.card is not None
-        name = self.settings.model_name
+        name = self.name
         entry = await asyncio.to_thread(self.registry.put, result.onnx, result.card)
         entry = self.registry.set_champion(name, entry.version)
         await announce(self.settings, name, entry)
@@ -232,10 +239,11 @@ class Retrainer:
 
     async def _reannounce(self) -> None:
         """Finish a promotion a crash interrupted between the champion pointer and the announcement."""
-        champion = self.registry.champion(self.settings.model_name)
+        champion = self.registry.champion(self.name)
         if champion is not None:
-            await announce(self.settings, self.settings.model_name, champion)
+            await announce(self.settings, self.name, champion)
 
 
 async def run_retrainer(settings: Settings, stopping: asyncio.Event | None = None) -> None:
-    await Retrainer(settings).run(stopping)
+    """One retrainer per served forecaster, side by side (each its own consumer group and training process)."""
+    await asyncio.gather(*(Retrainer(settings, spec=spec).run(stopping) for spec in settings.forecast_specs))

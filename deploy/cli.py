@@ -162,6 +162,7 @@ app.command("train", context_settings=models_cli.EXTRA)(models_cli.train)
 app.command("backtest", context_settings=models_cli.EXTRA)(models_cli.backtest)
 app.add_typer(models_registry_cli.models_app, name="models")
 app.command("retrain")(models_registry_cli.retrain)
+app.command("retrain-txs")(models_registry_cli.retrain_txs)
 app.command("page")(page.page_command)
 app.command("bench")(bench.bench)
 

@@ -20,7 +20,7 @@ from chaincast.models.family_names import FAMILIES, LEARNED
 from chaincast.models.features import GROUPS
 from chaincast.models.history import HistoryFormatError, load_many, symbol_of
 from chaincast.models.logs import setup_logging
-from chaincast.models.targets import TARGETS
+from chaincast.models.targets import TARGETS, TX_TARGET
 
 app = typer.Typer(help="Train and backtest chaincast models.", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
@@ -68,7 +68,7 @@ def train(
     model: str = typer.Option("gru", help=f"Family: {', '.join(FAMILIES)}."),
     horizon: int = typer.Option(1, min=1, max=1440, help="Bars ahead."),
     window: int = typer.Option(32, min=2, max=4096, help="Bars of features the model sees."),
-    target: str = typer.Option("log_return", help=f"Target: {', '.join(TARGETS)}."),
+    target: str = typer.Option("log_return", help=f"Target: {', '.join(TARGETS)}, or {TX_TARGET} (transactions)."),
     epochs: int = typer.Option(20, min=1, help="Max epochs (early stopping on validation)."),
     seed: int = typer.Option(0),
     name: str | None = typer.Option(None, help="Model name in the card (default: the family)."),
@@ -77,6 +77,13 @@ def train(
     threads: int = typer.Option(1, min=1, help="Torch threads."),
 ) -> None:
     """Train one model, export it to ONNX with a parity check and store it in the registry."""
+    if target == TX_TARGET:  # transaction histories, not bars: the tx side of the CLI
+        from chaincast.deploy import tx_cli  # torch: only when it trains
+
+        _setup(threads)
+        tx_cli.train_txs([*data, *(Path(a) for a in ctx.args)], window, epochs, seed, name,
+                         out or load_settings().registry_dir, promote)
+        return
     _check(model, FAMILIES, "--model")
     _check(target, TARGETS, "--target")
     bars = load_series(ctx, data)
@@ -119,7 +126,7 @@ def backtest(
     horizon: int = typer.Option(1, min=1, max=1440, help="Bars ahead."),
     models: str = typer.Option(",".join(LEARNED), help="Comma-separated families beside the references."),
     window: int = typer.Option(32, min=2, max=4096),
-    target: str = typer.Option("log_return", help=f"Target: {', '.join(TARGETS)}."),
+    target: str = typer.Option("log_return", help=f"Target: {', '.join(TARGETS)}, or {TX_TARGET} (transactions)."),
     folds: int = typer.Option(3, min=1, max=50, help="Walk-forward test windows."),
     seed: int = typer.Option(0),
     min_skill: float = typer.Option(0.0, min=0.0, max=1.0, help="Skill vs persistence the gate demands (> it)."),
@@ -135,6 +142,13 @@ def backtest(
     ``selected`` is chosen on validation rows only; bands are calibrated online (adaptive conformal).
     On a block series (detected from the header) the fee backtest runs instead (deploy/fees_cli.py).
     """
+    if target == TX_TARGET:  # transaction histories: medians, linear, LightGBM and the encoder
+        from chaincast.deploy import tx_cli  # torch: only when it trains
+
+        families = tx_cli.families_of(models, ",".join(LEARNED))
+        _setup(threads)
+        tx_cli.backtest_txs([*data, *(Path(a) for a in ctx.args)], families, window, folds, seed, 6, json_out)
+        return
     from chaincast.deploy import fees_cli
 
     if fees_cli.is_block_data(data):

@@ -68,17 +68,24 @@ def promote(version: str = typer.Argument(..., help="The version to serve (a rol
     from chaincast.models.serving import Forecaster, ModelRejected  # onnxruntime: only to check a promotion
 
     registry = Registry(settings.registry_dir)
+    name = settings.model_name
     try:
         entry = registry.get(version)
         # The same checks a worker makes: refusing here beats announcing what every worker will refuse.
-        Forecaster.load(entry.onnx_path, expected_sha256=entry.sha256)
+        if entry.card.get("kind") == "tx_value":  # a transaction-value model: served by the txs agent
+            from chaincast.models.tx_serving import TxForecaster
+
+            TxForecaster.load(entry.onnx_path, expected_sha256=entry.sha256)
+            name = settings.tx_model_name
+        else:
+            Forecaster.load(entry.onnx_path, expected_sha256=entry.sha256)
     except KeyError as exc:
         raise typer.BadParameter(str(exc.args[0]), param_hint="VERSION") from None
     except ModelRejected as exc:
         raise typer.BadParameter(f"{version} cannot be served: {exc}", param_hint="VERSION") from None
-    registry.set_champion(settings.model_name, entry.version)
-    asyncio.run(announce(settings, settings.model_name, entry))
-    typer.echo(f"{settings.model_name} -> {entry.version} ({entry.card.get('family', '?')}) announced")
+    registry.set_champion(name, entry.version)
+    asyncio.run(announce(settings, name, entry))
+    typer.echo(f"{name} -> {entry.version} ({entry.card.get('family', '?')}) announced")
 
 
 def retrain() -> None:
@@ -98,6 +105,30 @@ async def _retrain(settings: Settings) -> None:
 
     # stops between polls; uncommitted bars are retrained on restart
     await run_until_signalled(lambda stop: run_retrainer(settings, stop))
+
+
+def retrain_txs() -> None:
+    """Run the transaction-value retrainer until stopped (challenger vs champion on chain.txs)."""
+    from chaincast.deploy.metrics import serve_metrics
+
+    settings = _settings()
+    if not settings.kafka_bootstrap_servers:
+        raise typer.BadParameter("the retrainer needs KAFKA_BOOTSTRAP_SERVERS")
+    if settings.metrics_port:
+        serve_metrics(settings.metrics_port, settings.metrics_host)
+    asyncio.run(_retrain_txs(settings))
+
+
+async def _retrain_txs(settings: Settings) -> None:
+    from chaincast.consumers.retrainer import training_pool
+    from chaincast.consumers.tx_retrainer import TxRetrainer
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    with training_pool() as pool:  # torch trains in a child process: the consumer keeps reading
+        await TxRetrainer(settings, pool=pool).run(stop)
 
 
 def main() -> None:

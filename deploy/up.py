@@ -155,12 +155,16 @@ def run_up(settings: Settings, paths: list[Path], duration: float | None, speed:
 
         bars = {sym: load_many(p) for sym, p in files.items()}
         train_end = min(b[0, TS] for b in bars.values()) + TRAIN_DAYS * DAY_MS
-        echo("training the initial model (first start only) ...")
-        entry = initial_champion(Registry(settings.registry_dir), settings.model_name,
-                                 [b[b[:, TS] < train_end] for b in bars.values()], settings.window, settings.horizon)
-        asyncio.run(announce(settings, settings.model_name, entry))
-        echo(f"serving {settings.model_name} {entry.version} ({entry.card['family']}, "
-             f"validation skill vs persistence {entry.card['metrics']['val']['skill_vs_persistence']:+.4f})")
+        echo("training the initial models (first start only) ...")
+        specs = settings.forecast_specs
+        for spec in specs:  # one champion per served forecaster of CHAINCAST_FORECASTS
+            name = spec.model_name(settings.model_name, default=spec == specs[0])
+            entry = initial_champion(Registry(settings.registry_dir), name,
+                                     [b[b[:, TS] < train_end] for b in bars.values()], settings.window, spec.horizon,
+                                     target=spec.target)
+            asyncio.run(announce(settings, name, entry))
+            echo(f"serving {name} {entry.version} ({entry.card['family']}, {spec.label}, "
+                 f"test skill vs persistence {entry.card['metrics']['test']['skill_vs_persistence']:+.4f})")
 
         replay_from = int(train_end - history_size(settings.window) * MINUTE_MS)
         procs, ports = start_processes(settings, files, replay_from, speed, log_dir, echo, chain)

@@ -123,6 +123,17 @@ def normalise_block(payload: Any, chain_id: int) -> Block:
         raise MalformedPayload(f"block: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
 
 
+def _input_size(data: Any) -> int | None:
+    """Bytes of call data from its 0x hex, None when absent or not hex.
+
+    >>> _input_size("0x"), _input_size("0xa9059cbb"), _input_size(None)
+    (0, 4, None)
+    """
+    if not isinstance(data, str) or not data.startswith("0x"):
+        return None
+    return (len(data) - 2) // 2
+
+
 def normalise_tx(tx: Any, block: Block) -> Tx:
     """One full transaction object of ``block`` -> a Tx (the thesis fields, wei exact)."""
     if not isinstance(tx, Mapping):
@@ -142,6 +153,9 @@ def normalise_tx(tx: Any, block: Block) -> Tx:
         gas_price=_optional_quantity(tx, "gasPrice"),
         max_fee_per_gas=_optional_quantity(tx, "maxFeePerGas"),
         max_priority_fee_per_gas=_optional_quantity(tx, "maxPriorityFeePerGas"),
+        index=_optional_quantity(tx, "transactionIndex"),
+        gas=_optional_quantity(tx, "gas"),
+        input_size=_input_size(tx.get("input")),
     )
 
 

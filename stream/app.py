@@ -81,7 +81,7 @@ def faust_app(settings: Settings) -> faust.App:
 
 
 def create_app(settings: Settings) -> Streams:
-    from chaincast.stream.agents import bars, fees, predict, score  # the agents register themselves on this app
+    from chaincast.stream.agents import bars, fees, predict, score, txs  # the agents register themselves on this app
     from chaincast.stream import lag
 
     app = faust_app(settings)
@@ -103,7 +103,8 @@ def create_app(settings: Settings) -> Streams:
         windows=app.Table("windows", partitions=settings.partitions, key_type=str,
                           use_partitioner=True),
         slot=ModelSlot(settings.model_name, threads=settings.onnx_threads, window=settings.window),
-        sink=RedisSink(settings.redis_url or "", settings.redis_prefix, settings.history_maxlen),
+        sink=RedisSink(settings.redis_url or "", settings.redis_prefix, settings.history_maxlen,
+                       (settings.forecast_specs[0].target, settings.forecast_specs[0].horizon)),
         chain=ChainMinutes(),
         chain_ready=asyncio.Event(),
     )
@@ -111,6 +112,8 @@ def create_app(settings: Settings) -> Streams:
     predict.register(streams)
     score.register(streams)
     fees.register(streams)  # fee forecasts from chain.blocks
+    if settings.chain_txs:  # transactions are opt-in: so is their value forecaster
+        txs.register(streams)
     lag.register(streams)  # consumer lag and model age, sampled on a timer
 
     @app.task

@@ -87,3 +87,11 @@ FEE_LIVE_SKILL = Gauge("chaincast_fee_live_skill", "Rolling live skill of the se
                        "(EIP-1559 for the base fee, persistence for fullness)", ["target", "horizon"])
 FEE_LIVE_COVERAGE = Gauge("chaincast_fee_live_coverage", "Share of realised values inside the q10..q90 band",
                           ["target", "horizon"])
+# The transaction-value agent (stream.agents.txs); labels bounded by the configured model name.
+TX_FORECASTS = Counter("chaincast_tx_forecasts_total", "Transactions forecast before their value was revealed")
+TX_LIVE_MAE = Gauge("chaincast_tx_live_mae", "Rolling live MAE of the transaction-value forecast (log value)",
+                    ["role"])  # role: model or constant
+TX_LIVE_SKILL = Gauge("chaincast_tx_live_skill", "Rolling live skill of the transaction-value forecast vs the "
+                      "constant (training median): 1 - MAE/MAE_constant")
+TX_ALERTS = Counter("chaincast_tx_alerts_total", "Transactions above their calibrated bound (alerts sent)")
+TX_RETRACTED = Counter("chaincast_tx_retracted_total", "Transaction forecasts retracted after a reorg")

@@ -78,14 +78,15 @@ def forecast(model: Forecaster, batch: Sequence[Ready]) -> tuple[list[Prediction
     y = model.predict(np.concatenate([r.x for r in batch]))  # (B, 4): y_hat, q10, q50, q90
     ok = np.isfinite(y).all(axis=1) & (np.abs(np.nan_to_num(y, nan=np.inf)) <= MAX_ABS_OUTPUT).all(axis=1)
     now = time.time()
+    target = str(model.card.get("target", "log_return"))
     out = []
     refused = [r.bar for r, good in zip(batch, ok) if not good]
     for r, (y_hat, q10, q50, q90) in zip([r for r, good in zip(batch, ok) if good], y[ok].tolist()):
         bar = r.bar
         out.append(Prediction(
             exchange=bar.exchange, symbol=bar.symbol, bar_ts=bar.ts, horizon=model.horizon,
-            target=model.card.get("target", "log_return"), y_hat=y_hat, q10=q10, q50=q50, q90=q90,
-            price=bar.close, price_hat=bar.close * math.exp(y_hat), model_name=model.name,
+            target=target, y_hat=y_hat, q10=q10, q50=q50, q90=q90, price=bar.close,
+            price_hat=bar.close * math.exp(y_hat) if target == "log_return" else None, model_name=model.name,
             model_version=model.version, created_at=int(now * 1000),
             latency_ms=(time.perf_counter() - r.arrived) * 1000,
         ))

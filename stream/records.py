@@ -136,6 +136,42 @@ class Tx(Record):
     gas_price: Wei | None = None
     max_fee_per_gas: Wei | None = None
     max_priority_fee_per_gas: Wei | None = None
+    # Features of the transaction-value model (models.txs); absent from older producers.
+    index: int | None = Field(None, ge=0)  # position in the block
+    gas: int | None = Field(None, ge=0)  # gas limit
+    input_size: int | None = Field(None, ge=0)  # bytes of call data
+
+
+class TxForecast(Record):
+    """The value forecast of one transaction, made before its value was revealed to the model,
+    with the revealed value beside it (log(value_eth + eps) units, models.txs)."""
+
+    chain_id: int
+    block: int = Field(ge=0)
+    block_hash: str | None = None
+    hash: str
+    from_: str = Field(alias="from")
+    to: str | None
+    q10: Finite
+    q50: Finite
+    q90: Finite
+    threshold: Finite  # the calibrated upper bound at the alert level
+    y: Finite  # the revealed log value
+    value_eth: NonNegFinite
+    model_name: str
+    model_version: str
+    created_at: int  # ms, wall clock
+
+
+class TxAlert(Record):
+    """A transaction whose value lies above its calibrated bound (the "whale alert");
+    sent again with ``retracted=true`` when a reorg orphans its block."""
+
+    source: str = "txs"
+    forecast: TxForecast
+    level: float = Field(gt=0, lt=1)
+    excess: Finite  # y - threshold, log units
+    retracted: bool = False
 
 
 class Prediction(Record):
@@ -149,7 +185,8 @@ class Prediction(Record):
     q50: Finite
     q90: Finite
     price: PositiveFinite  # the close the forecast starts from
-    price_hat: PositiveFinite  # price * exp(y_hat)
+    # price * exp(y_hat) for a return forecast; None for a volatility forecast, which forecasts no price.
+    price_hat: PositiveFinite | None = None
     model_name: str
     model_version: str
     created_at: int  # ms, wall clock

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from chaincast.models.targets import ForecastSpec, parse_forecasts
+
 from chaincast.stream.topics import DEFAULTS
 
 
@@ -128,6 +130,37 @@ class Settings(BaseSettings):
     fee_history_blocks: int = Field(20_000, ge=500, validation_alias="CHAINCAST_FEE_HISTORY_BLOCKS")
     fee_retrain_family: str = Field("linear", validation_alias="CHAINCAST_FEE_RETRAIN_FAMILY")
     fee_chain_id: int = Field(1, ge=1, validation_alias="CHAINCAST_FEE_CHAIN_ID")  # the chain the page and `up` show
+
+    # --- forecast ---
+    # The served forecasters, target:horizon, comma-separated (e.g. log_return:1,volatility:5). The first
+    # is the default forecaster (model CHAINCAST_MODEL_NAME, Redis cc:pred:{SYMBOL}); each other one gets
+    # its own model name ({name}-{target}-{horizon}), Redis hash and history. Unset: log_return:CHAINCAST_HORIZON.
+    forecasts: str | None = Field(None, validation_alias="CHAINCAST_FORECASTS")
+
+    @field_validator("forecasts")
+    @classmethod
+    def _check_forecasts(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_forecasts(value)  # a bad entry is a ValueError: one line naming CHAINCAST_FORECASTS
+        return value
+
+    @property
+    def forecast_specs(self) -> tuple[ForecastSpec, ...]:
+        """The served forecasters, the default one first."""
+        return parse_forecasts(self.forecasts or f"log_return:{self.horizon}")
+
+    # --- transactions (the value model, issue 17) ---
+    tx_model_name: str = Field("tx_value", validation_alias="CHAINCAST_TX_MODEL_NAME")
+    # A transaction above this calibrated quantile of its forecast is an alert.
+    tx_alert_level: float = Field(0.99, gt=0.5, lt=1, validation_alias="CHAINCAST_TX_ALERT_LEVEL")
+    tx_skill_window: int = Field(500, ge=10, validation_alias="CHAINCAST_TX_SKILL_WINDOW")  # forecasts scored
+    topic_alerts: str = Field(DEFAULTS["topic_alerts"], validation_alias="CHAINCAST_TOPIC_ALERTS")
+    tx_window: int = Field(32, ge=2, le=1024, validation_alias="CHAINCAST_TX_WINDOW")  # transactions per window
+    # The tx retrainer runs a round every this many new transactions (0 = off) ...
+    tx_retrain_every: int = Field(5000, ge=0, validation_alias="CHAINCAST_TX_RETRAIN_EVERY")
+    # ... on at most this many of the newest.
+    tx_retrain_history: int = Field(50_000, ge=500, validation_alias="CHAINCAST_TX_RETRAIN_HISTORY")
+    tx_retrain_epochs: int = Field(4, ge=1, validation_alias="CHAINCAST_TX_RETRAIN_EPOCHS")
 
     @field_validator("symbols", mode="before")
     @classmethod

@@ -37,16 +37,21 @@ return 1
 
 
 def _fields(pred: Prediction) -> dict[str, str]:
-    return {k: str(v) for k, v in pred.model_dump(by_alias=True).items()}
+    # A volatility forecast has no price_hat: the field is absent, not the string "None".
+    return {k: str(v) for k, v in pred.model_dump(by_alias=True).items() if v is not None}
 
 
 class RedisSink:
-    def __init__(self, url: str, prefix: str = "cc:", maxlen: int = 10_000) -> None:
+    def __init__(self, url: str, prefix: str = "cc:", maxlen: int = 10_000,
+                 default_forecast: tuple[str, int] | None = None) -> None:
         self.url = url
         self.keys = RedisLayout(prefix)
         self.maxlen = maxlen
         self._client: aioredis.Redis | None = None
         self._set_if_newer = None
+        # (target, horizon) of the default forecaster, whose keys are cc:pred:{SYMBOL}; any other
+        # forecaster's predictions go to its own keys. None: every prediction is the default's.
+        self.default_forecast = default_forecast
 
     @property
     def client(self) -> aioredis.Redis:
@@ -73,8 +78,10 @@ class RedisSink:
         for pred in preds:
             fields = _fields(pred)
             flat = [x for kv in fields.items() for x in kv]
-            await self._set_if_newer(keys=[self.keys.latest(pred.symbol)], args=[pred.bar_ts, *flat], client=pipe)
-            pipe.xadd(self.keys.history(pred.symbol), fields, id=self.keys.history_id(pred.bar_ts, pred.horizon),
+            extra = () if self.default_forecast in (None, (pred.target, pred.horizon)) else (pred.target, pred.horizon)
+            await self._set_if_newer(keys=[self.keys.latest(pred.symbol, *extra)], args=[pred.bar_ts, *flat],
+                                     client=pipe)
+            pipe.xadd(self.keys.history(pred.symbol, *extra), fields, id=self.keys.history_id(pred.bar_ts, pred.horizon),
                       maxlen=self.maxlen, approximate=True)
             count += 1
         if not count:

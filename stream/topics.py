@@ -50,6 +50,8 @@ TOPICS: tuple[Topic, ...] = (
     Topic("topic_gaps", "ticks.gaps", False, doc="trade-id gaps the producer found (and backfilled)"),
     Topic("topic_fee_predictions", "predictions.chain", False,
           doc="fee forecasts (base fee, fullness) and their retractions after a reorg, key chain id"),
+    Topic("topic_alerts", "alerts", False,
+          doc="transaction-value alerts (a value above its calibrated bound) and their retractions, key source"),
 )
 DEFAULTS: Mapping[str, str] = MappingProxyType({t.setting: t.default for t in TOPICS})
 

@@ -25,7 +25,7 @@ REDIS_OWNER = REPO / "stream" / "redis_layout.py"
 TOPIC_OWNER = REPO / "stream" / "topics.py"
 
 # A key's kind followed by its colon, then a placeholder, a symbol or the end of the literal.
-REDIS_KEY = re.compile(r"(?<![\w.])(pred|preds|model|score|retrain):(?=\{|[A-Z0-9]|$)")
+REDIS_KEY = re.compile(r"(?<![\w.])(pred|preds|model|score|retrain|txpred|txpreds|txalerts|txscore):(?=\{|[A-Z0-9]|$)")
 TOPIC_NAMES = {t.default for t in TOPICS}
 # Literals that spell a topic's default name but mean something else (reason beside each).
 NOT_TOPICS = {

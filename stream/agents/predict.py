@@ -68,7 +68,8 @@ def register(s: "Streams") -> None:
             for p in preds:
                 BAR_TO_REDIS.observe(done - arrived)
                 PREDICTIONS.labels(p.symbol).inc()
-                FORECAST.labels(p.symbol, "mid").set(p.price_hat)
-                FORECAST.labels(p.symbol, "q10").set(p.price * math.exp(p.q10))
-                FORECAST.labels(p.symbol, "q90").set(p.price * math.exp(p.q90))
+                if p.price_hat is not None:  # a return forecast: the price band
+                    FORECAST.labels(p.symbol, "mid").set(p.price_hat)
+                    FORECAST.labels(p.symbol, "q10").set(p.price * math.exp(p.q10))
+                    FORECAST.labels(p.symbol, "q90").set(p.price * math.exp(p.q90))
                 await s.predictions.send(key=market_key(p.exchange, p.symbol).encode(), value=p.dumps())

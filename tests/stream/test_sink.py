@@ -43,3 +43,24 @@ async def test_model_hash(redis_url, tmp_path):
         await sink.close()
     h = redis.Redis.from_url(redis_url, decode_responses=True).hgetall(RedisLayout(f"{tmp_path.name}:").model("m"))
     assert h["version"] == "v1" and float(h["metric.val_mae"]) == 0.5
+
+
+async def test_an_extra_forecaster_has_its_own_hash_and_history(redis_url, tmp_path):
+    """CHAINCAST_FORECASTS=log_return:1,volatility:5: the default keeps cc:pred:{SYMBOL}; volatility has no price_hat."""
+    prefix = f"{tmp_path.name}:"
+    sink = RedisSink(redis_url, prefix=prefix, default_forecast=("log_return", 1))
+    vol = Prediction(exchange="binance", symbol="BTCUSDT", bar_ts=60_000, horizon=5, target="volatility",
+                     y_hat=0.0012, q10=0.0007, q50=0.0011, q90=0.0018, price=100.0, model_name="m-volatility-5",
+                     model_version="v9", created_at=1, latency_ms=0.5)
+    try:
+        assert await sink.write([pred(60_000), vol]) == 2
+    finally:
+        await sink.close()
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    keys = RedisLayout(prefix)
+    assert r.hget(keys.latest("BTCUSDT"), "target") == "log_return"
+    v = r.hgetall(keys.latest("BTCUSDT", "volatility", 5))
+    assert v["target"] == "volatility" and v["horizon"] == "5" and "price_hat" not in v
+    assert float(v["q10"]) < float(v["y_hat"]) < float(v["q90"])
+    assert [i for i, _ in r.xrange(keys.history("BTCUSDT", "volatility", 5))] == ["60000-5"]
+    assert r.xlen(keys.history("BTCUSDT")) == 1
