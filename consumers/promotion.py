@@ -16,10 +16,7 @@ import math
 import numpy as np
 
 from chaincast.consumers.registry import ModelEntry, Registry
-from chaincast.models.build import build_model
 from chaincast.models.timeunits import now_ms
-from chaincast.models.backtest import REFERENCE
-from chaincast.models.train import FitOptions
 from chaincast.stream.model_trust import signed
 from chaincast.stream.publish import Publisher
 from chaincast.stream.records import ModelUpdate
@@ -47,6 +44,10 @@ def initial_champion(registry: Registry, name: str, bars_list: list[np.ndarray],
     """
     if (entry := registry.champion(name)) is not None:
         return entry
+    from chaincast.models.backtest import REFERENCE  # training needs torch: only here, on a first start
+    from chaincast.models.build import build_model
+    from chaincast.models.train import FitOptions
+
     options = FitOptions(max_epochs=8, patience=2)
     reference = REFERENCE[target]
     fallback = build_model(bars_list, reference, window, horizon, registry, target=target, seed=seed, name=name)

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 import typer
 
+# The follower (web3, aiokafka) is imported by the commands that run it: the CLI's help stays fast.
 from chaincast.deploy.cli_args import load_settings, run_app
 from chaincast.deploy.metrics import serve_metrics
 from chaincast.models.logs import setup_logging
-from chaincast.producers.chain import ChainFollower, follow_chain
-from chaincast.producers.chain_node import redact
-from chaincast.producers.cursor import CursorError
 from chaincast.deploy.preflight import kafka_ready
-from chaincast.stream.publish import Publisher
 from chaincast.stream.settings import Settings
 from chaincast.stream.shutdown import run_until_signalled
-from chaincast.stream.topics import ensure_topics
+
+if TYPE_CHECKING:
+    from chaincast.producers.chain import ChainFollower
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,9 @@ def _alone(ctx: typer.Context) -> None:
 
 
 async def _follow(settings: Settings, duration: float | None) -> None:
+    from chaincast.producers.chain import follow_chain
+    from chaincast.producers.chain_node import redact
+
     # stops between batches: the cursor is saved
     follower = await run_until_signalled(lambda stop: follow_chain(settings, duration=duration, stop=stop))
     tip = follower.tip
@@ -71,6 +74,8 @@ def chain(
     if not settings.node_url:
         raise typer.BadParameter("give --node URL or set CHAINCAST_NODE_URL", param_hint="--node")
     settings = kafka_ready(settings)
+    from chaincast.producers.cursor import CursorError
+
     try:
         asyncio.run(_follow(settings, duration))
     except CursorError as exc:
@@ -123,6 +128,10 @@ def _mine_batch(url: str, n: int) -> None:
 
 
 async def _until_block(settings: Settings, url: str, last: int) -> ChainFollower:
+    from chaincast.producers.chain import ChainFollower
+    from chaincast.stream.publish import Publisher
+    from chaincast.stream.topics import ensure_topics
+
     await ensure_topics(settings)
     async with Publisher(settings) as publisher:
         follower = ChainFollower(settings, publisher, node_url=url)

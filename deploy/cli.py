@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from chaincast.deploy import (aggregator_cli, api_cli, bench, bootstrap_cli, chain_cli, exchange_cli,
+from chaincast.deploy import (aggregator_cli, api_cli, bench, bootstrap_cli, chain_cli, exchange_cli, fees_cli,
                               model_import_cli, models_cli, models_registry_cli, schema_cli)
 from chaincast.deploy.cli_args import DataOpt, SymbolsOpt, check_files, load_settings, parse_speed, run_app
 from chaincast.deploy.preflight import kafka_ready
@@ -143,6 +143,10 @@ def predictions(symbol: Annotated[Optional[str], typer.Argument(help="One symbol
         if not mine:
             typer.echo(f"{sym}: no prediction yet")
         for p in mine:
+            if p.price_hat is None:  # not a price forecast (volatility): the forecast and its band as they are
+                typer.echo(f"{sym} {forecaster_id(p)} bar {p.bar_ts}: {p.y_hat:.6f} "
+                           f"(80% band {p.q10:.6f} .. {p.q90:.6f}) model {p.model_name} {p.model_version}")
+                continue
             typer.echo(f"{sym} {forecaster_id(p)} bar {p.bar_ts}: {p.price:.4f} -> {p.price_hat:.4f} "
                        f"(80% band {p.price * math.exp(p.q10):.4f} .. {p.price * math.exp(p.q90):.4f}) "
                        f"model {p.model_name} {p.model_version}")
@@ -182,8 +186,6 @@ produce_app.command("chain")(chain_cli.chain)
 produce_app.command("aggregator")(aggregator_cli.produce_aggregator)
 app.add_typer(produce_app, name="produce")
 app.add_typer(exchange_cli.serve_app, name="exchange")
-from chaincast.deploy import fees_cli  # noqa: E402
-
 app.add_typer(fees_cli.chain_app, name="chain")
 app.command("retrain-fees")(fees_cli.retrain_fees)
 app.command("train", context_settings=models_cli.EXTRA)(models_cli.train)

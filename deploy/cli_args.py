@@ -9,11 +9,14 @@ downward; none of them imports the root app. ``run_app`` is every entry point's
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from chaincast.models.logs import setup_logging
 from chaincast.stream.settings import Settings, SettingsError
@@ -50,6 +53,18 @@ def check_files(paths: list[Path]) -> list[Path]:
         if not p.is_file():
             raise typer.BadParameter(f"no such file: {p}")
     return paths
+
+
+def console() -> Console:
+    """The console for the CLI's tables on stdout; piped output keeps whole rows (no 80-column wrap)."""
+    width = None if sys.stdout.isatty() else max(shutil.get_terminal_size((200, 24)).columns, 200)
+    return Console(width=width, highlight=False, soft_wrap=False)
+
+
+def plain_table(*columns: str) -> Table:
+    """A borderless table whose rows read like the plain lines they replace (one space between cells)."""
+    table = Table(*columns, box=None, show_header=True, header_style="bold", pad_edge=False, padding=(0, 1, 0, 0))
+    return table
 
 
 DataOpt = Annotated[Optional[list[Path]], typer.Option("--data", help="History file(s); repeat the option.")]

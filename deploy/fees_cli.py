@@ -12,8 +12,6 @@ from pathlib import Path
 import typer
 
 from chaincast.models.blocks import BlockFormatError, is_block_file, load_blocks
-from chaincast.models.fee_backtest import fee_backtest, format_fee_table
-from chaincast.models.fee_models import FEE_LEARNED, FeeFit, baselines_for
 from chaincast.models.fees import FEE_TARGETS
 from chaincast.models.logs import setup_logging
 
@@ -32,6 +30,10 @@ def backtest_blocks(ctx: typer.Context, data: list[Path], horizon: int, models: 
     target_source = ctx.get_parameter_source("target")  # the market default is a market target
     if target_source is None or target_source.name == "DEFAULT":
         target = "base_fee"
+    # torch: imported by the command that trains, never by `chaincast --help` or serving
+    from chaincast.models.fee_backtest import fee_backtest, format_fee_table
+    from chaincast.models.fee_models import FEE_LEARNED, FeeFit, baselines_for
+
     if target not in FEE_TARGETS:
         raise typer.BadParameter(f"{target!r} is not a block target ({', '.join(FEE_TARGETS)})",
                                  param_hint="--target")

@@ -12,25 +12,15 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 import typer
 
 from chaincast.consumers.registry import Registry
 from chaincast.deploy.cli_args import load_settings, run_app
-from chaincast.models.backtest import backtest as run_backtest
-from chaincast.models.backtest import format_table
-from chaincast.models.build import export_checked
-from chaincast.models.export import ExportError
-from chaincast.models.families import FAMILIES, LEARNED
-from chaincast.models.history import HistoryFormatError, load_many, symbol_of
+from chaincast.models.family_names import FAMILIES, LEARNED
 from chaincast.models.features import GROUPS
+from chaincast.models.history import HistoryFormatError, load_many, symbol_of
 from chaincast.models.logs import setup_logging
-from chaincast.models.plot import PlotUnavailable, plot_last_window
-from chaincast.models.report import write_report
-from chaincast.models.targets import TARGETS
-from chaincast.models.tx_backtest import TX_TARGET
-from chaincast.deploy import tx_cli
-from chaincast.models.train import FitOptions, train as run_train
+from chaincast.models.targets import TARGETS, TX_TARGET
 
 app = typer.Typer(help="Train and backtest chaincast models.", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
@@ -65,6 +55,8 @@ def _check(choice: str, allowed: tuple[str, ...], hint: str) -> str:
 
 
 def _setup(threads: int) -> None:
+    import torch  # here, not at import: `chaincast --help` and the serving commands never load torch
+
     torch.set_num_threads(threads)
     setup_logging()
 
@@ -86,6 +78,8 @@ def train(
 ) -> None:
     """Train one model, export it to ONNX with a parity check and store it in the registry."""
     if target == TX_TARGET:  # transaction histories, not bars: the tx side of the CLI
+        from chaincast.deploy import tx_cli  # torch: only when it trains
+
         _setup(threads)
         tx_cli.train_txs([*data, *(Path(a) for a in ctx.args)], window, epochs, seed, name,
                          out or load_settings().registry_dir, promote)
@@ -95,6 +89,9 @@ def train(
     registry = Registry(out or load_settings().registry_dir)  # a bad setting fails before training
     bars = load_series(ctx, data)
     _setup(threads)
+    from chaincast.models.build import export_checked
+    from chaincast.models.export import ExportError
+    from chaincast.models.train import FitOptions, train as run_train
 
     def progress(epoch: int, tr: float, val: float, best: float) -> None:
         typer.echo(f"  epoch {epoch + 1:>3}  train {tr:.4f}  val {val:.4f}  best {best:.4f}")
@@ -146,6 +143,8 @@ def backtest(
     On a block series (detected from the header) the fee backtest runs instead (deploy/fees_cli.py).
     """
     if target == TX_TARGET:  # transaction histories: medians, linear, LightGBM and the encoder
+        from chaincast.deploy import tx_cli  # torch: only when it trains
+
         families = tx_cli.families_of(models, ",".join(LEARNED))
         _setup(threads)
         tx_cli.backtest_txs([*data, *(Path(a) for a in ctx.args)], families, window, folds, seed, 6, json_out)
@@ -166,6 +165,11 @@ def backtest(
         _check(g, tuple(GROUPS), "--features")
     bars = load_series(ctx, data)
     _setup(threads)
+    from chaincast.models.backtest import backtest as run_backtest
+    from chaincast.models.backtest import format_table
+    from chaincast.models.plot import PlotUnavailable, plot_last_window
+    from chaincast.models.report import write_report
+
     try:
         report = run_backtest(bars, horizon, chosen, window, target, folds, seed=seed, min_skill=min_skill,
                               groups=groups, ablation=ablation, progress=lambda msg: typer.echo(f"  {msg}", err=True))

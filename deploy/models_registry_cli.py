@@ -14,8 +14,7 @@ import typer
 
 from chaincast.consumers.promotion import announce
 from chaincast.consumers.registry import ModelEntry, Registry
-from chaincast.deploy.cli_args import load_settings, run_app
-from chaincast.models.serving import Forecaster, ModelRejected
+from chaincast.deploy.cli_args import console, load_settings, plain_table, run_app
 from chaincast.deploy.preflight import kafka_ready
 from chaincast.stream.settings import Settings
 from chaincast.stream.shutdown import run_until_signalled
@@ -35,14 +34,13 @@ def _metric(entry: ModelEntry, split: str, key: str) -> str:
     return f"{value:+.4f}" if isinstance(value, (int, float)) else "-"
 
 
-def describe(entry: ModelEntry, champion: str | None) -> str:
-    """One line of ``models list``."""
+def describe(entry: ModelEntry, champion: str | None) -> list[str]:
+    """The cells of one ``models list`` row."""
     created = dt.datetime.fromtimestamp(entry.card.get("created_at", 0) / 1000, dt.timezone.utc)
-    mark = "*" if entry.version == champion else " "
-    return (f"{mark} {entry.version}  {entry.card.get('family', '?'):<11} {created:%Y-%m-%d %H:%M:%S}  "
-            f"val skill {_metric(entry, 'val', 'skill_vs_persistence')}  "
-            f"holdout skill {_metric(entry, 'holdout', 'skill_vs_persistence')} "
-            f"mae {_metric(entry, 'holdout', 'mae')}  parent {entry.card.get('parent') or '-'}")
+    return ["*" if entry.version == champion else "", entry.version, entry.card.get("family", "?"),
+            f"{created:%Y-%m-%d %H:%M:%S}", _metric(entry, "val", "skill_vs_persistence"),
+            _metric(entry, "holdout", "skill_vs_persistence"), _metric(entry, "holdout", "mae"),
+            entry.card.get("parent") or "-"]
 
 
 @models_app.command("list")
@@ -55,14 +53,19 @@ def list_models() -> None:
     if not entries:
         typer.echo(f"no models in {settings.registry_dir}")
         return
+    table = plain_table("", "version", "family", "created (UTC)", "val skill", "holdout skill", "holdout mae",
+                        "parent")
     for entry in entries:
-        typer.echo(describe(entry, champion.version if champion else None))
+        table.add_row(*describe(entry, champion.version if champion else None))
+    console().print(table)
 
 
 @models_app.command("promote")
 def promote(version: str = typer.Argument(..., help="The version to serve (a rollback when it is older).")) -> None:
     """Make VERSION the champion and announce it to every worker."""
     settings = kafka_ready(_settings())
+    from chaincast.models.serving import Forecaster, ModelRejected  # onnxruntime: only to check a promotion
+
     registry = Registry(settings.registry_dir)
     name = settings.model_name
     try:

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from chaincast.models.family_names import BASELINES
 from chaincast.models.features import RET
 
-BASELINES: tuple[str, ...] = ("persistence", "ema_drift")
 QUANTILES = (0.1, 0.5, 0.9)
 
 

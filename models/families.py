@@ -7,16 +7,14 @@ from typing import Any
 
 from torch import nn
 
-from chaincast.models.baselines import BASELINES, BaselineConfig, BaselineNet
+from chaincast.models.baselines import BaselineConfig, BaselineNet
+from chaincast.models.family_names import BASELINES, FAMILIES, LEARNED, REFERENCES  # noqa: F401 - re-exported
 from chaincast.models.features import FEATURES
 from chaincast.models.gbm import GBMConfig, GBMForecaster
 from chaincast.models.har import HarConfig, HarNet
 from chaincast.models.nets import ForecastNet, LinearBody, LinearConfig, RNNBody, RNNConfig
 from chaincast.models.transformer import TransformerBody, TransformerConfig
 
-LEARNED: tuple[str, ...] = ("linear", "lightgbm", "gru", "lstm", "transformer")
-REFERENCES: tuple[str, ...] = (*BASELINES, "har")  # closed-form references every backtest runs
-FAMILIES: tuple[str, ...] = LEARNED + REFERENCES
 
 
 def _config(cls: type, overrides: dict[str, Any] | None, **base: Any) -> Any:

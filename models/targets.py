@@ -18,6 +18,7 @@ from chaincast.models.history import CLOSE, TS
 from chaincast.models.timeunits import MINUTE_MS
 
 TARGETS: tuple[str, ...] = ("log_return", "volatility")
+TX_TARGET = "tx_value"  # the transaction-value target (models.tx_backtest): transactions, not bars
 
 
 def make_target(bars: np.ndarray, horizon: int, target: str = "log_return") -> np.ndarray:

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 from chaincast.models.evaluate import METRICS, metrics, pinball
+from chaincast.models.targets import TX_TARGET  # noqa: F401 - re-exported
 from chaincast.models.tx_encoder import (QUANTILES, TxEncoderConfig, TxFit, median_model, predict_last,
                                          train_encoder)
 from chaincast.models.txs import EPS, TxTable, Vocab, target, tokens, windows
 
-TX_TARGET = "tx_value"
 MEDIANS: tuple[str, ...] = ("median", "sender_median", "receiver_median")
 ALL_FAMILIES: tuple[str, ...] = (*MEDIANS, "linear", "lightgbm", "transformer")
 ZERO_CUT = float(np.log(1e-5 + EPS))  # a forecast below 1e-5 ETH calls the transaction "zero value"

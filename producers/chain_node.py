@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import websockets
+from aiolimiter import AsyncLimiter
 from prometheus_client import Counter
+from tenacity import AsyncRetrying, RetryError, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 from web3 import AsyncHTTPProvider
 from web3.exceptions import PersistentConnectionError, ProviderConnectionError, TimeExhausted, TooManyRequests
 
@@ -149,37 +149,14 @@ class RpcUnavailable(RpcError):
     """Every attempt failed on transport (timeouts, dropped connections, rate limits)."""
 
 
-class RateLimiter:
-    """At most ``rps`` acquisitions per second, spaced evenly (no bursts: paid providers count every call).
+def rate_limiter(rps: float) -> AsyncLimiter | None:
+    """At most ``rps`` requests per second, spaced evenly: a bucket of one (paid providers count
+    every call, so no bursts); None for no limit (``rps`` 0).
 
-    >>> clock = iter([0.0, 0.0, 0.0]).__next__
-    >>> slept = []
-    >>> async def sleep(s): slept.append(s)
-    >>> limiter = RateLimiter(4.0, clock=clock, sleep=sleep)
-    >>> import asyncio
-    >>> asyncio.run(limiter.acquire()); asyncio.run(limiter.acquire()); slept
-    [0.25]
+    >>> rate_limiter(0) is None, rate_limiter(4.0).time_period, rate_limiter(4.0).max_rate
+    (True, 0.25, 1)
     """
-
-    def __init__(self, rps: float, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
-        self.interval = 1.0 / rps if rps > 0 else 0.0
-        self._clock = clock
-        self._sleep = sleep
-        self._next = 0.0
-        self._lock: asyncio.Lock | None = None  # made lazily: no event loop at construction
-
-    async def acquire(self) -> None:
-        if self.interval == 0.0:
-            return
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            now = self._clock()
-            if self._next > now:
-                await self._sleep(self._next - now)
-                now = self._next
-            self._next = now + self.interval
+    return AsyncLimiter(1, 1.0 / rps) if rps > 0 else None
 
 
 def _kind(exc: BaseException) -> str:
@@ -193,47 +170,62 @@ def _kind(exc: BaseException) -> str:
     return "connection"
 
 
+class _Retryable(Exception):
+    """One attempt failed in a way worth another (transport, or a rate-limit/overload code)."""
+
+
 class NodeClient:
     """JSON-RPC calls through one provider's ``make_request``: bounded concurrency, a
-    requests-per-second limit, jittered exponential retries of transient failures."""
+    requests-per-second limit (aiolimiter), jittered exponential retries of transient
+    failures (tenacity)."""
 
     def __init__(self, request: Request, *, url: str, rps: float, concurrency: int, retries: int,
-                 backoff: float = 0.2, limiter: RateLimiter | None = None) -> None:
+                 backoff: float = 0.2, limiter: AsyncLimiter | None = None) -> None:
         self._request = request
         self._url = url
-        self._limiter = limiter or RateLimiter(rps)
+        self._limiter = limiter or rate_limiter(rps)
         self._slots = asyncio.Semaphore(concurrency)
         self._retries = retries
         self._backoff = backoff
 
     async def call(self, method: str, params: list[Any]) -> Any:
         """The ``result`` of one call (may be None: e.g. a block the node does not have)."""
-        last = "no attempt"
-        for attempt in range(self._retries):
-            if attempt:
-                RPC_RETRIES.labels(method).inc()
-                await asyncio.sleep(self._backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
-            async with self._slots:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._retries),
+            wait=wait_random_exponential(multiplier=self._backoff, max=30.0),  # full jitter: clients spread out
+            retry=retry_if_exception_type(_Retryable),
+            before_sleep=lambda _state: RPC_RETRIES.labels(method).inc(),
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._attempt(method, params)
+        except RetryError as exc:
+            last = exc.last_attempt.exception()
+            raise RpcUnavailable(method, f"{self._retries} attempts failed; last: {last}") from None
+        raise AssertionError("unreachable: tenacity either returns, raises or gives up")
+
+    async def _attempt(self, method: str, params: list[Any]) -> Any:
+        async with self._slots:
+            if self._limiter is not None:
                 await self._limiter.acquire()
-                try:
-                    response = await self._request(method, params)
-                except TRANSIENT as exc:
-                    RPC_ERRORS.labels(method, _kind(exc)).inc()
-                    last = f"{type(exc).__name__}: {scrub(str(exc), self._url)}"
-                    continue
-            if not isinstance(response, Mapping) or ("result" not in response and "error" not in response):
-                RPC_ERRORS.labels(method, "malformed").inc()
-                raise RpcError(method, f"malformed response {scrub(repr(response)[:200], self._url)}")
-            error = response.get("error")
-            if error is None:
-                return response.get("result")
-            code = error.get("code") if isinstance(error, Mapping) else None
-            message = scrub(str(error.get("message") if isinstance(error, Mapping) else error), self._url)
-            RPC_ERRORS.labels(method, "rpc_error").inc()
-            if code not in RETRYABLE_CODES:
-                raise RpcError(method, f"node error {code}: {message}")
-            last = f"node error {code}: {message}"
-        raise RpcUnavailable(method, f"{self._retries} attempts failed; last: {last}")
+            try:
+                response = await self._request(method, params)
+            except TRANSIENT as exc:
+                RPC_ERRORS.labels(method, _kind(exc)).inc()
+                raise _Retryable(f"{type(exc).__name__}: {scrub(str(exc), self._url)}") from None
+        if not isinstance(response, Mapping) or ("result" not in response and "error" not in response):
+            RPC_ERRORS.labels(method, "malformed").inc()
+            raise RpcError(method, f"malformed response {scrub(repr(response)[:200], self._url)}")
+        error = response.get("error")
+        if error is None:
+            return response.get("result")
+        code = error.get("code") if isinstance(error, Mapping) else None
+        message = scrub(str(error.get("message") if isinstance(error, Mapping) else error), self._url)
+        RPC_ERRORS.labels(method, "rpc_error").inc()
+        if code not in RETRYABLE_CODES:
+            raise RpcError(method, f"node error {code}: {message}")
+        raise _Retryable(f"node error {code}: {message}")
 
     async def chain_id(self) -> int:
         return parse_quantity(await self.call("eth_chainId", []), "eth_chainId")

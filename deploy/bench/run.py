@@ -47,7 +47,6 @@ from chaincast.deploy.bench.profile import profile_forecasts
 from chaincast.deploy.bench.report import code_version, machine
 from chaincast.deploy.bench.scan import scan_summary, symbol_scan
 from chaincast.deploy.embedded import embedded_stack
-from chaincast.models.build import build_model
 from chaincast.models.history import TS, load_many
 from chaincast.stream.settings import Settings
 from chaincast.stream.redis_layout import RedisLayout
@@ -155,6 +154,8 @@ def run_bench(base: Settings, plan: BenchPlan, files: dict[str, list[Path]], log
         home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chaincast-bench-")))
         registry = Registry(home / "registry")
         first = next(iter(bars.values()))
+        from chaincast.models.build import build_model  # torch, only when the bench runs (not for --help)
+
         serving = build_model([first[:3000]], "persistence", base.window, base.horizon, registry, name=base.model_name)
         swap_to = build_model([first[3000:6000]], "persistence", base.window, base.horizon, registry,
                               name=base.model_name)
