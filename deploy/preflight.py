@@ -16,11 +16,9 @@ def kafka_ready(settings: Settings) -> Settings:
     Unreachable brokers, refused credentials or TLS, too few brokers for the
     replication factor: one line on stderr, exit code 2, never a hang.
     """
-    if not settings.kafka_bootstrap_servers:
-        typer.echo("error: KAFKA_BOOTSTRAP_SERVERS is not set (chaincast up starts an embedded broker)", err=True)
-        raise typer.Exit(2)
+    if not settings.kafka_bootstrap_servers:  # run_app prints it as the one `Error: ...` line, exit 2
+        raise typer.BadParameter("KAFKA_BOOTSTRAP_SERVERS is not set (chaincast up starts an embedded broker)")
     try:
         return asyncio.run(kafka_options.resolve(settings))
     except kafka_options.KafkaSetupError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.BadParameter(str(exc)) from None

@@ -30,6 +30,7 @@ BAD_ARGS: dict[str, list[str]] = {
     "bootstrap": ["bootstrap", "--wait", "0"],
     "chain serve": ["chain", "serve", "--port", "70000"],
     "retrain-fees": ["retrain-fees", "--nope"],
+    "retrain-txs": ["retrain-txs", "--nope"],
     "token create": ["token", "create", "bad name!"],
     "token list": ["token", "list", "extra"],
     "token revoke": ["token", "revoke", "no-such-token"],
