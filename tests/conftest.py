@@ -34,7 +34,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # Every test that needs a broker runs once per chosen broker (the `stack` fixture's parameter).
     if "broker_kind" in metafunc.fixturenames:
         chosen = metafunc.config.getoption("--broker")
-        metafunc.parametrize("broker_kind", BROKERS if chosen == "both" else (chosen,), scope="module")
+        kinds = BROKERS if chosen == "both" else (chosen,)
+        if chosen == "both" and metafunc.definition.get_closest_marker("one_broker"):
+            kinds = ("tansu",)  # the broker is not what the test is about: the zero-setup default suffices
+        metafunc.parametrize("broker_kind", kinds, scope="module")
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,8 @@ from chaincast.stream.records import FeePrediction, Prediction
 from chaincast.stream.sink import RedisSink
 from tests.deploy.conftest import require
 
+pytestmark = pytest.mark.one_broker  # the API reads Redis; the broker only carries the fixture's data
+
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars", "--lang=en-US"]
 T0 = 1_680_307_200_000

@@ -30,6 +30,8 @@ from chaincast.models.history import TS, load_many
 from chaincast.stream.records import TradeBatch
 from chaincast.stream.settings import Settings
 
+pytestmark = pytest.mark.one_broker  # the tiny bench checks the JSON's shape; `chaincast bench --kafka` measures Kafka
+
 # Every key of the proof, and every key older runs reported (nothing removed).
 KEYS = ("broker", "trades_per_s_per_worker", "messages_per_s", "bare_faust_msgs_per_s", "bar_to_redis_ms_p50",
         "bar_to_redis_ms_p99", "ort_speedup_vs_torch", "worker_cpu_efficiency_2v1", "worker_rss_mb",

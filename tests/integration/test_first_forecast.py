@@ -21,6 +21,8 @@ import yaml
 from chaincast.deploy.embedded import Process, free_port, wait_for_port
 from chaincast.stream.forecasts import ForecastReader
 
+pytestmark = pytest.mark.one_broker  # the compose commands' order and bootstrap; delivery on Kafka is proven by the pipeline, poison, fault and retrain tests
+
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 

@@ -26,6 +26,8 @@ from chaincast.stream.redis_layout import RedisLayout
 from tests.conftest import TEST_DATA
 from tests.integration.conftest import read_topic, start_worker
 
+pytestmark = pytest.mark.one_broker  # the tx model's forecasts and alerts; delivery on Kafka is proven elsewhere
+
 torch.set_num_threads(1)
 WINDOW = 8
 WAIT = 180.0  # a bound on each wait (the machine is shared), not a timing assertion

@@ -6,6 +6,8 @@ hash appears once the worker accepted the version.
 
 from __future__ import annotations
 
+import pytest
+
 import time
 from pathlib import Path
 
@@ -13,6 +15,8 @@ import redis
 
 from chaincast.stream.redis_layout import RedisLayout
 from tests.integration.conftest import start_worker
+
+pytestmark = pytest.mark.one_broker  # what a worker process maps, whatever the broker
 
 
 def wait_for(what: str, condition, timeout: float = 300.0) -> None:  # noqa: ANN001
