@@ -75,16 +75,17 @@ def worker() -> None:
     from chaincast.stream.app import run_worker
 
     settings = load_settings()
-    if not settings.redis_url:
+    if not settings.redis_url or not settings.kafka_bootstrap_servers:
         raise typer.BadParameter("a worker needs KAFKA_BOOTSTRAP_SERVERS and REDIS_URL")
-    settings = kafka_ready(settings)
+    # No kafka_ready() preflight here: unlike the interactive commands, a worker waits for an
+    # unreachable broker (reconnect with backoff, as during a run); run_worker resolves the
+    # settings for the cluster once it answers, and a cluster that refuses them still exits 2.
     if settings.metrics_port:
         serve_metrics(settings.metrics_port, settings.metrics_host)
     try:
         run_worker(settings)
-    except KafkaSetupError as exc:  # e.g. an existing topic with fewer replicas than asked
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    except KafkaSetupError as exc:  # refused credentials/TLS, too few brokers, fewer replicas than asked...
+        raise typer.BadParameter(str(exc)) from None  # run_app: the one `Error: ...` line, exit 2
 
 
 @app.command()

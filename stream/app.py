@@ -111,21 +111,35 @@ def create_app(settings: Settings) -> Streams:
     return streams
 
 
-async def wait_for_broker(settings: Settings) -> None:
-    """Create the topics, retrying (jittered backoff, no limit) while the broker is unreachable."""
+async def wait_for_broker(settings: Settings) -> Settings:
+    """Resolve the settings for this cluster and create the topics, waiting (jittered backoff, no limit) for the broker.
+
+    A worker is a long-running service that may start before its broker, so an
+    unreachable broker (``BrokerUnreachable``, or a ``KafkaError`` while creating the
+    topics) is logged as ``broker unreachable ...`` and retried, never an exit: once
+    the broker is up the worker consumes from the committed offsets and loses nothing.
+    A broker that answers and refuses us (credentials, TLS, too few brokers for the
+    replication factor, exactly_once on the embedded broker) is a KafkaSetupError that
+    is not retried: the ``chaincast worker`` command prints it and exits 2. Interactive
+    commands use ``deploy.preflight.kafka_ready`` instead, which exits 2 at once.
+    """
     def unreachable(state: RetryCallState) -> None:
         log.warning("broker unreachable at %s (attempt %d): %s; retrying", settings.kafka_bootstrap_servers,
                     state.attempt_number, state.outcome.exception() if state.outcome else "")
 
-    async for attempt in AsyncRetrying(retry=retry_if_exception_type(KafkaError),
-                                       wait=wait_random_exponential(multiplier=0.5, max=10), before_sleep=unreachable):
+    async for attempt in AsyncRetrying(retry=retry_if_exception_type((kafka_options.BrokerUnreachable, KafkaError)),
+                                       wait=wait_random_exponential(multiplier=0.5, max=10), before_sleep=unreachable,
+                                       reraise=True):
         with attempt:
-            await ensure_topics(settings)
+            resolved = await kafka_options.resolve(settings)
+            await ensure_topics(resolved)
+    return resolved
 
 
 def run_worker(settings: Settings) -> None:
-    """Run one stream worker until SIGTERM/SIGINT."""
-    asyncio.run(wait_for_broker(settings))  # a worker may start before the broker, or any producer
+    """Run one stream worker until SIGTERM/SIGINT (KafkaSetupError when the cluster refuses these settings)."""
+    # A worker may start before the broker, or any producer: wait for it (see wait_for_broker).
+    settings = asyncio.run(wait_for_broker(settings))
     streams = create_app(settings)
     worker = faust.Worker(streams.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -51,6 +51,15 @@ class KafkaSetupError(RuntimeError):
     """The cluster cannot serve these settings (unreachable, refused credentials, too few brokers): exit 2."""
 
 
+class BrokerUnreachable(KafkaSetupError):
+    """No broker answered (connection refused or timed out), as opposed to one that answered and refused us.
+
+    Interactive commands treat it like any KafkaSetupError (one line, exit 2); the stream
+    worker instead waits for the broker with backoff (``stream.app.wait_for_broker``), since
+    it may be started before the broker, like any long-running service.
+    """
+
+
 # --- plain aiokafka clients ----------------------------------------------------------------------------
 
 
@@ -270,9 +279,15 @@ async def _count_brokers(client: AIOKafkaAdminClient, settings: Settings, timeou
         await asyncio.wait_for(client.start(), timeout_s)
         return len((await asyncio.wait_for(client.describe_cluster(), timeout_s))["brokers"])
     except asyncio.TimeoutError:
-        raise KafkaSetupError(f"Kafka at {settings.kafka_bootstrap_servers} did not answer within "
-                              f"{timeout_s:.0f}s ({settings.kafka_security_protocol})") from None
-    except (KafkaConnectionError, KafkaError, OSError, ssl.SSLError) as exc:
+        raise BrokerUnreachable(f"Kafka at {settings.kafka_bootstrap_servers} did not answer within "
+                                f"{timeout_s:.0f}s ({settings.kafka_security_protocol})") from None
+    except ssl.SSLError as exc:  # an OSError too, but the broker answered: refused TLS is not "unreachable"
+        raise KafkaSetupError(f"cannot use Kafka at {settings.kafka_bootstrap_servers} "
+                              f"({settings.kafka_security_protocol}): {_one_line(exc)}") from None
+    except (KafkaConnectionError, OSError) as exc:
+        raise BrokerUnreachable(f"cannot use Kafka at {settings.kafka_bootstrap_servers} "
+                                f"({settings.kafka_security_protocol}): {_one_line(exc)}") from None
+    except KafkaError as exc:
         raise KafkaSetupError(f"cannot use Kafka at {settings.kafka_bootstrap_servers} "
                               f"({settings.kafka_security_protocol}): {_one_line(exc)}") from None
     finally:
