@@ -206,6 +206,10 @@ class TunedApp(faust.App):
         client = self.producer._ensure_producer().client  # noqa: SLF001
         for topic in self.tables.changelog_topics:
             await client.add_topic(topic)
+            if client.cluster.partitions_for_topic(topic) is None:
+                # add_topic may have joined a metadata request already in flight, which
+                # did not name this topic: ask once more, now that it is tracked.
+                await client.force_metadata_update()
         await super()._on_partitions_assigned(assigned, generation_id)
 
 
