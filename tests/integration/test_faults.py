@@ -104,6 +104,10 @@ def test_redis_stopped_10s_mid_replay_every_forecast_is_in_redis_afterwards(serv
     assert latest == {sym: str(int(day_of(sym)[CLOSED_PER_SYMBOL - 1, 0])) for sym in SYMBOLS}
 
 
+# The broker this test brings up late is the embedded one (deploy.embedded.start_broker on the port the
+# worker was given), so only the embedded client settings can talk to it; the waiting itself
+# (stream.app.wait_for_broker) is the same code on either broker.
+@pytest.mark.one_broker
 def test_broker_unreachable_at_start_the_worker_waits_then_loses_nothing(settings_for, tmp_path):
     port = free_port()
     settings = settings_for(KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{port}")  # nothing listens there yet
