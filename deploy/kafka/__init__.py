@@ -197,7 +197,7 @@ class KafkaCluster:
         raise EmbeddedError(f"kafka did not register brokers {sorted(want)} within {timeout:.0f}s ({last})")
 
     def leader_of(self, topic: str, partition: int) -> int:
-        """The node id leading ``topic``/``partition`` now."""
+        """The node id leading ``topic``/``partition`` now (-1: none), as the live nodes see it."""
         return asyncio.run(self._leader(topic, partition))
 
     # --- internals -----------------------------------------------------------------------------------
@@ -222,12 +222,22 @@ class KafkaCluster:
             await admin.close()
 
     async def _leader(self, topic: str, partition: int) -> int:
-        admin = await self._admin()
+        # Not the admin client: its describe_topics() asks a random broker of the metadata, which
+        # still names a SIGKILLed node until the controller fences it (NodeNotReadyError). A
+        # metadata fetch over the live nodes tries them in turn and skips an unreachable one.
+        from aiokafka.client import AIOKafkaClient
+        from aiokafka.structs import TopicPartition
+
+        live = ",".join(f"127.0.0.1:{n.internal_port}" for n in self.nodes if n.alive())
+        client = AIOKafkaClient(bootstrap_servers=live, request_timeout_ms=5000)
         try:
-            (desc,) = await admin.describe_topics([topic])
-            return next(p["leader"] for p in desc["partitions"] if p["partition"] == partition)
+            await client.bootstrap()
+            leader = (await client.fetch_all_metadata()).leader_for_partition(TopicPartition(topic, partition))
         finally:
-            await admin.close()
+            await client.close()
+        if leader is None:
+            raise KeyError(f"{topic}/{partition} is not in the cluster metadata")
+        return leader  # -1 while the partition has no leader
 
     def _log(self, node: KafkaNode) -> Path:
         return node.config.parent / "kafka.log"
