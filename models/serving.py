@@ -54,13 +54,18 @@ def card_path_of(onnx_path: Path) -> Path:
     return onnx_path.with_suffix(".json")
 
 
-def _read_card(path: Path) -> dict[str, Any]:
+def load_card_json(path: Path) -> Any:
+    """The parsed JSON of a model card; a missing or unreadable card is a ``ModelRejected``."""
     try:
-        card = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelRejected(f"no model card beside the model: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
         raise ModelRejected(f"unreadable model card {path}: {exc}") from None
+
+
+def _read_card(path: Path) -> dict[str, Any]:
+    card = load_card_json(path)
     if not isinstance(card, dict):
         raise ModelRejected(f"model card {path} is not a JSON object")
     for key in ("sha256", "family", "window", "horizon", "features"):

@@ -13,7 +13,6 @@ transaction never sees its own value. No torch here.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,19 +22,14 @@ import numpy as np
 import onnxruntime as ort
 
 from chaincast.models.export import session
-from chaincast.models.serving import ORT_ERRORS, ModelRejected, _first_line, card_path_of
+from chaincast.models.serving import ORT_ERRORS, ModelRejected, _first_line, card_path_of, load_card_json
 from chaincast.models.txs import NUM_FEATURES, TxTable, Vocab, num_features, target
 
 TX_INPUTS = ("ids", "num", "value", "masked")
 
 
 def _card(path: Path) -> dict[str, Any]:
-    try:
-        card = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelRejected(f"no model card beside the model: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise ModelRejected(f"unreadable model card {path}: {exc}") from None
+    card = load_card_json(path)
     if not isinstance(card, dict) or card.get("kind") != "tx_value":
         raise ModelRejected(f"model card {path} is not a tx_value card")
     for key in ("sha256", "family", "window", "features", "vocab", "alert_residuals", "constant"):
