@@ -30,6 +30,7 @@ from chaincast.models.build import build_model
 from chaincast.models.export import export_onnx
 from chaincast.models.families import make_net
 from chaincast.models.features import FEATURES
+from chaincast.producers.replay import Market, replay
 from chaincast.stream.predict import history_size
 from chaincast.stream.records import ModelUpdate, Prediction, market_key
 from chaincast.stream.redis_layout import RedisLayout
@@ -51,7 +52,18 @@ def _one_thread() -> None:
 
 
 def series() -> dict[str, np.ndarray]:
-    return {sym: ar_bars(TOTAL, seed=i + 1) for i, sym in enumerate(SYMBOLS)}
+    # One bar more than the phases use: its first trade closes the last bar (bars close on a later minute's trade).
+    return {sym: ar_bars(TOTAL + 1, seed=i + 1) for i, sym in enumerate(SYMBOLS)}
+
+
+async def send_trades(settings: Settings, bars: dict[str, np.ndarray], start: int, stop: int) -> None:
+    """The trades of bars [start, stop) of every symbol, as the exchange producer would send them.
+
+    The worker folds them into bars and forecasts each bar it closes (one hop); bar ``stop``'s trades go
+    too, because its first trade is what closes bar ``stop - 1`` (the next phase starts after it).
+    """
+    lo = 0 if start == 0 else start + 1
+    await replay(settings, [Market(sym, rows[lo:stop + 1]) for sym, rows in bars.items()], speed=None)
 
 
 async def send_bars(settings: Settings, bars: dict[str, np.ndarray], start: int, stop: int) -> None:
@@ -143,7 +155,7 @@ def test_better_challenger_is_promoted_swapped_live_refusals_and_rollback(settin
     per_symbol = lambda n: n - history_size(settings.window) + 1  # noqa: E731 - forecastable bars
     xlen = lambda: min(r.xlen(RedisLayout.of(settings).history(s)) for s in SYMBOLS)  # noqa: E731
     try:
-        asyncio.run(send_bars(settings, bars, 0, PHASE1))
+        asyncio.run(send_trades(settings, bars, 0, PHASE1))
         updates = asyncio.run(read_topic(settings, settings.topic_models,
                                          lambda m: any(ModelUpdate.loads(x.value).version != first.version
                                                        for x in m), timeout=180))
@@ -162,13 +174,13 @@ def test_better_challenger_is_promoted_swapped_live_refusals_and_rollback(settin
         log.warning("retrain round: %.2f s over %d round(s)", rm.get("chaincast_retrain_seconds_sum", 0),
                     rm.get("chaincast_retrain_seconds_count", 0))
 
-        asyncio.run(send_bars(settings, bars, PHASE1, PHASE1 + PHASE2))
+        asyncio.run(send_trades(settings, bars, PHASE1, PHASE1 + PHASE2))
         wait_for("phase 2 forecasts", lambda: xlen() >= per_symbol(PHASE1 + PHASE2))
 
         for bad in corrupted_updates(settings, registry, registry.get(promoted.version), tmp_path):
             asyncio.run(announce_raw(settings, bad))
         wait_for("three refusals", lambda: scrape(worker_port).get("chaincast_models_refused_total", 0) >= 3)
-        asyncio.run(send_bars(settings, bars, PHASE1 + PHASE2, PHASE1 + PHASE2 + PHASE3))
+        asyncio.run(send_trades(settings, bars, PHASE1 + PHASE2, PHASE1 + PHASE2 + PHASE3))
         wait_for("phase 3 forecasts", lambda: xlen() >= per_symbol(PHASE1 + PHASE2 + PHASE3))
 
         listing = cli(settings, "models", "list")
@@ -177,7 +189,7 @@ def test_better_challenger_is_promoted_swapped_live_refusals_and_rollback(settin
         assert registry.champion(settings.model_name).version == first.version
         wait_for("the rollback", lambda: r.hget(RedisLayout.of(settings).model(settings.model_name), "version")
                  == first.version and scrape(worker_port).get("chaincast_model_swap_seconds_count", 0) >= 2)
-        asyncio.run(send_bars(settings, bars, TOTAL - PHASE4, TOTAL))
+        asyncio.run(send_trades(settings, bars, TOTAL - PHASE4, TOTAL))
         wait_for("phase 4 forecasts", lambda: xlen() >= per_symbol(TOTAL))
         preds = predictions_by_symbol(settings, per_symbol(TOTAL))
         score = r.hgetall(RedisLayout.of(settings).score("BTCUSDT"))
