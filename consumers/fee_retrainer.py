@@ -25,10 +25,10 @@ from pydantic import ValidationError
 
 from chaincast.consumers.promotion import announce
 from chaincast.consumers.registry import ModelEntry, Registry
-from chaincast.models.export import session
 from chaincast.models.fee_build import fee_model_name, fee_splits, store_fee_model, train_fee_model
 from chaincast.models.fee_models import FeeFit, fit_fee_model, predict_chunked
 from chaincast.models.fees import FEE_TARGETS, REFERENCE, BlockSamples
+from chaincast.models.serving import session
 from chaincast.stream.fees import block_row
 from chaincast.stream.records import Block
 from chaincast.stream import kafka_options

@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from chaincast.models.export import session
-from chaincast.models.serving import ORT_ERRORS, ModelRejected, _first_line, card_path_of, load_card_json
+from chaincast.models.serving import ORT_ERRORS, ModelRejected, _first_line, card_path_of, load_card_json, session
 from chaincast.models.txs import NUM_FEATURES, TxTable, Vocab, num_features, target
 
 TX_INPUTS = ("ids", "num", "value", "masked")
