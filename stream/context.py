@@ -1,4 +1,4 @@
-"""The context the agents of one worker share: its app, topics, tables, model slot and sink.
+"""The context the agents of one worker share: its app, topics, tables, model slots and sink.
 
 Built by ``stream.app.create_app``; each agent module (``stream.agents.*``) and the
 lag sampler get it through their ``register(streams)`` and import this module
@@ -18,7 +18,7 @@ import faust
 from chaincast.models.timeunits import now_ms
 from chaincast.stream.chainfeatures import ChainMinutes
 from chaincast.stream.metrics import DEADLETTERED, reason_kind
-from chaincast.stream.model_slot import ModelSlot
+from chaincast.stream.model_slot import ModelSlots
 from chaincast.stream.records import DeadLetter
 from chaincast.stream.settings import Settings
 from chaincast.stream.sink import RedisSink
@@ -35,7 +35,7 @@ class Streams:
     predictions: faust.TopicT
     deadletter: faust.TopicT
     markets: faust.Table  # market key (str) -> stream.market.MarketState dict
-    slot: ModelSlot
+    slots: ModelSlots  # the market models, one per served forecaster
     sink: RedisSink
     chain: ChainMinutes
     chain_ready: asyncio.Event

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from chaincast.stream.records import ModelUpdate, Prediction
+from chaincast.stream.records import ModelUpdate, Prediction, forecaster_key
 from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.settings import Settings
 
@@ -27,7 +27,7 @@ def forecaster_id(pred: Prediction) -> str:
     >>> forecaster_id(p)
     'log_return:h5'
     """
-    return f"{pred.target}:h{pred.horizon}"
+    return forecaster_key(pred.target, pred.horizon)
 
 
 def parse(fields: dict[str, str]) -> Prediction | None:

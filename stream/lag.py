@@ -91,6 +91,7 @@ def register(s: "Streams") -> None:
         consumer = s.app.consumer
         assignment = consumer.assignment()
         gauges.publish(await read_offsets(consumer, assignment))
-        model = s.slot.current
-        if model is not None and (created_ms := model.card.get("created_at")):
-            MODEL_AGE.labels(s.slot.name).set(max(time.time() - float(created_ms) / 1000, 0.0))
+        for slot in s.slots:
+            model = slot.current
+            if model is not None and (created_ms := model.card.get("created_at")):
+                MODEL_AGE.labels(slot.name).set(max(time.time() - float(created_ms) / 1000, 0.0))

@@ -1,6 +1,7 @@
-"""One market's state in a stream worker: the bar being built and the forecast window behind it.
+"""One market's state in a stream worker: the bar being built, the forecast window behind it
+and the live calibration of each forecaster's band (``stream.calibration.LiveBand``).
 
-Both live in one changelogged table entry keyed by the market (``exchange:SYMBOL``),
+All live in one changelogged table entry keyed by the market (``exchange:SYMBOL``),
 so the worker that closes a bar forecasts it in the same task (one broker hop
 from trade to forecast) and a killed worker's markets recover elsewhere whole.
 The state follows one contract: fold a batch into a copy, snapshot it once the
@@ -11,11 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from collections.abc import Mapping
+
 from pydantic import ValidationError
 
 from chaincast.stream.bars import BarBuilder, Duplicate, Refused
 from chaincast.stream.bounds import Bounds
-from chaincast.stream.records import Bar, Trade
+from chaincast.stream.calibration import LiveBand
+from chaincast.stream.records import Bar, Prediction, Trade, forecaster_key
 
 
 @dataclass
@@ -31,6 +35,7 @@ class Folded:
 class MarketState:
     bars: BarBuilder
     window: list[list[float]] = field(default_factory=list)  # the last closed bars, as stream.predict.bar_row
+    bands: dict[str, LiveBand] = field(default_factory=dict)  # forecaster id (log_return:h1) -> its calibration
 
     def fold(self, trades: list[Trade], bounds: Bounds | None = None) -> Folded:
         """Fold trades into the open bar; refused trades change nothing and are reported.
@@ -54,12 +59,37 @@ class MarketState:
                 out.refused.append((trade, f"invalid: bar: {exc.errors()[0]['msg']}"))
         return out
 
+    def calibrate(self, p: Prediction, closes: Mapping[int, float]) -> Prediction:
+        """``p`` with its q10..q90 calibrated (``stream.calibration``); the raw band is kept pending.
+
+        ``closes``: the market's closes up to ``p``'s bar (what its outcomes are realised from).
+        Call in bar order per forecaster, as the bars closed.
+
+        >>> s = MarketState(BarBuilder("binance", "BTCUSDT"))
+        >>> p = lambda ts: Prediction(exchange="binance", symbol="BTCUSDT", bar_ts=ts, horizon=1, target="volatility",
+        ...     y_hat=0.001, q10=0.0008, q50=0.001, q90=0.0012, price=100, model_name="m", model_version="v",
+        ...     created_at=0, latency_ms=0)
+        >>> closes = {0: 100.0, 60_000: 101.0}
+        >>> s.calibrate(p(0), closes).q90, round(s.calibrate(p(60_000), closes).q90, 6)  # a miss widens it
+        (0.0012, 0.001203)
+        >>> list(s.bands), s.bands["volatility:h1"].scale > 1
+        (['volatility:h1'], True)
+        """
+        key = forecaster_key(p.target, p.horizon)
+        band = self.bands.get(key)
+        if band is None:
+            band = self.bands[key] = LiveBand(p.target, p.horizon)
+        q10, q90 = band.calibrate(p.bar_ts, closes, p.q10, p.q50, p.q90)
+        return p.model_copy(update={"q10": q10, "q90": q90})
+
     def to_dict(self) -> dict:
-        return {"bars": self.bars.to_dict(), "window": self.window}
+        return {"bars": self.bars.to_dict(), "window": self.window,
+                "bands": {k: b.to_dict() for k, b in self.bands.items()}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "MarketState":
-        return cls(BarBuilder.from_dict(d["bars"]), d.get("window") or [])
+        return cls(BarBuilder.from_dict(d["bars"]), d.get("window") or [],
+                   {k: LiveBand.from_dict(b) for k, b in (d.get("bands") or {}).items()})
 
     @classmethod
     def load(cls, stored: dict | None, exchange: str, symbol: str) -> "MarketState":

@@ -64,3 +64,19 @@ async def test_an_extra_forecaster_has_its_own_hash_and_history(redis_url, tmp_p
     assert float(v["q10"]) < float(v["y_hat"]) < float(v["q90"])
     assert [i for i, _ in r.xrange(keys.history("BTCUSDT", "volatility", 5))] == ["60000-5"]
     assert r.xlen(keys.history("BTCUSDT")) == 1
+
+
+async def test_each_forecaster_has_its_own_score_hash_and_the_flag_names_the_model(redis_url, tmp_path):
+    keys = RedisLayout(f"{tmp_path.name}:")
+    sink = RedisSink(redis_url, prefix=keys.prefix, default_forecast=("log_return", 1))
+    try:
+        await sink.write_scores("BTCUSDT", {"log_return:h1": {"skill": "0.1"}, "volatility:h5": {"skill": "0.2"}},
+                                retrain={"forecaster-volatility-5": "BTCUSDT: volatility:h5 v live skill -0.1"})
+        await sink.write_scores("BTCUSDT", {"volatility:h5": {"skill": "0.3"}})  # replaced, the other kept
+    finally:
+        await sink.close()
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert r.hgetall(keys.score("BTCUSDT")) == {"skill": "0.1"}
+    assert r.hgetall(keys.score("BTCUSDT", "volatility", 5)) == {"skill": "0.3"}
+    assert r.get(keys.retrain_flag("forecaster-volatility-5")).startswith("BTCUSDT: volatility:h5")
+    assert r.get(keys.retrain_flag("forecaster")) is None
