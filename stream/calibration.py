@@ -68,7 +68,7 @@ class LiveBand:
             lo = max(lo, 0.0)  # a realised volatility is never negative: a band below zero covers nothing more
         # A redelivered bar replaces its own entry: it is forecast again, never twice pending.
         self.pending = [p for p in self.pending if p[0] != bar_ts] + [[bar_ts, q10, q50, q90]]
-        del self.pending[:-KEEP_PENDING]
+        del self.pending[:-(self.horizon + KEEP_PENDING)]  # h forecasts wait at any time, more across a gap
         return lo, hi
 
     def realise(self, now_ts: int, closes: Mapping[int, float]) -> None:
