@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
@@ -54,11 +55,21 @@ class ModelSlot:
         """The forecasters a closed bar is forecast with (one today; one per target and horizon later)."""
         return [] if self.current is None else [self.current]
 
-    def _load(self, update: ModelUpdate) -> Forecaster:
+    @classmethod
+    def trusting(cls, settings: Settings) -> dict[str, Any]:
+        """The trust arguments every worker slot takes from the settings (``stream.model_trust``)."""
+        return {"registry_dir": settings.registry_dir, "signing_key": settings.model_signing_key,
+                "max_bytes": settings.model_max_bytes}
+
+    def path_of(self, update: ModelUpdate) -> Path:
+        """The file ``update`` names, once trusted; every slot's loader reads only this. ModelRejected otherwise."""
         # No registry given (a test slot): the uri is taken as it is; workers always give one.
-        path = (uri_path(update.uri) if self.registry_dir is None
-                else trusted_path(update, self.registry_dir, self.signing_key, self.max_bytes))
-        model = Forecaster.load(path, expected_sha256=update.sha256, threads=self.threads)
+        if self.registry_dir is None:
+            return uri_path(update.uri)
+        return trusted_path(update, self.registry_dir, self.signing_key, self.max_bytes)
+
+    def _load(self, update: ModelUpdate) -> Forecaster:
+        model = Forecaster.load(self.path_of(update), expected_sha256=update.sha256, threads=self.threads)
         if self.window is not None and model.window != self.window:
             raise ModelRejected(f"model window {model.window} differs from the stream's window {self.window}")
         return model
