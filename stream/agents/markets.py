@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 SOURCE = "stream.markets"
 CHAIN_CATCH_UP_S = 30.0
 BATCH = 500  # messages per batch at most
-BATCH_WITHIN_S = 0.002  # and no longer than this after the first
+BATCH_WITHIN_S = 0.0005  # and no longer than this after the first
 
 
 class MarketBatch:
