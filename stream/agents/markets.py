@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 SOURCE = "stream.markets"
 CHAIN_CATCH_UP_S = 30.0
 BATCH = 500  # messages per batch at most
-BATCH_WITHIN_S = 0.002  # and no longer than this after the first
+BATCH_WITHIN_S = 0.0005  # and no longer than this after the first
 
 
 class MarketBatch:
@@ -72,6 +72,7 @@ class MarketBatch:
         self.states: dict[str, MarketState] = {}  # copies: the table is written after the acks
         self.sent: list[Awaitable[Any]] = []  # broker acks to confirm before the state is recorded
         self.ready: list[Ready] = []  # closed bars with a full window behind them
+        self.closed: set[str] = set()  # markets whose window moved: their windows entry is written
 
     async def dead_letter(self, raw: bytes | str | None, reason: str, key: bytes | None) -> None:
         self.sent.append(await self.s.dead_letter(SOURCE, raw, reason, topic=self.s.settings.topic_trades, key=key))
@@ -86,7 +87,8 @@ class MarketBatch:
         market = key.decode()  # parse_trades checked it is the market key
         if (state := self.states.get(market)) is None:
             first = trades[0]
-            state = self.states[market] = MarketState.load(s.markets.get(market), first.exchange, first.symbol)
+            state = self.states[market] = MarketState.load(s.markets.get(market), s.windows.get(market),
+                                                           first.exchange, first.symbol)
         folded = state.fold(trades, self.bounds)
         symbol = state.bars.symbol
         for trade, reason in folded.refused:
@@ -100,8 +102,10 @@ class MarketBatch:
             BARS.labels(symbol).inc()
             LAST_CLOSE.labels(symbol).set(bar.close)
             # A redelivered bar (same minute as the last row) replaces it and is forecast again.
-            if push(state.window, bar, self.size) and (r := ready(bar, state.window, self.window, self.arrived)):
-                self.ready.append(r)
+            if push(state.window, bar, self.size):
+                self.closed.add(market)
+                if r := ready(bar, state.window, self.window, self.arrived):
+                    self.ready.append(r)
 
     async def forecast(self) -> None:
         """Forecast the ready bars, write Redis, send the predictions (acks collected)."""
@@ -132,8 +136,10 @@ class MarketBatch:
         """Confirm every send, then record the state that consumed the batch."""
         if self.sent:
             await asyncio.gather(*self.sent)
-        for market, state in self.states.items():  # one changelog write per market per batch
-            self.s.markets[market] = state.to_dict()
+        for market, state in self.states.items():  # one small changelog write per market per batch
+            self.s.markets[market] = state.bars_dict()
+        for market in self.closed:  # the window only when a bar closed
+            self.s.windows[market] = self.states[market].window_dict()
 
 
 def bar_key(bar: Bar) -> bytes:
