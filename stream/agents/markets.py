@@ -27,7 +27,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any
 
 from chaincast.stream.bars import Refused, parse_trades
@@ -50,13 +50,14 @@ from chaincast.stream.predict import MAX_ABS_OUTPUT, Ready, forecast, history_si
 from chaincast.stream.records import Bar, Prediction, market_key
 
 if TYPE_CHECKING:
+    import faust
+
     from chaincast.stream.context import Streams
 
 log = logging.getLogger(__name__)
 SOURCE = "stream.markets"
 CHAIN_CATCH_UP_S = 30.0
 BATCH = 500  # messages per batch at most
-BATCH_WITHIN_S = 0.0005  # and no longer than this after the first
 
 
 class MarketBatch:
@@ -142,6 +143,27 @@ class MarketBatch:
             self.s.windows[market] = self.states[market].window_dict()
 
 
+async def buffered(stream: "faust.StreamT", most: int) -> AsyncIterator[list["faust.EventT"]]:
+    """The stream's events in batches of what has already arrived (at most ``most``), unacknowledged.
+
+    A batch never waits for more events: it is whatever the worker's buffer holds when the
+    first event is taken, so a lone bar close is forecast at once, while a backlog is
+    worked through in full batches (one inference, one Redis round trip). Faust's
+    ``take_events(n, within)`` instead wakes every ``within`` seconds whether or not
+    anything arrived (an idle worker then burns CPU, and each event waits for the next
+    wake-up), and acknowledges a batch in its ``finally`` even when the body raised; here
+    the caller acknowledges each event once the batch's outputs are confirmed.
+    """
+    events = stream.noack()
+    queue = events.channel.queue  # the agent's buffer: what Faust has delivered and nobody has taken yet
+    batch: list[faust.EventT] = []
+    async for event in events.events():
+        batch.append(event)
+        if len(batch) >= most or queue.empty():
+            yield batch
+            batch = []
+
+
 def bar_key(bar: Bar) -> bytes:
     return market_key(bar.exchange, bar.symbol).encode()
 
@@ -156,7 +178,7 @@ def register(s: "Streams") -> None:
         except asyncio.TimeoutError:
             log.warning("chain blocks not caught up after %.0fs; bars start without them", CHAIN_CATCH_UP_S)
         await s.slot.ready.wait()  # hold trades (not drop them) until a model serves
-        async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
+        async for events in buffered(stream, BATCH):
             TRADE_MESSAGES.inc(len(events))
             try:
                 batch = MarketBatch(s, bounds)
@@ -166,3 +188,5 @@ def register(s: "Streams") -> None:
                 await batch.commit()
             except Exception as exc:  # noqa: BLE001 - not one record's fault: never let Faust ack this batch
                 stop_unacknowledged(SOURCE, exc)
+            for event in events:  # the batch's outputs are confirmed and its state recorded
+                event.ack()
