@@ -152,12 +152,12 @@ def test_garbage_at_volume_all_dead_lettered_worker_keeps_going(served, tmp_path
     assert len(bars) == 119
 
 
-# Measured on the embedded broker (worker log at INFO): the restarted worker joined a fresh group
-# (generation 1) assigned only the table changelog and the assignor's topic, never chain.blocks, so the
-# redone blocks are never read; the first worker, started the same way, was assigned every topic. On
-# Apache Kafka the same test passes (strict there).
-TANSU_REJOIN_FAILURE = ("embedded broker: the worker restarted after exit 75 is assigned no chain.blocks "
-                        "partition (generation 1, changelogs only); passes on Apache Kafka")
+# Measured on the embedded broker, 2 runs of 3 (worker log at INFO): the restarted worker joined a fresh
+# group (generation 1) assigned only the table changelog and the assignor's topic, never chain.blocks, so
+# the redone blocks are never read; the first worker, started the same way, was assigned every topic. It
+# still runs every time (XPASS when it passes); on Apache Kafka it is strict and passes.
+TANSU_REJOIN_FAILURE = ("embedded broker, intermittent: the worker restarted after exit 75 is assigned no "
+                        "chain.blocks partition (generation 1, changelogs only); passes on Apache Kafka")
 
 
 def test_redis_down_beyond_the_budget_the_fee_agent_stops_unacknowledged_nothing_lost(settings_for, tmp_path,
