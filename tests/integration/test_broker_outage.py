@@ -118,9 +118,17 @@ def test_kafka_stopped_20s_mid_run_nothing_missing(node, tmp_path):
         sent += asyncio.run(replay(settings, [Market(s, days[s][half:]) for s in SYMBOLS]))
         supervisor.wait("every bar", lambda: sum(per_symbol().values()) >= 2 * CLOSED_PER_SYMBOL, state=per_symbol)
         supervisor.wait("every forecast in Redis", lambda: all(r.xlen(keys.history(s)) >= n for s in SYMBOLS))
+
+        def forecasts() -> set[tuple[str, int]]:
+            return {(p.symbol, p.bar_ts) for p in (Prediction.loads(m.value)
+                                                   for m in kinds(settings, settings.topic_predictions))}
+
+        # The topic send follows the Redis write: the last batch's may still be in flight.
+        supervisor.wait("every forecast on the topic", lambda: len(forecasts()) >= 2 * n, timeout=300,
+                        state=lambda: len(forecasts()))
         trade_msgs = kinds(settings, settings.topic_trades)
         bar_msgs = bars()
-        pred_msgs = kinds(settings, settings.topic_predictions)
+        preds = forecasts()
         stored = {s: r.xlen(keys.history(s)) for s in SYMBOLS}
     finally:
         codes = supervisor.stop()
@@ -133,6 +141,5 @@ def test_kafka_stopped_20s_mid_run_nothing_missing(node, tmp_path):
     trades = [t for m in trade_msgs for t in TradeBatch.loads(m.value).trades]
     assert len(trades) == sent and len({(t.symbol, t.trade_id) for t in trades}) == sent  # every trade, once
     assert_bars_match_file(bars_by_symbol(bar_msgs))
-    preds = {(Prediction.loads(m.value).symbol, Prediction.loads(m.value).bar_ts) for m in pred_msgs}
     assert len(preds) == 2 * n
     assert stored == {s: n for s in SYMBOLS}  # every forecast in Redis, once
