@@ -23,7 +23,6 @@ from chaincast.stream.chainfeatures import ChainMinutes
 from chaincast.stream.context import Streams
 from chaincast.stream.health import HEALTH, broker_reachable
 from chaincast.stream.model_slot import ModelSlots, watch_models
-from chaincast.stream.records import ModelUpdate
 from chaincast.stream.settings import Settings
 from chaincast.stream.sink import RedisSink
 from chaincast.stream.topics import ensure_topics
@@ -56,6 +55,8 @@ def create_app(settings: Settings) -> Streams:
         # picks the partition, which matches the input topic's because both are keyed by
         # market with the default partitioner.
         markets=app.Table("markets", partitions=settings.partitions, key_type=str, use_partitioner=True,
+                          extra_topic_configs=kafka_options.topic_configs(settings)),
+        windows=app.Table("windows", partitions=settings.partitions, key_type=str, use_partitioner=True,
                           extra_topic_configs=kafka_options.topic_configs(settings)),
         slots=ModelSlots.of(settings),  # one per forecaster of CHAINCAST_FORECASTS
         sink=RedisSink(settings.redis_url or "", settings.redis_prefix, settings.history_maxlen,
@@ -98,11 +99,8 @@ def create_app(settings: Settings) -> Streams:
     @app.task
     async def follow_models() -> None:
         try:
-            async def refused(update: ModelUpdate, reason: str) -> None:
-                await (await streams.dead_letter("stream.models", update.dumps(), reason,
-                                                 topic=settings.topic_models, key=update.name.encode()))
-
-            await watch_models(settings, streams.slots, on_swap=streams.sink.write_model, on_refused=refused)
+            await watch_models(settings, streams.slots, on_swap=streams.sink.write_model,
+                               on_refused=streams.model_refused)
         finally:  # cancelled at shutdown: the worker's one Redis client goes with it
             await streams.sink.close()
 

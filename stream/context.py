@@ -19,7 +19,7 @@ from chaincast.models.timeunits import now_ms
 from chaincast.stream.chainfeatures import ChainMinutes
 from chaincast.stream.metrics import DEADLETTERED, reason_kind
 from chaincast.stream.model_slot import ModelSlots
-from chaincast.stream.records import DeadLetter
+from chaincast.stream.records import DeadLetter, ModelUpdate
 from chaincast.stream.settings import Settings
 from chaincast.stream.sink import RedisSink
 
@@ -34,7 +34,8 @@ class Streams:
     bars: faust.TopicT
     predictions: faust.TopicT
     deadletter: faust.TopicT
-    markets: faust.Table  # market key (str) -> stream.market.MarketState dict
+    markets: faust.Table  # market key (str) -> stream.market.MarketState.bars_dict()
+    windows: faust.Table  # market key (str) -> stream.market.MarketState.window_dict()
     slots: ModelSlots  # the market models, one per served forecaster
     sink: RedisSink
     chain: ChainMinutes
@@ -47,3 +48,8 @@ class Streams:
         letter = DeadLetter(source=source, topic=topic, key=DeadLetter.text(key, 1024) or None, reason=reason,
                             raw=DeadLetter.text(raw), ts=now_ms())
         return await self.deadletter.send(key=source.encode(), value=letter.dumps())
+
+    async def model_refused(self, update: ModelUpdate, reason: str) -> None:
+        """Dead-letter a model update a slot refused (market, fee or tx model), once the broker has it."""
+        await (await self.dead_letter("stream.models", update.dumps(), reason, topic=self.settings.topic_models,
+                                      key=update.name.encode()))

@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
@@ -59,11 +60,21 @@ class ModelSlot:
         """The forecaster of this slot, if one serves."""
         return [] if self.current is None else [self.current]
 
-    def _load(self, update: ModelUpdate) -> Forecaster:
+    @classmethod
+    def trusting(cls, settings: Settings) -> dict[str, Any]:
+        """The trust arguments every worker slot takes from the settings (``stream.model_trust``)."""
+        return {"registry_dir": settings.registry_dir, "signing_key": settings.model_signing_key,
+                "max_bytes": settings.model_max_bytes}
+
+    def path_of(self, update: ModelUpdate) -> Path:
+        """The file ``update`` names, once trusted; every slot's loader reads only this. ModelRejected otherwise."""
         # No registry given (a test slot): the uri is taken as it is; workers always give one.
-        path = (uri_path(update.uri) if self.registry_dir is None
-                else trusted_path(update, self.registry_dir, self.signing_key, self.max_bytes))
-        model = Forecaster.load(path, expected_sha256=update.sha256, threads=self.threads)
+        if self.registry_dir is None:
+            return uri_path(update.uri)
+        return trusted_path(update, self.registry_dir, self.signing_key, self.max_bytes)
+
+    def _load(self, update: ModelUpdate) -> Forecaster:
+        model = Forecaster.load(self.path_of(update), expected_sha256=update.sha256, threads=self.threads)
         if self.window is not None and model.window != self.window:
             raise ModelRejected(f"model window {model.window} differs from the stream's window {self.window}")
         if self.spec is not None:
@@ -119,9 +130,8 @@ class ModelSlots:
         """One slot per forecaster of ``settings.forecast_specs``."""
         specs = settings.forecast_specs
         return cls([ModelSlot(spec.model_name(settings.model_name, default=spec == specs[0]),
-                              threads=settings.onnx_threads, window=settings.window,
-                              registry_dir=settings.registry_dir, signing_key=settings.model_signing_key,
-                              max_bytes=settings.model_max_bytes, spec=spec) for spec in specs])
+                              threads=settings.onnx_threads, window=settings.window, spec=spec,
+                              **ModelSlot.trusting(settings)) for spec in specs])
 
     @property
     def ready(self) -> asyncio.Event:

@@ -225,6 +225,10 @@ class Settings(BaseSettings):
     kafka_fetch_max_wait_ms: int | None = Field(None, ge=1, validation_alias="CHAINCAST_KAFKA_FETCH_MAX_WAIT_MS")
     processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
         "at_least_once", validation_alias="CHAINCAST_PROCESSING_GUARANTEE")
+    # Producer linger on Kafka (every chaincast producer, the worker's too). Unset: 5 ms, which batches
+    # a busy feed's sends; 0 sends each record at once (lowest latency, more requests). The embedded
+    # broker always sends one record per request (stream.kafka_options.producer).
+    kafka_linger_ms: int | None = Field(None, ge=0, le=1000, validation_alias="CHAINCAST_KAFKA_LINGER_MS")
 
     # --- delivery ---
     # Bounds on well-formed records that would wedge a market (stream.bounds owns the checks).
@@ -242,6 +246,11 @@ class Settings(BaseSettings):
     model_max_bytes: int = Field(256_000_000, ge=1024, validation_alias="CHAINCAST_MODEL_MAX_BYTES")
     # The liveness probe fails when the worker's event loop has not ticked for this long.
     heartbeat_timeout_s: float = Field(30.0, gt=0, validation_alias="CHAINCAST_HEARTBEAT_TIMEOUT_S")
+
+    # --- registry faults ---
+    # A retrainer whose registry write failed (a full disk) retries the write after this, doubling
+    # per failure up to 16x; the old champion serves meanwhile.
+    registry_retry_s: float = Field(60.0, gt=0, validation_alias="CHAINCAST_REGISTRY_RETRY_S")
 
     @field_validator("symbols", mode="before")
     @classmethod

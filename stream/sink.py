@@ -186,8 +186,18 @@ class RedisSink:
         """One batch of fee forecasts in one round trip: retractions first, then the new forecasts.
 
         The history stream takes auto ids: a re-forecast after a reorg is for a block number
-        already in it, which an id made of the block number could not express.
+        already in it, which an id made of the block number could not express. Retried like
+        ``write`` (the same budget); then the connection error is raised. A retry after a
+        write that landed but whose reply was lost repeats history entries (auto ids), which
+        is why the fee agent writes before it records the block: at least once, never lost.
         """
+        async for attempt in self._retrying():
+            with attempt:
+                return await self._write_fees(chain_id, preds, retracted, scores)
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def _write_fees(self, chain_id: int, preds: list[FeePrediction], retracted: list[FeePrediction],
+                          scores: dict[str, dict[str, float]]) -> None:
         pipe = self.client.pipeline(transaction=False)
         for p in [*retracted, *preds]:
             pipe.xadd(self.keys.fee_history(chain_id), {k: "" if v is None else str(v)

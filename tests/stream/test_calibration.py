@@ -30,6 +30,12 @@ def raw(ts: int, target: str, horizon: int, half_width: float, mid: float = 0.0)
                       created_at=0, latency_ms=0)
 
 
+def saved(state: MarketState) -> MarketState:
+    """The state as the two tables' changelogs hold it (JSON), read back."""
+    bars, window = json.loads(json.dumps(state.bars_dict())), json.loads(json.dumps(state.window_dict()))
+    return MarketState.load(bars, window, "binance", "BTCUSDT")
+
+
 def run(state: MarketState, closes: dict[int, float], bars: range, target: str, horizon: int,
         half_width: float, mid: float = 0.0) -> list[Prediction]:
     """Forecast each bar in order, as the markets agent does (closes known up to the bar only)."""
@@ -71,13 +77,13 @@ def test_a_replay_from_the_saved_state_gives_the_same_bands_whatever_the_batches
     state = MarketState(BarBuilder("binance", "BTCUSDT"))
     got: list[Prediction] = []
     for start, stop in ((0, 7), (7, 150), (150, 151), (151, 300)):  # batches of any size, saved after each
-        batch = MarketState.from_dict(json.loads(json.dumps(state.to_dict())))
+        batch = saved(state)
         got += run(batch, closes, range(start, stop), "log_return", 3, 0.5 * SIGMA)
         state = batch
     assert [(p.q10, p.q90) for p in got] == [(p.q10, p.q90) for p in expected]
 
     # A redelivered last bar (the batch not acknowledged: the state before it) is forecast with the same band.
-    before = MarketState.from_dict(json.loads(json.dumps(state.to_dict())))
+    before = saved(state)
     last = run(state, closes, range(300, 301), "log_return", 3, 0.5 * SIGMA)
     again = run(before, closes, range(300, 301), "log_return", 3, 0.5 * SIGMA)
     assert (last[0].q10, last[0].q90) == (again[0].q10, again[0].q90)
