@@ -151,6 +151,10 @@ def withdraw_env(settings: Settings, text: str) -> None:
             settings.stack_env_file.unlink()
 
 
+# What `chaincast up` serves when CHAINCAST_FORECASTS is unset (a worker alone serves the return only).
+UP_FORECASTS = "log_return:{horizon},volatility:5"
+
+
 def child(name: str, args: list[str], settings: Settings, log_dir: Path, metrics_port: int) -> Process:
     env = {**os.environ, **settings.env(), "CHAINCAST_METRICS_PORT": str(metrics_port), "PYTHONUNBUFFERED": "1"}
     return Process(name, [sys.executable, "-m", "chaincast.deploy.cli", *args], env=env,
@@ -181,6 +185,8 @@ def start_fee_models(settings: Settings, options: ChainOptions, echo: Callable[[
 def run_up(settings: Settings, paths: list[Path], duration: float | None, speed: float | None,
            echo: Callable[[str], None], chain: ChainOptions | None = None) -> int:
     chain = chain or ChainOptions()
+    if settings.forecasts is None:  # the demo serves what carries information: volatility beside the return
+        settings = settings.model_copy(update={"forecasts": UP_FORECASTS.format(horizon=settings.horizon)})
     files = files_by_symbol(paths, settings.symbols)
     log_dir = settings.home / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)

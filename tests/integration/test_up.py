@@ -52,6 +52,17 @@ def test_second_shell_just_works(tmp_path: Path) -> None:
         assert httpx.get(url + "/v1/forecasts", timeout=30).status_code == 401
         resp = httpx.get(url + "/v1/forecasts", headers={"Authorization": f"Bearer {token}"}, timeout=30)
         assert resp.status_code == 200 and {f["symbol"] for f in resp.json()["forecasts"]} == {"BTCUSDT", "ETHUSDT"}
+        # `up` serves volatility beside the return (CHAINCAST_FORECASTS unset): its own forecaster, no price
+        vol: list[dict] = []
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and {f["symbol"] for f in vol} != {"BTCUSDT", "ETHUSDT"}:
+            time.sleep(2)
+            got = httpx.get(url + "/v1/forecasts", params={"forecaster": "volatility:h5"},
+                            headers={"Authorization": f"Bearer {token}"}, timeout=30)
+            vol = got.json().get("forecasts", []) if got.status_code == 200 else []
+        assert {f["symbol"] for f in vol} == {"BTCUSDT", "ETHUSDT"}, (got.status_code, got.text[:500])
+        assert all(f["target"] == "volatility" and f["horizon"] == 5 and f.get("price_hat") is None
+                   and 0 <= f["q10"] <= f["q50"] <= f["q90"] for f in vol), vol
         assert token not in (home / "tokens.json").read_text()  # only its hash is stored
         assert (home / "env").stat().st_mode & 0o077 == 0
     finally:
