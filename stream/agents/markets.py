@@ -129,11 +129,14 @@ class MarketBatch:
                                                       value=p.dumps()))
 
     async def commit(self) -> None:
-        """Confirm every send, then record the state that consumed the batch."""
+        """Confirm every send, then record the state that consumed the batch, and confirm that too
+        (before Faust may commit the batch's offsets: ``Streams.tables_durable``)."""
         if self.sent:
             await asyncio.gather(*self.sent)
         for market, state in self.states.items():  # one changelog write per market per batch
             self.s.markets[market] = state.to_dict()
+        if self.states:
+            await self.s.tables_durable()
 
 
 def bar_key(bar: Bar) -> bytes:
