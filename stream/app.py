@@ -57,6 +57,8 @@ def create_app(settings: Settings) -> Streams:
         # market with the default partitioner.
         markets=app.Table("markets", partitions=settings.partitions, key_type=str, use_partitioner=True,
                           extra_topic_configs=kafka_options.topic_configs(settings)),
+        windows=app.Table("windows", partitions=settings.partitions, key_type=str, use_partitioner=True,
+                          extra_topic_configs=kafka_options.topic_configs(settings)),
         slot=ModelSlot(settings.model_name, threads=settings.onnx_threads, window=settings.window,
                        registry_dir=settings.registry_dir, signing_key=settings.model_signing_key,
                        max_bytes=settings.model_max_bytes),

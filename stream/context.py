@@ -34,7 +34,8 @@ class Streams:
     bars: faust.TopicT
     predictions: faust.TopicT
     deadletter: faust.TopicT
-    markets: faust.Table  # market key (str) -> stream.market.MarketState dict
+    markets: faust.Table  # market key (str) -> stream.market.MarketState.bars_dict()
+    windows: faust.Table  # market key (str) -> stream.market.MarketState.window_dict()
     slot: ModelSlot
     sink: RedisSink
     chain: ChainMinutes

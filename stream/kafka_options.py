@@ -48,6 +48,7 @@ EMBEDDED_FETCH_WAIT_MS = 10
 EMBEDDED_SCAN_US_PER_RECORD = 5  # measured ~1.1 us per record per listing, two listings per fetch: x2 margin
 EMBEDDED_FETCH_WAIT_MAX_MS = 10_000
 KAFKA_FETCH_WAIT_MS = 500  # aiokafka's and Kafka's default
+KAFKA_LINGER_MS = 5  # a busy feed batches its sends; CHAINCAST_KAFKA_LINGER_MS=0 for the lowest latency
 EMBEDDED_SESSION_TIMEOUT_MS = 10_000  # Tansu completes a join only after half the session timeout
 SESSION_TIMEOUT_MS = 30_000
 
@@ -110,8 +111,13 @@ def producer(settings: Settings, **overrides: Any) -> dict[str, Any]:
     if settings.embedded_broker:
         opts.update(enable_idempotence=False, max_batch_size=1, linger_ms=0)
     else:
-        opts.update(enable_idempotence=True, linger_ms=5)
+        opts.update(enable_idempotence=True, linger_ms=linger_ms(settings))
     return {**opts, **overrides}
+
+
+def linger_ms(settings: Settings) -> int:
+    """How long a Kafka producer waits to fill a batch (CHAINCAST_KAFKA_LINGER_MS, default 5 ms)."""
+    return KAFKA_LINGER_MS if settings.kafka_linger_ms is None else settings.kafka_linger_ms
 
 
 def fetch_max_wait_ms(settings: Settings) -> int:
@@ -274,7 +280,7 @@ def faust_app(settings: Settings, **options: Any) -> faust.App:
         # One record per batch on Tansu: multi-record batches break ListOffsets(LATEST) and so
         # changelog recovery there.
         producer_max_batch_size=1 if embedded else 16_384,
-        producer_linger=0.0 if embedded else 0.005,
+        producer_linger=0.0 if embedded else linger_ms(settings) / 1000,
         producer_max_request_size=max_request_bytes(settings),
         consumer_auto_offset_reset="earliest",
         **faust_credentials(settings),

@@ -1,8 +1,12 @@
 """One market's state in a stream worker: the bar being built and the forecast window behind it.
 
-Both live in one changelogged table entry keyed by the market (``exchange:SYMBOL``),
-so the worker that closes a bar forecasts it in the same task (one broker hop
-from trade to forecast) and a killed worker's markets recover elsewhere whole.
+Both are keyed by the market (``exchange:SYMBOL``) in two changelogged tables of the
+same partitioning, so the worker that closes a bar forecasts it in the same task (one
+broker hop from trade to forecast) and a killed worker's markets recover elsewhere whole.
+They are two entries because they change at different rates: the bar state with every
+message (a small record), the window only when a bar closes (tens of rows). One entry
+wrote the whole window to the changelog for every message, which made a worker's cost
+per message grow with the window (profile in deploy/BENCHMARKS.md).
 The state follows one contract: fold a batch into a copy, snapshot it once the
 batch's outputs are acknowledged, resume from the snapshot.
 """
@@ -54,14 +58,29 @@ class MarketState:
                 out.refused.append((trade, f"invalid: bar: {exc.errors()[0]['msg']}"))
         return out
 
-    def to_dict(self) -> dict:
-        return {"bars": self.bars.to_dict(), "window": self.window}
+    def bars_dict(self) -> dict:
+        """The entry of the ``markets`` table: written for every batch that touched the market."""
+        return {"bars": self.bars.to_dict()}
+
+    def window_dict(self) -> dict:
+        """The entry of the ``windows`` table: written only for a batch that closed a bar."""
+        return {"window": self.window}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "MarketState":
-        return cls(BarBuilder.from_dict(d["bars"]), d.get("window") or [])
+    def load(cls, bars: dict | None, window: dict | None, exchange: str, symbol: str) -> "MarketState":
+        """A market's state from its two stored entries, or a fresh one.
 
-    @classmethod
-    def load(cls, stored: dict | None, exchange: str, symbol: str) -> "MarketState":
-        """The stored state of a market, or a fresh one."""
-        return cls.from_dict(stored) if stored else cls(BarBuilder(exchange, symbol))
+        A ``markets`` entry written before the split also holds the window: it is used
+        until the ``windows`` table has one.
+
+        >>> s = MarketState(BarBuilder("binance", "BTCUSDT"), [[0.0] * 8])
+        >>> back = MarketState.load(s.bars_dict(), s.window_dict(), "binance", "BTCUSDT")
+        >>> back.window == s.window, back.bars.symbol
+        (True, 'BTCUSDT')
+        >>> MarketState.load({**s.bars_dict(), "window": [[1.0] * 8]}, None, "binance", "BTCUSDT").window[0][0]
+        1.0
+        """
+        if not bars:
+            return cls(BarBuilder(exchange, symbol))
+        rows = (window or {}).get("window") or bars.get("window") or []
+        return cls(BarBuilder.from_dict(bars["bars"]), [list(r) for r in rows])

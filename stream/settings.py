@@ -227,6 +227,10 @@ class Settings(BaseSettings):
     # after a restart one partition's transaction never commits again (README, "exactly_once, evaluated").
     processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
         "at_least_once", validation_alias="CHAINCAST_PROCESSING_GUARANTEE")
+    # Producer linger on Kafka (every chaincast producer, the worker's too). Unset: 5 ms, which batches
+    # a busy feed's sends; 0 sends each record at once (lowest latency, more requests). The embedded
+    # broker always sends one record per request (stream.kafka_options.producer).
+    kafka_linger_ms: int | None = Field(None, ge=0, le=1000, validation_alias="CHAINCAST_KAFKA_LINGER_MS")
 
     # --- delivery ---
     # Bounds on well-formed records that would wedge a market (stream.bounds owns the checks).

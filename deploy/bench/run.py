@@ -48,6 +48,7 @@ from chaincast.deploy.bench.report import code_version, machine
 from chaincast.deploy.bench.scan import scan_summary, symbol_scan
 from chaincast.deploy.embedded import embedded_stack
 from chaincast.models.history import TS, load_many
+from chaincast.stream import kafka_options
 from chaincast.stream.settings import Settings
 from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.topics import ensure_topics
@@ -58,8 +59,9 @@ SWAP_WAIT_S = 30.0
 
 
 def ort_vs_torch(bars: np.ndarray, window: int, families: Sequence[str] | None) -> dict[str, dict[str, float]]:
-    """Median batch-1 latency per family (``models.bench.latency``, one thread each) after a
-    20-step training: latency does not depend on the weights."""
+    """Median batch-1 latency per torch family (``models.bench.latency``, one thread each) after a
+    20-step training: latency does not depend on the weights. Families that are not torch
+    modules (lightgbm) have no eager twin and are left out."""
     import torch
 
     from chaincast.models.bench import latency
@@ -73,6 +75,8 @@ def ort_vs_torch(bars: np.ndarray, window: int, families: Sequence[str] | None) 
     try:
         for family in families or FAMILIES:
             result = train([bars], family, window, options=FitOptions(max_epochs=1, max_steps_per_epoch=20))
+            if not isinstance(result.module, torch.nn.Module):  # lightgbm: trees, no torch twin to compare with
+                continue
             times = latency(result.module, export_onnx(result.module, result.card), result.test.x[-1:], repeats=200)
             out[family] = {**times, "speedup": times["torch_ms"] / times["onnx_ms"]}
     finally:
@@ -252,7 +256,10 @@ def run_bench(base: Settings, plan: BenchPlan, files: dict[str, list[Path]], log
                      "scan_trades": plan.scan_trades, "scan_closes": plan.scan_closes,
                      "partitions": base.partitions, "window": base.window,
                      "redis": "embedded" if want_redis else "external", "model": serving.card["family"],
-                     "swap_to": swap_to.card["family"], "onnx_threads": base.onnx_threads},
+                     "swap_to": swap_to.card["family"], "onnx_threads": base.onnx_threads,
+                     # the broker profile the clients ran with (stream.kafka_options)
+                     "kafka_linger_ms": 0 if base.embedded_broker else kafka_options.linger_ms(base),
+                     "fetch_max_wait_ms": kafka_options.fetch_max_wait_ms(base)},
         "goals": GOALS,
         "elapsed_s": time.perf_counter() - started,
     }
