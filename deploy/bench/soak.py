@@ -196,10 +196,10 @@ def run_soak(base: Settings, seconds: float, files: dict[str, list[Path]], log_d
         "goal_ratio": GOAL,
         "passed": passed,
         "predictions_per_s_by_window": result["per_window"],
-        "predictions": samples[-1][1] if samples else 0.0,
+        "forecasts": samples[-1][1] if samples else 0.0,
         "messages_read": read[-1][1] if read else 0.0,
         "messages_sent": feeder.sent,
-        "records_per_partition_end": (feeder.sent / base.partitions),
+        "trade_records_per_partition_end": feeder.sent / base.partitions,
         "worker_rss_mb": rss,
         "fetch_max_wait_ms": kafka_options.fetch_max_wait_ms(settings),  # at the start
         "fetch_max_wait_ms_end": final_wait,  # the worker's own, at the end (adaptive on the embedded broker)
