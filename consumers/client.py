@@ -8,11 +8,15 @@
     latest = await RedisForecasts(settings).latest()          # the latest per symbol and forecaster
     api = ApiClient("http://127.0.0.1:9480", token)           # the same over HTTP, with a token
     latest, history = await api.latest(), await api.history("BTCUSDT", limit=50)
+    vol = await api.history("BTCUSDT", forecaster="volatility:h5")  # one forecaster's history
 
 Every reader yields ``stream.records.Prediction`` (the one definition the workers write with);
 a record of a newer ``schema`` than this client knows is skipped and counted, never guessed at
 (the rule: ``stream/schemas.py``). ``forecaster_id(p)`` names the forecaster
-(``log_return:h1``) across model versions.
+(``log_return:h1``) across model versions; every ``forecaster=`` argument takes such an id
+(unset: every forecaster for the latest, the default one for a history). A volatility
+forecast (``target == "volatility"``) has no ``price_hat``: its ``y_hat`` and band are the
+realised volatility of the next ``horizon`` one-bar log returns.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pydantic import ValidationError
 from websockets.asyncio.client import connect
 
 from chaincast.stream.forecasts import ForecastReader, forecaster_id
-from chaincast.stream.records import ModelUpdate, Prediction
+from chaincast.stream.records import ModelUpdate, Prediction, forecaster_key, parse_forecaster
 from chaincast.stream.settings import Settings
 
 __all__ = ["ApiClient", "RedisForecasts", "TopicSubscriber", "forecaster_id"]
@@ -52,8 +56,10 @@ class TopicSubscriber:
         self.from_beginning = from_beginning
         self.skipped = 0  # records this client could not read (malformed or a newer schema)
 
-    async def subscribe(self, symbols: list[str] | None = None) -> AsyncIterator[Prediction]:
+    async def subscribe(self, symbols: list[str] | None = None,
+                        forecasters: list[str] | None = None) -> AsyncIterator[Prediction]:
         wanted = {s.upper() for s in symbols} if symbols else None
+        kinds = {forecaster_key(*parse_forecaster(f)) for f in forecasters} if forecasters else None
         consumer = AIOKafkaConsumer(self.settings.topic_predictions,
                                     bootstrap_servers=self.settings.kafka_bootstrap_servers, group_id=self.group,
                                     auto_offset_reset="earliest" if self.from_beginning else "latest",
@@ -68,7 +74,7 @@ class TopicSubscriber:
                     log.warning("skipped an unreadable prediction at %s/%d: %s", msg.partition, msg.offset,
                                 exc.errors()[0]["msg"])
                     continue
-                if wanted is None or p.symbol in wanted:
+                if (wanted is None or p.symbol in wanted) and (kinds is None or forecaster_id(p) in kinds):
                     yield p
         finally:
             await consumer.stop()
@@ -89,14 +95,16 @@ class RedisForecasts:
     async def close(self) -> None:
         await self.reader.close()
 
-    async def latest(self, symbols: list[str] | None = None) -> list[Prediction]:
-        return await self.reader.latest(symbols)
+    async def latest(self, symbols: list[str] | None = None, forecaster: str | None = None) -> list[Prediction]:
+        return await self.reader.latest(symbols, forecaster=forecaster)
 
-    async def history(self, symbol: str, since: int | None = None, limit: int = 100) -> list[Prediction]:
-        return await self.reader.history(symbol.upper(), since, limit)
+    async def history(self, symbol: str, since: int | None = None, limit: int = 100,
+                      forecaster: str | None = None) -> list[Prediction]:
+        return await self.reader.history(symbol.upper(), since, limit, forecaster=forecaster)
 
-    async def follow(self, symbols: list[str] | None = None) -> AsyncIterator[Prediction]:
-        async for p in self.reader.follow(symbols):
+    async def follow(self, symbols: list[str] | None = None,
+                     forecasters: list[str] | None = None) -> AsyncIterator[Prediction]:
+        async for p in self.reader.follow(symbols, forecasters=forecasters):
             yield p
 
 
@@ -137,11 +145,13 @@ class ApiClient:
             raise ApiError(resp.status_code, str(detail))
         return resp.json()
 
-    async def latest(self) -> list[Prediction]:
-        return [Prediction.model_validate(f) for f in (await self._get("/v1/forecasts"))["forecasts"]]
+    async def latest(self, forecaster: str | None = None) -> list[Prediction]:
+        body = await self._get("/v1/forecasts", forecaster=forecaster)
+        return [Prediction.model_validate(f) for f in body["forecasts"]]
 
-    async def history(self, symbol: str, since: int | None = None, limit: int = 100) -> list[Prediction]:
-        body = await self._get(f"/v1/forecasts/{symbol}", since=since, limit=limit)
+    async def history(self, symbol: str, since: int | None = None, limit: int = 100,
+                      forecaster: str | None = None) -> list[Prediction]:
+        body = await self._get(f"/v1/forecasts/{symbol}", since=since, limit=limit, forecaster=forecaster)
         return [Prediction.model_validate(f) for f in body["history"]]
 
     async def models(self) -> list[ModelUpdate]:

@@ -8,8 +8,12 @@ Layout under ``root``::
 
 Files are written to a temp file in the same directory and linked into place,
 so a reader never sees half a file and an existing version is never
-overwritten. The card is written after the model: a card's presence means the
-model is complete.
+overwritten. The order is fixed: the model, then its card (a card's presence
+means the model is complete), then, on promotion, the champion pointer. A
+writer that fails between two steps (a full disk) takes back the model it
+created; one killed between them (SIGKILL, a lost node) leaves at most a
+temp file or a model without a card, which nothing lists or serves and
+``sweep`` removes once it is older than any write in progress could be.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +31,8 @@ from chaincast.stream.files import write_atomic
 
 _VERSION = re.compile(r"^[0-9a-f]{12}$")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+# A put takes milliseconds between its steps; an hour-old temp file or card-less model is a dead writer's.
+ORPHAN_GRACE_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -63,11 +70,16 @@ class Registry:
         onnx_path, card_path = self.root / f"{version}.onnx", self.root / f"{version}.json"
         if card_path.exists():
             return self.get(version)
-        if not _write_once(onnx_path, onnx_bytes) and hashlib.sha256(onnx_path.read_bytes()).hexdigest() != sha:
+        created = _write_once(onnx_path, onnx_bytes)
+        if not created and hashlib.sha256(onnx_path.read_bytes()).hexdigest() != sha:
             raise ValueError(f"{onnx_path} exists with other content (a 12-hex prefix collision?)")
-        created = card.get("created_at") or now_ms()
-        full = {**card, "sha256": sha, "version": version, "created_at": created}
-        _write_once(card_path, json.dumps(full, indent=2, sort_keys=True, allow_nan=False).encode())
+        full = {**card, "sha256": sha, "version": version, "created_at": card.get("created_at") or now_ms()}
+        try:
+            _write_once(card_path, json.dumps(full, indent=2, sort_keys=True, allow_nan=False).encode())
+        except OSError:  # a full disk, a quota: take the model back rather than leave it without a card
+            if created:
+                onnx_path.unlink(missing_ok=True)
+            raise
         return self.get(version)
 
     def get(self, version: str) -> ModelEntry:
@@ -79,6 +91,25 @@ class Registry:
         except FileNotFoundError:
             raise KeyError(f"no model {version} in {self.root}") from None
         return ModelEntry(version, str(card["sha256"]), self.root / f"{version}.onnx", card_path, card)
+
+    def sweep(self, grace_s: float = ORPHAN_GRACE_S) -> list[Path]:
+        """Remove what killed writers left (temp files, models without a card) older than ``grace_s``.
+
+        Younger ones may belong to a put in progress (another retrainer shares the directory).
+        """
+        now = time.time()
+        candidates = [*self.root.glob(".*.tmp"), *(self.root / "champions").glob(".*.tmp"),
+                      *(p for p in self.root.glob("*.onnx")
+                        if _VERSION.match(p.stem) and not (self.root / f"{p.stem}.json").exists())]
+        removed = []
+        for path in candidates:
+            try:
+                if now - path.stat().st_mtime > grace_s:
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:  # its writer finished (or another sweep won) meanwhile
+                continue
+        return removed
 
     def list(self) -> list[ModelEntry]:
         """Every complete model, oldest first."""

@@ -11,7 +11,11 @@ worker process so the event loop keeps consuming; only when it returns does
 the retrainer write the registry (atomic files), move the champion pointer,
 announce the update, and commit the offsets the round consumed. A retrainer
 killed mid-round therefore leaves nothing half-written and, restarted, finds
-those bars uncommitted and trains again.
+those bars uncommitted and trains again. A registry write that fails (a full
+disk) is logged, counted as a ``registry_write_failed`` refusal, and retried
+with backoff (``CHAINCAST_REGISTRY_RETRY_S``, doubling) while the old champion
+serves; no round starts and no offset is committed until it lands. What a
+killed write left behind is swept at start (``Registry.sweep``).
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import random
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -73,6 +79,19 @@ class _Rewind(ConsumerRebalanceListener):
         log.warning("retrainer assigned %d partition(s); rebuilding history from the start", len(assigned))
 
 
+@dataclass
+class _Round:
+    """A finished round whose outcome is not durable yet: its offsets are committed only once it is."""
+
+    result: ChallengeResult
+    trigger: str
+    started: float
+    offsets: dict[TopicPartition, int]
+
+
+MAX_BACKOFF_FACTOR = 16
+
+
 class Retrainer:
     """Retrains ONE forecaster of ``CHAINCAST_FORECASTS`` (the default one unless ``spec`` says otherwise)."""
 
@@ -93,6 +112,9 @@ class Retrainer:
         self.job_meta: tuple[str, float, dict[TopicPartition, int]] = ("", 0.0, {})
         self.rounds = 0
         self.rounds_vs_champion = 0  # alpha spending: each round against one champion tests at a lower level
+        self.unwritten: _Round | None = None  # a winner the registry refused (disk full): retried at retry_at
+        self.write_failures = 0
+        self.retry_at = 0.0
         self._consumer: AIOKafkaConsumer | None = None
         self._redis: aioredis.Redis | None = None
 
@@ -113,6 +135,8 @@ class Retrainer:
         own_pool = self.pool is None
         self.pool = self.pool or training_pool()
         try:
+            for path in await asyncio.to_thread(self.registry.sweep):
+                log.warning("removed %s, left by a registry write that never finished", path.name)
             await self._reannounce()
             while stopping is None or not stopping.is_set():
                 await self.step()
@@ -133,7 +157,9 @@ class Retrainer:
             self.positions[tp] = messages[-1].offset + 1
         if self.job is not None and self.job.done():
             await self._finish()
-        if self.job is None and (trigger := await self._due()):
+        elif self.unwritten is not None and time.monotonic() >= self.retry_at:
+            await self._land(self.unwritten)
+        if self.job is None and self.unwritten is None and (trigger := await self._due()):
             self._start(trigger)
 
     def _ingest(self, tp: TopicPartition, offset: int, raw: bytes | None) -> None:
@@ -196,6 +222,7 @@ class Retrainer:
     async def _finish(self) -> None:
         trigger, started, offsets = self.job_meta
         job, self.job = self.job, None
+        assert job is not None
         RETRAIN_ACTIVE.set(0)
         try:
             result = job.result()
@@ -211,8 +238,18 @@ class Retrainer:
         for role, sc in result.scores.items():
             VAL_MAE.labels(role).set(sc.mae)
             VAL_SKILL.labels(role).set(sc.skill)
+        await self._land(_Round(result, trigger, started, offsets))
+
+    async def _land(self, done: _Round) -> None:
+        """Make a round's outcome durable (a promotion, or a refusal), then commit what it consumed."""
+        result = done.result
         if result.onnx is not None and result.card is not None:
-            entry = await self.promote(result)
+            try:
+                entry = await self.promote(result)
+            except OSError as exc:  # a full disk, a quota, a read-only mount: the old champion serves on
+                self._registry_failed(done, exc)
+                return
+            self.unwritten, self.write_failures = None, 0
             self.rounds_vs_champion = 0
             PROMOTIONS.labels(result.kind).inc()
             log.warning("promoted %s %s (%s; p=%s)", result.card["family"], entry.version, result.kind,
@@ -221,11 +258,23 @@ class Retrainer:
             REFUSALS.labels(result.decision.reason).inc()
             log.warning("challenger refused: %s (p=%s; %s)", result.decision.reason, result.decision.p_value,
                         {k: round(v.mae, 7) for k, v in result.scores.items()})
-        offsets = {tp: o for tp, o in offsets.items() if tp in self.consumer.assignment()}  # not revoked since
+        offsets = {tp: o for tp, o in done.offsets.items() if tp in self.consumer.assignment()}  # not revoked since
         if offsets:
             await self.consumer.commit(offsets)
-        RETRAIN_RUNS.labels(trigger).inc()
-        RETRAIN_SECONDS.observe(time.monotonic() - started)
+        RETRAIN_RUNS.labels(done.trigger).inc()
+        RETRAIN_SECONDS.observe(time.monotonic() - done.started)
+
+    def _registry_failed(self, done: _Round, exc: OSError) -> None:
+        self.unwritten = done
+        self.write_failures += 1
+        factor = min(2 ** (self.write_failures - 1), MAX_BACKOFF_FACTOR)
+        delay = self.settings.registry_retry_s * factor * random.uniform(0.8, 1.0)  # jitter: retrainers apart
+        self.retry_at = time.monotonic() + delay
+        REFUSALS.labels("registry_write_failed").inc()
+        champion = self.registry.champion(self.name)
+        log.error("cannot write the registry %s (%s: %s); %s keeps serving; retrying in %.0fs",
+                  self.registry.root, type(exc).__name__, exc, champion.version if champion else "the reference",
+                  delay)
 
     async def promote(self, result: ChallengeResult) -> ModelEntry:
         """Registry write (atomic, write-once), champion pointer, then the announcement."""

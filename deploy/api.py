@@ -1,7 +1,9 @@
 """The HTTP API (FastAPI, OpenAPI at ``/openapi.json``) and the live page, behind bearer tokens.
 
-- ``GET /v1/forecasts``: the latest forecast of every forecaster of every symbol;
-- ``GET /v1/forecasts/{symbol}?since=&limit=``: its latest forecasts and history;
+- ``GET /v1/forecasts?forecaster=``: the latest forecast of every forecaster (or of one, e.g.
+  ``volatility:h5``) of every symbol;
+- ``GET /v1/forecasts/{symbol}?since=&limit=&forecaster=``: its latest forecasts and the history
+  of one forecaster (the default one, the first of ``CHAINCAST_FORECASTS``, unless given);
 - ``GET /v1/models``: the serving model versions with their metrics;
 - ``WS /v1/stream``: new forecasts as they are written (JSON, one per message);
 - ``WS /v1/live``: the live page's snapshots, one a second;
@@ -34,13 +36,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chaincast.deploy.page import PAGE, snapshot
 from chaincast.deploy.tokens import TokenInfo, TokenStore
-from chaincast.stream.forecasts import ForecastReader, forecaster_id
+from chaincast.stream.forecasts import ForecastReader, UnknownForecaster, forecaster_id
 from chaincast.stream.records import ModelUpdate, Prediction
 from chaincast.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 SYMBOL = r"^[A-Za-z0-9]{2,32}$"
+FORECASTER = r"^[a-z_]{1,32}:h?[0-9]{1,4}$"
 MAX_TS = 10**15  # ms: year 33658; keeps `since` inside what a Redis stream id can hold
 WS_AUTH_TIMEOUT_S = 10.0
 CLOSE_UNAUTHORIZED = 4401  # application close codes (4000-4999): 401 as a websocket close
@@ -63,7 +66,8 @@ class Forecasts(BaseModel):
 class SymbolForecasts(BaseModel):
     symbol: str
     latest: list[Forecast] = Field(description="the latest forecast of each forecaster of the symbol")
-    history: list[Forecast] = Field(description="oldest first; from `since` on if given, else the last `limit`")
+    history: list[Forecast] = Field(description="the forecaster's forecasts, oldest first; from `since` on if "
+                                              "given, else the last `limit`")
 
 
 class Models(BaseModel):
@@ -153,23 +157,36 @@ def create_app(settings: Settings, store: TokenStore | None = None, live_interva
     async def page() -> HTMLResponse:
         return HTMLResponse(PAGE.read_text(), headers={"Cache-Control": "no-store"})
 
-    @app.get("/v1/forecasts", response_model=Forecasts, responses=ERRORS)
-    async def forecasts(_: Auth) -> Forecasts:
-        return Forecasts(forecasts=[Forecast.of(p) for p in await reader.latest()])
+    served = ", ".join(reader.forecasters)
+    Forecaster = Annotated[str | None, Query(pattern=FORECASTER, description=(
+        f"target:h{{horizon}}, one of the served forecasters ({served}); unset: every forecaster for the latest, "
+        f"the default one ({reader.forecasters[0]}) for a history"))]
+    NOT_SERVED = {404: {"model": Problem, "description": "unknown symbol or forecaster"}}
 
-    @app.get("/v1/forecasts/{symbol}", response_model=SymbolForecasts,
-             responses={**ERRORS, 404: {"model": Problem, "description": "unknown symbol"}})
+    def chosen(forecaster: str | None) -> str | None:
+        try:
+            return reader.resolve(forecaster)
+        except UnknownForecaster as exc:
+            raise HTTPException(404, str(exc)) from None
+
+    @app.get("/v1/forecasts", response_model=Forecasts, responses={**ERRORS, **NOT_SERVED})
+    async def forecasts(_: Auth, forecaster: Forecaster = None) -> Forecasts:
+        return Forecasts(forecasts=[Forecast.of(p) for p in await reader.latest(forecaster=chosen(forecaster))])
+
+    @app.get("/v1/forecasts/{symbol}", response_model=SymbolForecasts, responses={**ERRORS, **NOT_SERVED})
     async def symbol_forecasts(
         _: Auth,
         symbol: Annotated[str, Path(pattern=SYMBOL, description="e.g. BTCUSDT (case-insensitive)")],
         since: Annotated[int | None, Query(ge=0, le=MAX_TS, description="bar open time, ms")] = None,
         limit: Annotated[int, Query(ge=1, le=settings.api_max_limit)] = 100,
+        forecaster: Forecaster = None,
     ) -> SymbolForecasts:
         symbol = symbol.upper()
+        forecaster = chosen(forecaster)
         if not await reader.known(symbol):
             raise HTTPException(404, f"unknown symbol {symbol}")
-        latest = await reader.latest([symbol])
-        history = await reader.history(symbol, since, limit)
+        latest = await reader.latest([symbol], forecaster=forecaster)
+        history = await reader.history(symbol, since, limit, forecaster=forecaster)
         return SymbolForecasts(symbol=symbol, latest=[Forecast.of(p) for p in latest],
                                history=[Forecast.of(p) for p in history])
 

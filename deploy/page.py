@@ -1,5 +1,9 @@
 """The live page's data: per symbol the last forecasts as chart points, the live score, the models.
 
+Per symbol: the return forecaster's points (price, forecast and band) and, for each volatility
+forecaster of ``CHAINCAST_FORECASTS``, its points (forecast volatility, the calibrated band, and
+the volatility realised since, from the closes the forecasts started from) with its live score.
+
 The page itself (``page.html``) is served by the HTTP API (``deploy/api.py``) at ``/``; after
 the user logs in with an API token it opens the API's ``/v1/live`` websocket and receives one
 ``snapshot`` a second: per symbol the last ``points`` predictions, the live score and the
@@ -16,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chaincast.stream.forecasts import ForecastReader
-from chaincast.stream.records import Prediction
+from chaincast.stream.records import Prediction, parse_forecaster
 from chaincast.stream.redis_layout import RedisLayout
+from chaincast.stream.scoring import realise
 
 PAGE = Path(__file__).parent / "page.html"  # read per request: edits show on reload
 
@@ -46,15 +51,48 @@ def point(p: Prediction) -> Point:
                  p.model_version)
 
 
+@dataclass(frozen=True)
+class VolPoint:
+    bar_ts: int
+    target_ts: int
+    forecast: float  # realised volatility of the next h one-bar log returns (per-bar log-return units)
+    lo: float  # calibrated q10
+    hi: float  # calibrated q90
+    realised: float | None  # what it turned out to be; None until the h bars closed (or across a gap)
+    version: str
+
+
+def vol_points(history: list[Prediction]) -> list[VolPoint]:
+    """Volatility forecasts, oldest first, each with the volatility realised since (from the forecasts' own
+    starting closes, so it needs no other key).
+
+    >>> p = lambda ts, price: Prediction(exchange="binance", symbol="BTCUSDT", bar_ts=ts, horizon=1,
+    ...     target="volatility", y_hat=0.01, q10=0.005, q50=0.01, q90=0.02, price=price, model_name="m",
+    ...     model_version="v", created_at=0, latency_ms=0)
+    >>> [(v.target_ts, v.realised and round(v.realised, 4)) for v in vol_points([p(0, 100.0), p(60000, 101.0)])]
+    [(60000, 0.01), (120000, None)]
+    """
+    closes = {p.bar_ts: p.price for p in history}
+    return [VolPoint(p.bar_ts, p.target_ts, p.y_hat, p.q10, p.q90, realise(p.target, p.horizon, closes, p.bar_ts),
+                     p.model_version) for p in history]
+
+
 async def snapshot(reader: ForecastReader, points: int = 120) -> dict:
     """What the page shows, read in a few round trips."""
     settings = reader.settings
     symbols = settings.symbols
-    scores = await reader.scores(symbols)
+    served = [(f, parse_forecaster(f)[0]) for f in reader.forecasters]
+    returns = next((f for f, target in served if target == "log_return"), None)
+    vols = [f for f, target in served if target == "volatility"]
+    scores = await reader.scores(symbols, forecaster=returns) if returns else [{} for _ in symbols]
+    vol_scores = {f: await reader.scores(symbols, forecaster=f) for f in vols}
     out = {}
-    for sym, score in zip(symbols, scores):
-        history = await reader.history(sym, limit=points)
-        out[sym] = {"points": [point(p).__dict__ for p in history], "score": score or None}
+    for i, (sym, score) in enumerate(zip(symbols, scores)):
+        history = await reader.history(sym, limit=points, forecaster=returns) if returns else []
+        out[sym] = {"points": [point(p).__dict__ for p in history], "score": score or None,
+                    "volatility": [{"forecaster": f, "score": vol_scores[f][i] or None,
+                                    "points": [v.__dict__ for v in vol_points(
+                                        await reader.history(sym, limit=points, forecaster=f))]} for f in vols]}
     models = await reader.models()
     model = next((m for m in models if m.name == settings.model_name), None)
     keys, chain = RedisLayout.of(settings), settings.fee_chain_id

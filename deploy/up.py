@@ -104,6 +104,10 @@ class Status:
         parts = [f"t={time.monotonic() - self.started:5.1f}s trades={int(self.trades)} bars={int(self.bars)} "
                  f"predictions={int(self.predictions)}"]
         for sym, p in sorted(self.latest.items()):
+            if "price_hat" not in p:  # the default forecaster forecasts volatility: no price
+                parts.append(f"{sym} {p.get('target')} {float(p['y_hat']):.6f} [{float(p['q10']):.6f},"
+                             f"{float(p['q90']):.6f}] v{p['model_version']}")
+                continue
             parts.append(f"{sym} {float(p['price']):.2f}->{float(p['price_hat']):.2f} "
                          f"[{float(p['price']) * math.exp(float(p['q10'])):.2f},"
                          f"{float(p['price']) * math.exp(float(p['q90'])):.2f}] v{p['model_version']}")

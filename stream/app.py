@@ -22,8 +22,7 @@ from chaincast.stream.chain import watch_chain
 from chaincast.stream.chainfeatures import ChainMinutes
 from chaincast.stream.context import Streams
 from chaincast.stream.health import HEALTH, broker_reachable
-from chaincast.stream.model_slot import ModelSlot, watch_models
-from chaincast.stream.records import ModelUpdate
+from chaincast.stream.model_slot import ModelSlots, watch_models
 from chaincast.stream.settings import Settings
 from chaincast.stream.sink import RedisSink
 from chaincast.stream.topics import ensure_topics
@@ -59,9 +58,7 @@ def create_app(settings: Settings) -> Streams:
                           extra_topic_configs=kafka_options.topic_configs(settings)),
         windows=app.Table("windows", partitions=settings.partitions, key_type=str, use_partitioner=True,
                           extra_topic_configs=kafka_options.topic_configs(settings)),
-        slot=ModelSlot(settings.model_name, threads=settings.onnx_threads, window=settings.window,
-                       registry_dir=settings.registry_dir, signing_key=settings.model_signing_key,
-                       max_bytes=settings.model_max_bytes),
+        slots=ModelSlots.of(settings),  # one per forecaster of CHAINCAST_FORECASTS
         sink=RedisSink(settings.redis_url or "", settings.redis_prefix, settings.history_maxlen,
                        (settings.forecast_specs[0].target, settings.forecast_specs[0].horizon),
                        retry_budget_s=settings.redis_retry_budget_s),
@@ -102,11 +99,8 @@ def create_app(settings: Settings) -> Streams:
     @app.task
     async def follow_models() -> None:
         try:
-            async def refused(update: ModelUpdate, reason: str) -> None:
-                await (await streams.dead_letter("stream.models", update.dumps(), reason,
-                                                 topic=settings.topic_models, key=update.name.encode()))
-
-            await watch_models(settings, streams.slot, on_swap=streams.sink.write_model, on_refused=refused)
+            await watch_models(settings, streams.slots, on_swap=streams.sink.write_model,
+                               on_refused=streams.model_refused)
         finally:  # cancelled at shutdown: the worker's one Redis client goes with it
             await streams.sink.close()
 

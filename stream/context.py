@@ -1,4 +1,4 @@
-"""The context the agents of one worker share: its app, topics, tables, model slot and sink.
+"""The context the agents of one worker share: its app, topics, tables, model slots and sink.
 
 Built by ``stream.app.create_app``; each agent module (``stream.agents.*``) and the
 lag sampler get it through their ``register(streams)`` and import this module
@@ -18,8 +18,8 @@ import faust
 from chaincast.models.timeunits import now_ms
 from chaincast.stream.chainfeatures import ChainMinutes
 from chaincast.stream.metrics import DEADLETTERED, reason_kind
-from chaincast.stream.model_slot import ModelSlot
-from chaincast.stream.records import DeadLetter
+from chaincast.stream.model_slot import ModelSlots
+from chaincast.stream.records import DeadLetter, ModelUpdate
 from chaincast.stream.settings import Settings
 from chaincast.stream.sink import RedisSink
 
@@ -36,7 +36,7 @@ class Streams:
     deadletter: faust.TopicT
     markets: faust.Table  # market key (str) -> stream.market.MarketState.bars_dict()
     windows: faust.Table  # market key (str) -> stream.market.MarketState.window_dict()
-    slot: ModelSlot
+    slots: ModelSlots  # the market models, one per served forecaster
     sink: RedisSink
     chain: ChainMinutes
     chain_ready: asyncio.Event
@@ -64,3 +64,8 @@ class Streams:
         letter = DeadLetter(source=source, topic=topic, key=DeadLetter.text(key, 1024) or None, reason=reason,
                             raw=DeadLetter.text(raw), ts=now_ms())
         return await self.deadletter.send(key=source.encode(), value=letter.dumps())
+
+    async def model_refused(self, update: ModelUpdate, reason: str) -> None:
+        """Dead-letter a model update a slot refused (market, fee or tx model), once the broker has it."""
+        await (await self.dead_letter("stream.models", update.dumps(), reason, topic=self.settings.topic_models,
+                                      key=update.name.encode()))

@@ -3,15 +3,17 @@
 Like the market model (``stream.models``), every worker follows the compacted
 ``models.updates`` topic from its start with a groupless consumer: at start it
 offers each fee name its newest update (older ones only if that is refused), then
-every new one. A model is loaded off the event loop and verified (sha256, the fee
-feature list, the worker's fee window, a smoke inference); a refused model leaves
-the old one serving.
+every new one. A model is loaded off the event loop and verified (trusted only
+from the registry and, with a key, signed: ``stream.model_trust``; sha256, the fee
+feature list, the worker's fee window, a smoke inference); a refused model is
+dead-lettered and leaves the old one serving.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
@@ -19,7 +21,7 @@ from pydantic import ValidationError
 from chaincast.models.fees import FEE_FEATURES, FEE_TARGETS
 from chaincast.models.serving import Forecaster, ModelRejected
 from chaincast.stream.metrics import MODELS_REFUSED
-from chaincast.stream.model_slot import ModelSlot, _assign, uri_path
+from chaincast.stream.model_slot import ModelSlot, OnRefused, _assign
 from chaincast.stream.records import ModelUpdate
 from chaincast.stream import kafka_options
 from chaincast.stream.settings import Settings
@@ -30,12 +32,12 @@ log = logging.getLogger(__name__)
 class FeeSlot(ModelSlot):
     """A ModelSlot whose models take the fee features."""
 
-    def __init__(self, name: str, target: str, horizon: int, threads: int, window: int) -> None:
-        super().__init__(name, threads, window)
+    def __init__(self, name: str, target: str, horizon: int, threads: int, window: int, **trust: Any) -> None:
+        super().__init__(name, threads, window, **trust)
         self.target, self.horizon = target, horizon
 
     def _load(self, update: ModelUpdate) -> Forecaster:
-        model = Forecaster.load(uri_path(update.uri), expected_sha256=update.sha256, threads=self.threads,
+        model = Forecaster.load(self.path_of(update), expected_sha256=update.sha256, threads=self.threads,
                                 features=FEE_FEATURES)
         if model.window != self.window:
             raise ModelRejected(f"model window {model.window} differs from the fee window {self.window}")
@@ -46,8 +48,9 @@ class FeeSlot(ModelSlot):
 
 
 def fee_slots(settings: Settings) -> dict[str, FeeSlot]:
+    trust = FeeSlot.trusting(settings)
     return {f"{settings.fee_model_prefix}.{t}.h{h}": FeeSlot(f"{settings.fee_model_prefix}.{t}.h{h}", t, h,
-                                                             settings.onnx_threads, settings.fee_window)
+                                                             settings.onnx_threads, settings.fee_window, **trust)
             for t in FEE_TARGETS for h in settings.fee_horizons}
 
 
@@ -69,7 +72,7 @@ def _decode(slots: dict[str, FeeSlot], key: bytes | None, value: bytes | None) -
 
 
 async def watch_fee_models(settings: Settings, slots: dict[str, FeeSlot], stopping: asyncio.Event | None = None,
-                           caught_up: asyncio.Event | None = None) -> None:
+                           caught_up: asyncio.Event | None = None, on_refused: OnRefused | None = None) -> None:
     """Serve the current champion of every fee slot, then follow ``models.updates`` until cancelled."""
     consumer = AIOKafkaConsumer(**kafka_options.consumer(settings, group_id=None, auto_offset_reset="earliest",
                                                           enable_auto_commit=False))
@@ -88,7 +91,7 @@ async def watch_fee_models(settings: Settings, slots: dict[str, FeeSlot], stoppi
                         found.setdefault(u.name, []).append(u)
         for name, updates in found.items():
             for update in reversed(updates):  # newest first; older ones only on refusal
-                if await slots[name].offer(update):
+                if await slots[name].offer(update, on_refused):
                     break
         if caught_up is not None:
             caught_up.set()
@@ -96,6 +99,6 @@ async def watch_fee_models(settings: Settings, slots: dict[str, FeeSlot], stoppi
             for messages in (await consumer.getmany(timeout_ms=500)).values():
                 for m in messages:
                     if (u := _decode(slots, m.key, m.value)) is not None:
-                        await slots[u.name].offer(u)
+                        await slots[u.name].offer(u, on_refused)
     finally:
         await consumer.stop()

@@ -108,12 +108,14 @@ def register(s: "Streams") -> None:
         offsets = await read_offsets(consumer, assignment)
         gauges.publish(offsets)
         if adaptive:  # the embedded broker scans whole partitions: the wait follows their size
-            wait = kafka_options.embedded_fetch_wait_ms(sum(o.highwater for o in offsets.values()))
+            records = sum(o.highwater for o in offsets.values())
+            wait = kafka_options.embedded_fetch_wait_ms(records)
             if wait != s.app.fetch_max_wait_ms:
                 log.info("fetch wait %d -> %d ms (%d records in the fetched partitions)", s.app.fetch_max_wait_ms,
-                         wait, sum(o.highwater for o in offsets.values()))
+                         wait, records)
                 s.app.set_fetch_wait(wait)
                 FETCH_WAIT.set(wait)
-        model = s.slot.current
-        if model is not None and (created_ms := model.card.get("created_at")):
-            MODEL_AGE.labels(s.slot.name).set(max(time.time() - float(created_ms) / 1000, 0.0))
+        for slot in s.slots:
+            model = slot.current
+            if model is not None and (created_ms := model.card.get("created_at")):
+                MODEL_AGE.labels(slot.name).set(max(time.time() - float(created_ms) / 1000, 0.0))

@@ -1,12 +1,15 @@
-"""One market's state in a stream worker: the bar being built and the forecast window behind it.
+"""One market's state in a stream worker: the bar being built, the forecast window behind it
+and the live calibration of each forecaster's band (``stream.calibration.LiveBand``).
 
-Both are keyed by the market (``exchange:SYMBOL``) in two changelogged tables of the
-same partitioning, so the worker that closes a bar forecasts it in the same task (one
-broker hop from trade to forecast) and a killed worker's markets recover elsewhere whole.
-They are two entries because they change at different rates: the bar state with every
-message (a small record), the window only when a bar closes (tens of rows). One entry
-wrote the whole window to the changelog for every message, which made a worker's cost
-per message grow with the window (profile in deploy/BENCHMARKS.md).
+The bar state and the window are keyed by the market (``exchange:SYMBOL``) in two
+changelogged tables of the same partitioning, so the worker that closes a bar forecasts
+it in the same task (one broker hop from trade to forecast) and a killed worker's
+markets recover elsewhere whole. They are two entries because they change at different
+rates: the bar state with every message (a small record), the window only when a bar
+closes (tens of rows). One entry wrote the whole window to the changelog for every
+message, which made a worker's cost per message grow with the window (profile in
+deploy/BENCHMARKS.md). The bands' calibration changes only when a bar is forecast, so it
+travels with the window.
 The state follows one contract: fold a batch into a copy, snapshot it once the
 batch's outputs are acknowledged, resume from the snapshot.
 """
@@ -15,11 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from collections.abc import Mapping
+
 from pydantic import ValidationError
 
 from chaincast.stream.bars import BarBuilder, Duplicate, Refused
 from chaincast.stream.bounds import Bounds
-from chaincast.stream.records import Bar, Trade
+from chaincast.stream.calibration import LiveBand
+from chaincast.stream.records import Bar, Prediction, Trade, forecaster_key
 
 
 @dataclass
@@ -35,6 +41,7 @@ class Folded:
 class MarketState:
     bars: BarBuilder
     window: list[list[float]] = field(default_factory=list)  # the last closed bars, as stream.predict.bar_row
+    bands: dict[str, LiveBand] = field(default_factory=dict)  # forecaster id (log_return:h1) -> its calibration
 
     def fold(self, trades: list[Trade], bounds: Bounds | None = None) -> Folded:
         """Fold trades into the open bar; refused trades change nothing and are reported.
@@ -58,13 +65,37 @@ class MarketState:
                 out.refused.append((trade, f"invalid: bar: {exc.errors()[0]['msg']}"))
         return out
 
+    def calibrate(self, p: Prediction, closes: Mapping[int, float]) -> Prediction:
+        """``p`` with its q10..q90 calibrated (``stream.calibration``); the raw band is kept pending.
+
+        ``closes``: the market's closes up to ``p``'s bar (what its outcomes are realised from).
+        Call in bar order per forecaster, as the bars closed.
+
+        >>> s = MarketState(BarBuilder("binance", "BTCUSDT"))
+        >>> p = lambda ts: Prediction(exchange="binance", symbol="BTCUSDT", bar_ts=ts, horizon=1, target="volatility",
+        ...     y_hat=0.001, q10=0.0008, q50=0.001, q90=0.0012, price=100, model_name="m", model_version="v",
+        ...     created_at=0, latency_ms=0)
+        >>> closes = {0: 100.0, 60_000: 101.0}
+        >>> s.calibrate(p(0), closes).q90, round(s.calibrate(p(60_000), closes).q90, 6)  # a miss widens it
+        (0.0012, 0.001203)
+        >>> list(s.bands), s.bands["volatility:h1"].scale > 1
+        (['volatility:h1'], True)
+        """
+        key = forecaster_key(p.target, p.horizon)
+        band = self.bands.get(key)
+        if band is None:
+            band = self.bands[key] = LiveBand(p.target, p.horizon)
+        q10, q90 = band.calibrate(p.bar_ts, closes, p.q10, p.q50, p.q90)
+        return p.model_copy(update={"q10": q10, "q90": q90})
+
     def bars_dict(self) -> dict:
         """The entry of the ``markets`` table: written for every batch that touched the market."""
         return {"bars": self.bars.to_dict()}
 
     def window_dict(self) -> dict:
-        """The entry of the ``windows`` table: written only for a batch that closed a bar."""
-        return {"window": self.window}
+        """The entry of the ``windows`` table: written only for a batch that closed a bar (the window,
+        and the live calibration of the bands, which moves only when a closed bar is forecast)."""
+        return {"window": self.window, "bands": {k: b.to_dict() for k, b in self.bands.items()}}
 
     @classmethod
     def load(cls, bars: dict | None, window: dict | None, exchange: str, symbol: str) -> "MarketState":
@@ -83,4 +114,5 @@ class MarketState:
         if not bars:
             return cls(BarBuilder(exchange, symbol))
         rows = (window or {}).get("window") or bars.get("window") or []
-        return cls(BarBuilder.from_dict(bars["bars"]), [list(r) for r in rows])
+        bands = {k: LiveBand.from_dict(b) for k, b in ((window or {}).get("bands") or {}).items()}
+        return cls(BarBuilder.from_dict(bars["bars"]), [list(r) for r in rows], bands)

@@ -17,7 +17,13 @@ TRADE_MESSAGES = Counter("chaincast_trade_messages_total", "Messages read from t
 BARS = Counter("chaincast_bars_total", "1-minute bars closed and emitted", ["symbol"])
 PREDICTIONS = Counter("chaincast_predictions_total", "Predictions written to Redis and the topic", ["symbol"])
 LAST_CLOSE = Gauge("chaincast_last_close", "Close of the latest bar", ["symbol"])
-FORECAST = Gauge("chaincast_forecast_price", "Latest forecast price and band", ["symbol", "band"])
+FORECAST = Gauge("chaincast_forecast_price", "Latest forecast price and its calibrated band (the first return "
+                 "forecaster of CHAINCAST_FORECASTS)", ["symbol", "band"])
+# Labels: symbol and forecaster (target:h{horizon}), both from the configured sets.
+VOLATILITY_FORECAST = Gauge("chaincast_forecast_volatility", "Latest realised-volatility forecast (per-bar log "
+                            "return units) and its calibrated band", ["symbol", "forecaster", "band"])
+BAND_SCALE = Gauge("chaincast_band_scale", "Live conformal stretch of the q10..q90 band around q50 (1 = the "
+                   "model's own band)", ["symbol", "forecaster"])
 DUPLICATES = Counter("chaincast_duplicate_trades_total",
                      "Trades already folded in (redelivered after a crash, a reconnect's overlap): counted, "
                      "not dead-lettered", ["symbol"])
@@ -54,11 +60,12 @@ MODEL_SWAP = Histogram(
     "chaincast_model_swap_seconds", "ModelUpdate created (announce) to the worker serving it",
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
 )
-LIVE_MAE = Gauge("chaincast_live_mae", "Rolling live MAE of realised predictions", ["symbol", "version"])
+LIVE_MAE = Gauge("chaincast_live_mae", "Rolling live MAE of realised predictions (in the forecaster's target units)",
+                 ["symbol", "forecaster", "version"])
 LIVE_SKILL = Gauge("chaincast_live_skill", "Rolling live skill vs persistence (1 - MAE/MAE_persistence)",
-                   ["symbol", "version"])
-LIVE_COVERAGE = Gauge("chaincast_live_coverage_80", "Rolling share of realised targets inside q10..q90",
-                      ["symbol", "version"])
+                   ["symbol", "forecaster", "version"])
+LIVE_COVERAGE = Gauge("chaincast_live_coverage_80", "Rolling share of realised targets inside the served "
+                      "(calibrated) q10..q90 band", ["symbol", "forecaster", "version"])
 LIVE_SCORED = Counter("chaincast_live_scored_total", "Predictions joined with their realised bar", ["symbol"])
 RETRAIN_REQUESTS = Counter("chaincast_retrain_requests_total", "Retrain-now requests sent by the scorer", ["symbol"])
 

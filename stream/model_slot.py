@@ -1,5 +1,8 @@
-"""The serving model of a worker, and the watcher that swaps it.
+"""The serving models of a worker, and the watcher that swaps them.
 
+A market worker serves one model per forecaster of ``CHAINCAST_FORECASTS``
+(``ModelSlots``: one ``ModelSlot`` per model name, the default forecaster first);
+one consumer of ``models.updates`` feeds every slot by the record's key (the model name).
 Every worker reads the compacted ``models.updates`` topic from its start with a
 plain consumer (no group: each worker must see every update, and a worker that
 starts later must find the current champion). On start it reads up to the end
@@ -17,13 +20,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from chaincast.models.serving import Forecaster, ModelRejected
+from chaincast.models.targets import ForecastSpec
 from chaincast.stream.metrics import MODEL_INFO, MODEL_LOADED_AT, MODEL_SWAP, MODELS_REFUSED
 from chaincast.stream.model_trust import trusted_path, uri_path, verify
 from chaincast.stream.records import ModelUpdate
@@ -40,8 +45,9 @@ class ModelSlot:
     """Holds the serving Forecaster; ``current`` is replaced atomically."""
 
     def __init__(self, name: str, threads: int = 1, window: int | None = None, *, registry_dir: Path | None = None,
-                 signing_key: str | None = None, max_bytes: int = 256_000_000) -> None:
+                 signing_key: str | None = None, max_bytes: int = 256_000_000, spec: ForecastSpec | None = None) -> None:
         self.name = name
+        self.spec = spec  # the (target, horizon) this slot serves; a model forecasting another is refused
         self.threads = threads
         self.window = window  # the stream builds windows of this length; another shape would crash predict
         self.registry_dir = registry_dir  # stream.model_trust: updates are trusted only from here ...
@@ -51,16 +57,30 @@ class ModelSlot:
         self.ready = asyncio.Event()
 
     def serving(self) -> list[Forecaster]:
-        """The forecasters a closed bar is forecast with (one today; one per target and horizon later)."""
+        """The forecaster of this slot, if one serves."""
         return [] if self.current is None else [self.current]
 
-    def _load(self, update: ModelUpdate) -> Forecaster:
+    @classmethod
+    def trusting(cls, settings: Settings) -> dict[str, Any]:
+        """The trust arguments every worker slot takes from the settings (``stream.model_trust``)."""
+        return {"registry_dir": settings.registry_dir, "signing_key": settings.model_signing_key,
+                "max_bytes": settings.model_max_bytes}
+
+    def path_of(self, update: ModelUpdate) -> Path:
+        """The file ``update`` names, once trusted; every slot's loader reads only this. ModelRejected otherwise."""
         # No registry given (a test slot): the uri is taken as it is; workers always give one.
-        path = (uri_path(update.uri) if self.registry_dir is None
-                else trusted_path(update, self.registry_dir, self.signing_key, self.max_bytes))
-        model = Forecaster.load(path, expected_sha256=update.sha256, threads=self.threads)
+        if self.registry_dir is None:
+            return uri_path(update.uri)
+        return trusted_path(update, self.registry_dir, self.signing_key, self.max_bytes)
+
+    def _load(self, update: ModelUpdate) -> Forecaster:
+        model = Forecaster.load(self.path_of(update), expected_sha256=update.sha256, threads=self.threads)
         if self.window is not None and model.window != self.window:
             raise ModelRejected(f"model window {model.window} differs from the stream's window {self.window}")
+        if self.spec is not None:
+            served = ForecastSpec(str(model.card.get("target", "log_return")), model.horizon)
+            if served != self.spec:
+                raise ModelRejected(f"model forecasts {served.label}, the slot {self.name} serves {self.spec.label}")
         return model
 
     async def load(self, update: ModelUpdate) -> Forecaster:
@@ -91,15 +111,62 @@ class ModelSlot:
         return True
 
 
-def _decode(slot: ModelSlot, key: bytes | None, value: bytes | None, offset: int) -> ModelUpdate | None:
-    if key is not None and key.decode(errors="replace") != slot.name:
+class ModelSlots:
+    """The slots of every served forecaster, by model name, the default forecaster's first.
+
+    Trades are held until the DEFAULT forecaster serves (``ready``); the others join
+    when their first model arrives, so the return forecast never waits on, say, a
+    volatility model that failed to train. ``serving()`` is read once per batch.
+    """
+
+    def __init__(self, slots: list[ModelSlot]) -> None:
+        if not slots:
+            raise ValueError("at least one slot")
+        self.by_name = {s.name: s for s in slots}
+        self.default = slots[0]
+
+    @classmethod
+    def of(cls, settings: Settings) -> ModelSlots:
+        """One slot per forecaster of ``settings.forecast_specs``."""
+        specs = settings.forecast_specs
+        return cls([ModelSlot(spec.model_name(settings.model_name, default=spec == specs[0]),
+                              threads=settings.onnx_threads, window=settings.window, spec=spec,
+                              **ModelSlot.trusting(settings)) for spec in specs])
+
+    @property
+    def ready(self) -> asyncio.Event:
+        return self.default.ready
+
+    def __iter__(self) -> Iterator[ModelSlot]:
+        return iter(self.by_name.values())
+
+    def get(self, name: str) -> ModelSlot | None:
+        return self.by_name.get(name)
+
+    def serving(self) -> list[Forecaster]:
+        """The models a closed bar is forecast with: one per forecaster that has one, default first."""
+        return [s.current for s in self.by_name.values() if s.current is not None]
+
+
+def _decode(slots: ModelSlots, key: bytes | None, value: bytes | None, offset: int) -> ModelUpdate | None:
+    """The update for one of ``slots`` (by the record's key, else by its name), None for another model's."""
+    if key is not None and slots.get(key.decode(errors="replace")) is None:
         return None
     try:
-        return ModelUpdate.loads(value or b"")
+        update = ModelUpdate.loads(value or b"")
     except ValidationError as exc:
-        MODELS_REFUSED.labels(slot.name).inc()
+        name = key.decode(errors="replace") if key is not None else slots.default.name
+        MODELS_REFUSED.labels(name).inc()
         log.error("unreadable model update at offset %d: %s", offset, exc)
         return None
+    if key is None and slots.get(update.name) is None:
+        return None
+    return update
+
+
+def _slot_of(slots: ModelSlots, key: bytes | None, update: ModelUpdate) -> ModelSlot:
+    # The key names the slot (the retrainer keys each update by its model name); the value's name only without one.
+    return slots.by_name[key.decode(errors="replace")] if key is not None else slots.by_name[update.name]
 
 
 async def _assign(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
@@ -112,38 +179,51 @@ async def _assign(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition
     return tps
 
 
-async def _catch_up(consumer: AIOKafkaConsumer, tps: list[TopicPartition], slot: ModelSlot) -> list[ModelUpdate]:
-    """Every update for ``slot.name`` up to the end offsets seen at start, oldest first."""
+async def _catch_up(consumer: AIOKafkaConsumer, tps: list[TopicPartition],
+                    slots: ModelSlots) -> dict[str, list[ModelUpdate]]:
+    """Every update of each slot up to the end offsets seen at start, oldest first, by slot name."""
     end = await consumer.end_offsets(tps)
-    found: list[ModelUpdate] = []
+    found: dict[str, list[ModelUpdate]] = {}
     idle = 0
     # An empty poll also ends the catch-up: Tansu can over-report the end offset (see DESIGN.md).
     while idle < 3 and any([await consumer.position(tp) < end[tp] for tp in tps]):
         batches = await consumer.getmany(*tps, timeout_ms=500)
         idle = 0 if batches else idle + 1
         for messages in batches.values():
-            found += [u for m in messages if (u := _decode(slot, m.key, m.value, m.offset)) is not None]
+            for m in messages:
+                if (u := _decode(slots, m.key, m.value, m.offset)) is not None:
+                    found.setdefault(_slot_of(slots, m.key, u).name, []).append(u)
     return found
 
 
-async def watch_models(settings: Settings, slot: ModelSlot, on_swap: OnSwap | None = None,
+async def watch_models(settings: Settings, slots: ModelSlot | ModelSlots, on_swap: OnSwap | None = None,
                        stopping: asyncio.Event | None = None, on_refused: OnRefused | None = None) -> None:
-    """Serve the current champion of ``slot.name``, then follow ``models.updates`` until cancelled."""
+    """Serve the current champion of every slot, then follow ``models.updates`` until cancelled.
+
+    One plain consumer for all the slots; at start each slot is offered its newest
+    update first (older ones only when that is refused), the default slot last so
+    that, once trades flow, the other forecasters found in the topic serve too.
+    """
+    if isinstance(slots, ModelSlot):
+        slots = ModelSlots([slots])
     consumer = AIOKafkaConsumer(**kafka_options.consumer(settings, group_id=None, auto_offset_reset="earliest",
                                                           enable_auto_commit=False))
     await consumer.start()
     try:
         tps = await _assign(consumer, settings.topic_models)
-        for update in reversed(await _catch_up(consumer, tps, slot)):  # newest first; older ones only on refusal
-            if await slot.offer(update, on_refused):
-                if on_swap is not None:
-                    await on_swap(update)
-                break
+        found = await _catch_up(consumer, tps, slots)
+        for slot in sorted(slots, key=lambda s: s is slots.default):
+            for update in reversed(found.get(slot.name, [])):  # newest first; older ones only on refusal
+                if await slot.offer(update, on_refused):
+                    if on_swap is not None:
+                        await on_swap(update)
+                    break
         while stopping is None or not stopping.is_set():
             for messages in (await consumer.getmany(timeout_ms=500)).values():
                 for msg in messages:
-                    if (update := _decode(slot, msg.key, msg.value, msg.offset)) is None:
+                    if (update := _decode(slots, msg.key, msg.value, msg.offset)) is None:
                         continue
+                    slot = _slot_of(slots, msg.key, update)
                     before = slot.current
                     if await slot.offer(update, on_refused):
                         if slot.current is not before and update.created_at:

@@ -55,6 +55,27 @@ def market_key(exchange: str, symbol: str) -> str:
     return f"{exchange}:{symbol.upper()}"
 
 
+def forecaster_key(target: str, horizon: int) -> str:
+    """The stable id of a forecaster (target and horizon, across model versions): ``volatility:h5``.
+
+    >>> forecaster_key("volatility", 5), parse_forecaster("volatility:h5"), parse_forecaster("volatility:5")
+    ('volatility:h5', ('volatility', 5), ('volatility', 5))
+    """
+    return f"{target}:h{horizon}"
+
+
+def parse_forecaster(text: str) -> tuple[str, int]:
+    """(target, horizon) of ``log_return:h1`` (or the settings' spelling ``log_return:1``); ValueError if neither."""
+    target, sep, horizon = text.strip().partition(":")
+    try:
+        h = int(horizon.removeprefix("h"))
+    except ValueError:
+        h = 0
+    if not sep or not target or h < 1:
+        raise ValueError(f"a forecaster is target:h<horizon>, e.g. log_return:h1, not {text!r}")
+    return target, h
+
+
 class Trade(Record):
     exchange: str
     symbol: str

@@ -12,7 +12,9 @@ Prefix default ``cc:``:
 - ``{prefix}preds:{SYMBOL}:{target}:{h}`` stream, that forecaster's history;
 - ``{prefix}model:{name}``             hash, the version a worker serves and its metrics
                                        (written by the workers once they accepted it);
-- ``{prefix}score:{SYMBOL}``           hash, live MAE / skill / coverage of the serving versions;
+- ``{prefix}score:{SYMBOL}``           hash, live MAE / skill / coverage (of the calibrated band) of the default
+                                       forecaster's serving versions (fields ``{stat}@{version}`` per version);
+- ``{prefix}score:{SYMBOL}:{target}:{h}`` hash, the same for each extra forecaster;
 - ``{prefix}retrain:{model name}``     string, set by the score agent to ask the retrainer for a round now;
 - ``{prefix}fee:{CHAIN_ID}``           hash, the latest fee forecasts of a chain: ``block``, ``block_hash``,
                                        ``timestamp``, ``base_fee_gwei`` and per forecast ``{target}.h{H}.{field}``
@@ -35,6 +37,8 @@ Prefix default ``cc:``:
 ('cc:score:ETHUSDT', 'cc:retrain:forecaster', '60000-1')
 >>> keys.latest("BTCUSDT", "volatility", 5), keys.history("BTCUSDT", "volatility", 5)
 ('cc:pred:BTCUSDT:volatility:5', 'cc:preds:BTCUSDT:volatility:5')
+>>> keys.score("BTCUSDT", "volatility", 5)
+'cc:score:BTCUSDT:volatility:5'
 >>> keys.fee_latest(1), keys.fee_history(1), keys.fee_score(1)
 ('cc:fee:1', 'cc:fees:1', 'cc:feescore:1')
 >>> keys.tx_history(1), keys.tx_latest(1), keys.tx_alerts(1), keys.tx_score("tx_value")
@@ -77,8 +81,9 @@ class RedisLayout:
     def model(self, name: str) -> str:
         return f"{self.prefix}model:{name}"
 
-    def score(self, symbol: str) -> str:
-        return f"{self.prefix}score:{symbol}"
+    def score(self, symbol: str, target: str | None = None, horizon: int | None = None) -> str:
+        """The default forecaster's live score hash without ``target``; an extra forecaster's with it."""
+        return f"{self.prefix}score:{symbol}" + self._extra(target, horizon)
 
     def retrain_flag(self, model_name: str) -> str:
         return f"{self.prefix}retrain:{model_name}"

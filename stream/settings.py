@@ -249,6 +249,11 @@ class Settings(BaseSettings):
     # The liveness probe fails when the worker's event loop has not ticked for this long.
     heartbeat_timeout_s: float = Field(30.0, gt=0, validation_alias="CHAINCAST_HEARTBEAT_TIMEOUT_S")
 
+    # --- registry faults ---
+    # A retrainer whose registry write failed (a full disk) retries the write after this, doubling
+    # per failure up to 16x; the old champion serves meanwhile.
+    registry_retry_s: float = Field(60.0, gt=0, validation_alias="CHAINCAST_REGISTRY_RETRY_S")
+
     @field_validator("symbols", mode="before")
     @classmethod
     def _split_symbols(cls, value: Any) -> Any:

@@ -3,7 +3,8 @@
 The keys come from ``stream.redis_layout`` (the layout is an interface, documented
 in the README): predictions (latest hash + capped history stream), the serving
 model's hash (written once this worker accepted the version), live scores and the
-retrain flag. Nothing else in a worker writes Redis.
+retrain flags. The default forecaster's keys carry no target (``cc:pred:{SYMBOL}``);
+every other forecaster's carry its target and horizon. Nothing else in a worker writes Redis.
 
 Redelivered predictions (at-least-once) are harmless: the stream refuses an id
 it already holds, and the hash is only replaced by a newer bar.
@@ -24,7 +25,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
-from chaincast.stream.records import FeePrediction, ModelUpdate, Prediction
+from chaincast.stream.records import FeePrediction, ModelUpdate, Prediction, parse_forecaster
 from chaincast.stream.redis_layout import RedisLayout
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ class RedisSink:
         for pred in preds:
             fields = _fields(pred)
             flat = [x for kv in fields.items() for x in kv]
-            extra = () if self.default_forecast in (None, (pred.target, pred.horizon)) else (pred.target, pred.horizon)
+            extra = self._extra(pred.target, pred.horizon)
             await self._set_if_newer(keys=[self.keys.latest(pred.symbol, *extra)], args=[pred.bar_ts, *flat],
                                      client=pipe)
             pipe.xadd(self.keys.history(pred.symbol, *extra), fields, id=self.keys.history_id(pred.bar_ts, pred.horizon),
@@ -151,24 +152,52 @@ class RedisSink:
 
     async def write_score(self, symbol: str, fields: Mapping[str, str], *, model_name: str,
                           retrain_reason: str | None = None) -> None:
-        """Replace the live score hash of ``symbol``; with a reason, also ask the retrainer for a round."""
-        key = self.keys.score(symbol)
+        """Replace the default forecaster's live score hash of ``symbol``; with a reason, also ask the
+        retrainer of ``model_name`` for a round."""
+        await self.write_scores(symbol, {None: fields}, retrain={model_name: retrain_reason} if retrain_reason else None)
+
+    async def write_scores(self, symbol: str, hashes: Mapping[str | None, Mapping[str, str]], *,
+                           retrain: Mapping[str, str] | None = None) -> None:
+        """Replace the live score hash of each forecaster of ``symbol`` (``log_return:h1``; None: the default)
+        in one transaction; ``retrain``: model name -> reason, each retrainer's flag to set."""
+        keys = {self._score_key(symbol, forecaster): dict(fields) for forecaster, fields in hashes.items()}
 
         def build(pipe: Pipeline) -> None:
-            pipe.delete(key)
-            pipe.hset(key, mapping=dict(fields))
-            if retrain_reason is not None:
-                pipe.set(self.keys.retrain_flag(model_name), retrain_reason)
+            for key, fields in keys.items():
+                pipe.delete(key)
+                pipe.hset(key, mapping=fields)
+            for model_name, reason in (retrain or {}).items():
+                pipe.set(self.keys.retrain_flag(model_name), reason)
 
         await self.execute(build)
+
+    def _score_key(self, symbol: str, forecaster: str | None) -> str:
+        if forecaster is None:
+            return self.keys.score(symbol)
+        target, horizon = parse_forecaster(forecaster)
+        return self.keys.score(symbol, *self._extra(target, horizon))
+
+    def _extra(self, target: str, horizon: int) -> tuple[str, int] | tuple[()]:
+        """() for the default forecaster (its keys carry no target), else (target, horizon)."""
+        return () if self.default_forecast in (None, (target, horizon)) else (target, horizon)
 
     async def write_fees(self, chain_id: int, preds: list[FeePrediction], retracted: list[FeePrediction],
                          scores: dict[str, dict[str, float]]) -> None:
         """One batch of fee forecasts in one round trip: retractions first, then the new forecasts.
 
         The history stream takes auto ids: a re-forecast after a reorg is for a block number
-        already in it, which an id made of the block number could not express.
+        already in it, which an id made of the block number could not express. Retried like
+        ``write`` (the same budget); then the connection error is raised. A retry after a
+        write that landed but whose reply was lost repeats history entries (auto ids), which
+        is why the fee agent writes before it records the block: at least once, never lost.
         """
+        async for attempt in self._retrying():
+            with attempt:
+                return await self._write_fees(chain_id, preds, retracted, scores)
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def _write_fees(self, chain_id: int, preds: list[FeePrediction], retracted: list[FeePrediction],
+                          scores: dict[str, dict[str, float]]) -> None:
         pipe = self.client.pipeline(transaction=False)
         for p in [*retracted, *preds]:
             pipe.xadd(self.keys.fee_history(chain_id), {k: "" if v is None else str(v)

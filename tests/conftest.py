@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from chaincast.deploy.embedded import embedded_stack
+from chaincast.deploy.embedded import Process, embedded_stack, free_port, redis_binary, wait_for_port
 from chaincast.stream.settings import Settings
 from chaincast.stream.topics import TOPICS
 
@@ -101,3 +102,56 @@ def settings_for(stack: dict[str, str], tmp_path: Path):
         return Settings(**base)
 
     return build
+
+
+@pytest.fixture
+def small_fs() -> Iterator[Callable[[Path, int], Path]]:
+    """Mount a size-limited tmpfs at a path (a disk that fills up); unmounted after the test.
+
+    Mounting needs root (CAP_SYS_ADMIN): where that is refused the test fails with the
+    mount's own message rather than passing without the fault it is about.
+    """
+    mounted: list[Path] = []
+
+    def mount(path: Path, size_bytes: int) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes},mode=0755", "tmpfs", str(path)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.fail(f"cannot mount a {size_bytes}-byte tmpfs at {path} (root needed): {done.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Fill the file system of ``directory`` up to the last byte with one file; returns it (delete it to free)."""
+    filler = directory / "filler"
+    chunk = b"\0" * 65536
+    with open(filler, "wb", buffering=0) as fh:
+        while True:
+            try:
+                fh.write(chunk)
+            except OSError:
+                break
+        for size in (4096, 512, 1):  # the last partial chunk
+            try:
+                while True:
+                    fh.write(b"\0" * size)
+            except OSError:
+                continue
+    return filler
+
+
+def start_persistent_redis(data_dir: Path, port: int | None = None) -> tuple[Process, int]:
+    """A Valkey that keeps its data across a restart (append-only file, fsync per write)."""
+    port = port or free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+            "--appendfsync", "always", "--dir", str(data_dir)]
+    proc = Process("redis", argv, log_path=data_dir / "redis.log").start()
+    wait_for_port(port, proc.popen, 30, "redis")
+    return proc, port

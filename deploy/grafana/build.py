@@ -10,7 +10,8 @@ default Prometheus), and every chaincast series is scoped to the scrape jobs cho
 ``job`` variable (``job=~"$job"``, filled from ``chaincast_inference_seconds_count``, which
 every chaincast process exports), so the dashboards work beside other software and other
 deployments in one Prometheus. Panels that concern one market use the ``$symbol`` variable,
-filled from ``chaincast_last_close``.
+filled from ``chaincast_last_close``; the volatility panel the ``$vol_forecaster`` variable,
+filled from ``chaincast_forecast_volatility``.
 """
 
 from __future__ import annotations
@@ -150,6 +151,14 @@ def fee_horizon_variable() -> dict[str, Any]:
             "multi": False, "sort": 3, "current": {}}
 
 
+def forecaster_variable() -> dict[str, Any]:
+    """The volatility forecaster shown (``volatility:h5``), from those the workers export."""
+    return {"name": "vol_forecaster", "label": "volatility forecaster", "type": "query", "datasource": DATASOURCE,
+            "query": {"query": "label_values(chaincast_forecast_volatility, forecaster)", "refId": "vol_forecaster"},
+            "definition": "label_values(chaincast_forecast_volatility, forecaster)", "refresh": 2,
+            "includeAll": False, "multi": False, "sort": 1, "current": {}}
+
+
 def band_overrides() -> tuple[dict[str, Any], ...]:
     """Shade q10..q90: q90 fills down to q10, both drawn as thin dashed lines."""
     thin = [{"id": "custom.lineWidth", "value": 1}, {"id": "custom.lineStyle", "value": {"fill": "dash",
@@ -229,13 +238,29 @@ def forecasts() -> dict[str, Any]:
             q(f'max(chaincast_forecast_price{{{sym}, band="q90"}})', "q90"),
         ), unit="currencyUSD", width=24, height=10, overrides=band_overrides(),
             description="The forecast is for the close `horizon` bars after the bar it was made from"),
+        Panel("$symbol: volatility forecast $vol_forecaster and its band (q10..q90)", (
+            q(f'max(chaincast_forecast_volatility{{{sym}, forecaster="$vol_forecaster", band="mid"}})', "forecast"),
+            q(f'max(chaincast_forecast_volatility{{{sym}, forecaster="$vol_forecaster", band="q10"}})', "q10"),
+            q(f'max(chaincast_forecast_volatility{{{sym}, forecaster="$vol_forecaster", band="q90"}})', "q90"),
+        ), unit="percentunit", width=24, height=8, overrides=band_overrides(),
+            description="Realised volatility of the next h one-bar log returns, as forecast at each bar close, "
+                        "with the live-calibrated band; the forecast plotted now is for the h bars to come"),
         Panel("$symbol: live skill vs persistence", (
-            q(f"chaincast_live_skill{{{sym}}}", "{{version}}"),
-        ), unit="percentunit", description="1 - MAE / MAE(persistence) over realised predictions; below 0 = "
-                                           "worse than predicting no change"),
-        Panel("$symbol: live MAE (log return)", (q(f"chaincast_live_mae{{{sym}}}", "{{version}}"),)),
-        Panel("$symbol: live q10..q90 coverage", (q(f"chaincast_live_coverage_80{{{sym}}}", "{{version}}"),),
-              unit="percentunit", description="Share of realised targets inside the band; 0.8 is calibrated"),
+            q(f"chaincast_live_skill{{{sym}}}", "{{forecaster}} {{version}}"),
+        ), unit="percentunit", description="1 - MAE / MAE(persistence) over realised predictions, per forecaster "
+                                           "on its own target; persistence is no change for a return, the "
+                                           "realised volatility of the last h bars for volatility; below 0 = "
+                                           "worse than persistence"),
+        Panel("$symbol: live MAE (forecaster's target units)",
+              (q(f"chaincast_live_mae{{{sym}}}", "{{forecaster}} {{version}}"),)),
+        Panel("$symbol: live q10..q90 coverage per forecaster",
+              (q(f"chaincast_live_coverage_80{{{sym}}}", "{{forecaster}} {{version}}"),),
+              unit="percentunit", description="Share of realised targets inside the served (live-calibrated) "
+                                              "band; 0.8 is calibrated"),
+        Panel("$symbol: band scale of the live calibration", (
+            q(f"max by (forecaster) (chaincast_band_scale{{{sym}}})", "{{forecaster}}"),),
+              description="How far the adaptive conformal calibration stretches each model's own q10..q90 "
+                          "around q50 (1 = as the model made it; above 1 = the model's band was too narrow)"),
         Panel("Predictions scored per minute", (
             q(f"sum by (symbol) (rate(chaincast_live_scored_total[{RATE}])) * 60", "{{symbol}}"),)),
         Panel("Serving model", (q("max by (name, version, family) (chaincast_model_info)",
@@ -270,7 +295,7 @@ def forecasts() -> dict[str, Any]:
              "titleFormat": "model {{version}}", "tagKeys": "name", "textFormat": "serving {{name}} {{version}}",
              "useValueForTime": False}
     return dashboard("chaincast-forecasts", "chaincast / forecasts", panels,
-                     variables=[symbol_variable(), fee_horizon_variable()],
+                     variables=[symbol_variable(), forecaster_variable(), fee_horizon_variable()],
                      annotations=[swaps], description="Price with its forecast band, model versions, live skill")
 
 

@@ -3,7 +3,8 @@
 Used by the parse test (``tests/deploy/test_dashboards.py``) and by
 ``deploy/prometheus/verify_dashboards.py``, which runs them against a real
 Prometheus. Grafana's own variables are expanded the way Grafana would:
-``$__rate_interval`` to a fixed window, ``$symbol`` to one market and ``$fee_horizon`` to 5 blocks.
+``$__rate_interval`` to a fixed window, ``$symbol`` to one market, ``$vol_forecaster`` to the
+volatility forecaster ``volatility:h5`` and ``$fee_horizon`` to 5 blocks.
 """
 
 from __future__ import annotations
@@ -55,11 +56,11 @@ def all_queries(directory: Path = DASHBOARD_DIR) -> list[PanelQuery]:
 
 
 def expand(expr: str, rate_interval: str = "1m", symbol: str = "BTCUSDT", fee_horizon: str = "5",
-           job: str = "chaincast") -> str:
+           job: str = "chaincast", vol_forecaster: str = "volatility:h5") -> str:
     """Grafana's variables as Grafana would fill them (``job``: the scrape job of deploy/prometheus).
 
     >>> expand('rate(x{job=~"$job",symbol="$symbol"}[$__rate_interval])')
     'rate(x{job=~"chaincast",symbol="BTCUSDT"}[1m])'
     """
     return (expr.replace("$__rate_interval", rate_interval).replace("$symbol", symbol)
-            .replace("$fee_horizon", fee_horizon).replace("$job", job))
+            .replace("$fee_horizon", fee_horizon).replace("$job", job).replace("$vol_forecaster", vol_forecaster))

@@ -11,7 +11,8 @@ a table: which queries returned data and, for those that did not, which of
 their metrics no scraped process exports. Exit status 0 when every query
 returned data.
 
-With no ``--targets`` it runs ``chaincast up --duration`` on a free block of
+With no ``--targets`` it runs ``chaincast up --duration`` (serving ``log_return:1,volatility:5``
+unless CHAINCAST_FORECASTS says otherwise) on a free block of
 metrics ports with its own home directory, and (unless ``--no-bad-input``)
 sends one malformed message to the trades topic so that the dead-letter
 panels have something to show.
@@ -51,6 +52,7 @@ ALERTS = HERE / "alerts.yml"
 # Offsets from CHAINCAST_METRICS_PORT, as documented in deploy/README.md.
 PROCESS_PORTS = {"worker": 0, "producer": 1, "chain": 2, "retrainer": 3}  # as deploy/up.py
 FALLBACK = " or vector(0)"
+VOL_TOO = "log_return:1,volatility:5"  # the volatility panels need a volatility forecaster (queries.expand's)
 METRIC = re.compile(r"\b(chaincast_[a-z0-9_]+|up)\b")
 
 
@@ -200,7 +202,7 @@ def chaincast_up(workdir: Path, duration: float) -> Iterator[tuple[dict[str, str
     base = free_block(17)  # the metrics ports and the live page at +16
     out = workdir / "up.log"
     env = {**os.environ, "CHAINCAST_HOME": str(workdir / "home"), "CHAINCAST_METRICS_PORT": str(base),
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", "CHAINCAST_FORECASTS": os.environ.get("CHAINCAST_FORECASTS", VOL_TOO)}
     for name in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "CHAINCAST_EXCHANGE_URL"):
         env.pop(name, None)
     proc = Process("up", [sys.executable, "-m", "chaincast.deploy.cli", "up", "--duration", str(duration)], env=env,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from chaincast.stream.failure import stop_unacknowledged
 from chaincast.stream.fee_models import fee_slots, serving, watch_fee_models
 from chaincast.stream.fees import FeeChain, Outcome
 from chaincast.stream.metrics import (
@@ -68,7 +69,7 @@ def register(s: "Streams") -> None:
     @s.app.task
     async def follow_fee_models() -> None:
         try:
-            await watch_fee_models(settings, slots, caught_up=models_known)
+            await watch_fee_models(settings, slots, caught_up=models_known, on_refused=s.model_refused)
         finally:
             models_known.set()
 
@@ -76,30 +77,40 @@ def register(s: "Streams") -> None:
     async def fees(stream):  # noqa: ANN001 - a faust stream
         await models_known.wait()  # the champions announced before this worker started serve from its first block
         async for values in stream.take(256, within=0.005):
-            models = serving(slots)  # once per batch: a hot swap never splits a batch
-            batch: dict[str, tuple[FeeChain, Outcome]] = {}
-            for raw in values:
-                try:
-                    block = Block.loads(raw)
-                except ValidationError as exc:
-                    await s.dead_letter(SOURCE, raw, f"invalid: {exc.errors()[0]['msg']}", topic=settings.topic_blocks)
-                    continue
-                key = str(block.chain_id)
-                if key not in batch:
-                    batch[key] = (FeeChain(table.get(key), settings.fee_window, settings.fee_score_window), Outcome())
-                chain, total = batch[key]
-                outcome = chain.on_block(block, models)
-                if outcome.refused:
-                    await s.dead_letter(SOURCE, raw, outcome.refused, topic=settings.topic_blocks, key=key.encode())
-                total.predictions += outcome.predictions
-                total.retracted += outcome.retracted
-                total.scored += outcome.scored
-            for key, (chain, total) in batch.items():
-                scores = _observe(key, chain, total.predictions, total.retracted, {x.key for x in total.scored})
-                await s.sink.write_fees(int(key), total.predictions, total.retracted, scores)
-                for p in [*total.retracted, *total.predictions]:
-                    await out.send(key=key.encode(), value=p.dumps())
-                table[key] = chain.state  # after its outputs went out: a crash before this redoes the batch
+            try:
+                await fold(values, serving(slots))  # the models once per batch: a hot swap never splits one
+            except Exception as exc:  # noqa: BLE001 - Redis beyond its retry budget, the broker, a bug: never ack
+                stop_unacknowledged(SOURCE, exc)
+
+    async def fold(values: list[bytes], models: dict) -> None:
+        """One batch: forecast, dead-letter what is refused, write Redis and the topic, then record the state."""
+        batch: dict[str, tuple[FeeChain, Outcome]] = {}
+        sent: list = []  # broker acks (dead letters, forecasts) to confirm before the state is recorded
+        for raw in values:
+            try:
+                block = Block.loads(raw)
+            except ValidationError as exc:
+                sent.append(await s.dead_letter(SOURCE, raw, f"invalid: {exc.errors()[0]['msg']}",
+                                                topic=settings.topic_blocks))
+                continue
+            key = str(block.chain_id)
+            if key not in batch:
+                batch[key] = (FeeChain(table.get(key), settings.fee_window, settings.fee_score_window), Outcome())
+            chain, total = batch[key]
+            outcome = chain.on_block(block, models)
+            if outcome.refused:
+                sent.append(await s.dead_letter(SOURCE, raw, outcome.refused, topic=settings.topic_blocks,
+                                                key=key.encode()))
+            total.predictions += outcome.predictions
+            total.retracted += outcome.retracted
+            total.scored += outcome.scored
+        for key, (chain, total) in batch.items():  # Redis and the topic first (see stream.failure) ...
+            scores = _observe(key, chain, total.predictions, total.retracted, {x.key for x in total.scored})
+            await s.sink.write_fees(int(key), total.predictions, total.retracted, scores)
+            sent += [await out.send(key=key.encode(), value=p.dumps()) for p in [*total.retracted, *total.predictions]]
+        await asyncio.gather(*sent)
+        for key, (chain, _total) in batch.items():  # ... then the state: a crash before this redoes the batch
+            table[key] = chain.state
 
 
 

@@ -17,8 +17,12 @@ Delivery, per batch (DESIGN.md "Reliability rules"):
   worker before Faust acknowledges the batch (``stream.failure``).
 
 Bars that close together (several markets in one batch, a replay at speed)
-are forecast in one inference and written in one Redis pipeline; the model is
-read once per batch, so a hot swap never splits a batch between versions.
+are forecast in one inference per served forecaster (``CHAINCAST_FORECASTS``)
+and written in one Redis pipeline; the models are read once per batch, so a hot
+swap never splits a batch between versions. Trades are held until the default
+forecaster serves; the others join as their first model arrives
+(``stream.model_slot.ModelSlots``). Each band is calibrated live
+(``MarketState.calibrate``, in bar order per market) before it is written.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from chaincast.stream.chain import with_chain
 from chaincast.stream.failure import stop_unacknowledged
 from chaincast.stream.market import MarketState
 from chaincast.stream.metrics import (
+    BAND_SCALE,
     BAR_TO_REDIS,
     BARS,
     DUPLICATES,
@@ -45,9 +50,10 @@ from chaincast.stream.metrics import (
     PREDICTIONS,
     TRADE_MESSAGES,
     TRADES,
+    VOLATILITY_FORECAST,
 )
 from chaincast.stream.predict import MAX_ABS_OUTPUT, Ready, forecast, history_size, push, ready
-from chaincast.stream.records import Bar, Prediction, market_key
+from chaincast.stream.records import Bar, Prediction, forecaster_key, market_key
 
 if TYPE_CHECKING:
     import faust
@@ -68,7 +74,11 @@ class MarketBatch:
         self.bounds = bounds
         self.symbols = frozenset(s.settings.symbols)
         self.window = s.settings.window
-        self.size = history_size(s.settings.window)
+        specs = s.settings.forecast_specs
+        self.size = history_size(s.settings.window, max(spec.horizon for spec in specs))
+        # The price gauge follows one return forecaster (the first configured): its labels carry no horizon.
+        self.price_forecaster = next((forecaster_key(sp.target, sp.horizon) for sp in specs
+                                      if sp.target == "log_return"), None)
         self.arrived = time.perf_counter()
         self.states: dict[str, MarketState] = {}  # copies: the table is written after the acks
         self.sent: list[Awaitable[Any]] = []  # broker acks to confirm before the state is recorded
@@ -109,29 +119,50 @@ class MarketBatch:
                     self.ready.append(r)
 
     async def forecast(self) -> None:
-        """Forecast the ready bars, write Redis, send the predictions (acks collected)."""
+        """Forecast the ready bars, calibrate the bands, write Redis, send the predictions (acks collected)."""
         if not self.ready:
             return
         s = self.s
-        preds: list[Prediction] = []
-        for model in s.slot.serving():  # one per (target, horizon) once several forecasters serve a market
+        raw: list[Prediction] = []
+        for model in s.slots.serving():  # one per forecaster (target, horizon) that has a model
             with INFERENCE.time():
                 made, refused = forecast(model, self.ready)
-            preds += made
+            raw += made
             for bar in refused:
                 await self.dead_letter(bar.dumps(), f"model_output: not finite or beyond {MAX_ABS_OUTPUT} "
                                        f"from {model.version}", bar_key(bar))
+        preds = self.calibrate(raw)
         await s.sink.write(preds)
         done = time.perf_counter()
         for p in preds:
             BAR_TO_REDIS.observe(done - self.arrived)
             PREDICTIONS.labels(p.symbol).inc()
-            if p.price_hat is not None:  # a return forecast: the price band
-                FORECAST.labels(p.symbol, "mid").set(p.price_hat)
-                FORECAST.labels(p.symbol, "q10").set(p.price * math.exp(p.q10))
-                FORECAST.labels(p.symbol, "q90").set(p.price * math.exp(p.q90))
+            self.gauge(p)
             self.sent.append(await s.predictions.send(key=market_key(p.exchange, p.symbol).encode(),
                                                       value=p.dumps()))
+
+    def calibrate(self, raw: list[Prediction]) -> list[Prediction]:
+        """Each forecast with its calibrated band, realised and calibrated in bar order per market
+        (``forecast`` keeps the ready bars' order, which is their closing order per market)."""
+        by_bar = {(r.bar.exchange, r.bar.symbol, r.bar.ts): r for r in self.ready}
+        out = []
+        for p in raw:
+            state = self.states[market_key(p.exchange, p.symbol)]
+            p = state.calibrate(p, by_bar[(p.exchange, p.symbol, p.bar_ts)].closes())
+            BAND_SCALE.labels(p.symbol, forecaster_key(p.target, p.horizon)).set(
+                state.bands[forecaster_key(p.target, p.horizon)].scale)
+            out.append(p)
+        return out
+
+    def gauge(self, p: Prediction) -> None:
+        fid = forecaster_key(p.target, p.horizon)
+        if p.target == "volatility":  # per-bar log-return units, not a price
+            for band, value in (("mid", p.y_hat), ("q10", p.q10), ("q90", p.q90)):
+                VOLATILITY_FORECAST.labels(p.symbol, fid, band).set(value)
+        elif p.price_hat is not None and fid == self.price_forecaster:  # the return forecast: the price band
+            FORECAST.labels(p.symbol, "mid").set(p.price_hat)
+            FORECAST.labels(p.symbol, "q10").set(p.price * math.exp(p.q10))
+            FORECAST.labels(p.symbol, "q90").set(p.price * math.exp(p.q90))
 
     async def commit(self) -> None:
         """Confirm every send, then record the state that consumed the batch, and confirm that too
@@ -180,7 +211,7 @@ def register(s: "Streams") -> None:
             await asyncio.wait_for(s.chain_ready.wait(), CHAIN_CATCH_UP_S)
         except asyncio.TimeoutError:
             log.warning("chain blocks not caught up after %.0fs; bars start without them", CHAIN_CATCH_UP_S)
-        await s.slot.ready.wait()  # hold trades (not drop them) until a model serves
+        await s.slots.ready.wait()  # hold trades (not drop them) until the default forecaster serves
         async for events in buffered(stream, BATCH):
             TRADE_MESSAGES.inc(len(events))
             try:

@@ -10,8 +10,9 @@ its forecasts: Redis entries deleted, its alerts re-sent with
 ``retracted=true``, its errors taken out of the score.
 
 The model (``CHAINCAST_TX_MODEL_NAME``, default ``tx_value``) is hot-swapped from
-``models.updates`` like the market model: verified, loaded off the loop, and
-read once per batch. State (the context window) is in memory: after a restart
+``models.updates`` like the market model: trusted only from the registry (and,
+with a key, signed), verified, loaded off the loop, and read once per batch; a
+refused update is dead-lettered. State (the context window) is in memory: after a restart
 the first window-1 transactions refill it and are not forecast.
 """
 
@@ -27,13 +28,14 @@ from pydantic import ValidationError
 from chaincast.models.serving import ORT_ERRORS
 from chaincast.models.tx_serving import TxForecaster
 from chaincast.stream.metrics import TX_ALERTS, TX_FORECASTS, TX_LIVE_MAE, TX_LIVE_SKILL, TX_RETRACTED
-from chaincast.stream.model_slot import ModelSlot, uri_path, watch_models
+from chaincast.stream.model_slot import ModelSlot, watch_models
 from chaincast.stream.records import Block, ModelUpdate, Tx
 from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.txs import Outcome, TxLive
 
 if TYPE_CHECKING:
     from chaincast.stream.context import Streams
+    from chaincast.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 SOURCE = "stream.txs"
@@ -43,7 +45,12 @@ class TxModelSlot(ModelSlot):
     """The serving slot of the transaction-value model: same swap rules, another loader."""
 
     def _load(self, update: ModelUpdate) -> TxForecaster:  # type: ignore[override]
-        return TxForecaster.load(uri_path(update.uri), expected_sha256=update.sha256, threads=self.threads)
+        return TxForecaster.load(self.path_of(update), expected_sha256=update.sha256, threads=self.threads)
+
+
+def tx_slot(settings: "Settings") -> TxModelSlot:
+    """The worker's tx model slot: trusted only from the registry, like every slot."""
+    return TxModelSlot(settings.tx_model_name, threads=settings.onnx_threads, **TxModelSlot.trusting(settings))
 
 
 def _fields(o: Outcome) -> dict[str, str]:
@@ -53,7 +60,7 @@ def _fields(o: Outcome) -> dict[str, str]:
 def register(s: "Streams") -> None:
     settings = s.settings
     keys = RedisLayout.of(settings)
-    slot = TxModelSlot(settings.tx_model_name, threads=settings.onnx_threads)
+    slot = tx_slot(settings)
     live = TxLive(window=32, skill_window=settings.tx_skill_window, level=settings.tx_alert_level)
     both = s.app.topic(settings.topic_txs, settings.topic_blocks, key_serializer="raw", value_serializer="raw")
     alerts = s.app.topic(settings.topic_alerts, key_serializer="raw", value_serializer="raw", partitions=1)
@@ -145,4 +152,4 @@ def register(s: "Streams") -> None:
 
     @s.app.task
     async def follow_tx_models() -> None:
-        await watch_models(settings, slot, on_swap=s.sink.write_model)
+        await watch_models(settings, slot, on_swap=s.sink.write_model, on_refused=s.model_refused)

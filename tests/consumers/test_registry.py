@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
 
-from chaincast.consumers.registry import Registry
+from chaincast.consumers.registry import ORPHAN_GRACE_S, Registry
+from tests.conftest import fill
 
 
 def test_put_is_content_addressed_and_write_once(tmp_path: Path) -> None:
@@ -72,3 +76,42 @@ def test_champion_pointer(tmp_path: Path) -> None:
         reg.set_champion("forecaster", "f" * 12)
     with pytest.raises(ValueError):
         reg.set_champion("../x", a.version)
+
+
+def test_a_full_disk_leaves_nothing_half_written(tmp_path: Path, small_fs) -> None:
+    """The model fits, its card does not: the model is taken back, nothing is listed, no temp file stays."""
+    root = small_fs(tmp_path / "registry", 64 * 1024)
+    reg = Registry(root)
+    champion = reg.put(b"champion", {"family": "linear"})
+    reg.set_champion("forecaster", champion.version)
+    filler = fill(root)
+    data = os.urandom(4096)
+    filler.write_bytes(filler.read_bytes()[:-4096])  # room for the model's page, none for its card
+    with pytest.raises(OSError) as err:
+        reg.put(data, {"family": "gru"})
+    assert err.value.errno in (errno.ENOSPC, errno.EDQUOT)
+    assert sorted(p.name for p in root.iterdir()) == sorted(
+        ["champions", "filler", champion.onnx_path.name, champion.card_path.name])
+    assert [e.version for e in reg.list()] == [champion.version]
+    assert reg.champion("forecaster") == champion
+    filler.unlink()
+    assert reg.put(data, {"family": "gru"}).onnx_path.read_bytes() == data  # room again: the same put succeeds
+
+
+def test_sweep_removes_what_a_killed_writer_left_once_it_is_old(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    kept = reg.put(b"complete", {})
+    reg.set_champion("forecaster", kept.version)
+    orphan = tmp_path / f"{hashlib.sha256(b'orphan').hexdigest()[:12]}.onnx"  # killed before its card
+    orphan.write_bytes(b"orphan")
+    stale_tmp = tmp_path / f".{orphan.stem}.json.abc123.tmp"
+    stale_tmp.write_text("{}")
+    pointer_tmp = tmp_path / "champions" / ".forecaster.json.x.tmp"
+    pointer_tmp.write_text("{}")
+    young = tmp_path / ".fedcba987654.onnx.y.tmp"  # a put in progress right now
+    young.write_bytes(b"in flight")
+    old = time.time() - 2 * ORPHAN_GRACE_S
+    for p in (orphan, stale_tmp, pointer_tmp, kept.onnx_path, kept.card_path):
+        os.utime(p, (old, old))
+    assert sorted(reg.sweep()) == sorted([orphan, stale_tmp, pointer_tmp])
+    assert young.exists() and reg.champion("forecaster") == kept and [e.version for e in reg.list()] == [kept.version]

@@ -38,6 +38,12 @@ def prediction(symbol: str, minute: int, price: float, horizon: int = 1) -> Pred
                       model_name="forecaster", model_version="v-test", created_at=0, latency_ms=1.0)
 
 
+def vol(symbol: str, minute: int, price: float) -> Prediction:
+    return Prediction(exchange="binance", symbol=symbol, bar_ts=T0 + minute * 60_000, horizon=5, target="volatility",
+                      y_hat=0.0007, q10=0.0004, q50=0.0007, q90=0.0011, price=price, model_name="forecaster-volatility-5",
+                      model_version="vol-test", created_at=0, latency_ms=1.0)
+
+
 def fee(block: int, horizon: int, block_hash: str = "") -> FeePrediction:
     base = 20.0 + 0.1 * block
     return FeePrediction(chain_id=1, block=18_640_000 + block, block_hash=block_hash or f"0x{block:064x}",
@@ -65,12 +71,15 @@ def server(stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> I
     home = tmp_path_factory.mktemp("api-home")
     settings = Settings(**stack, CHAINCAST_HOME=str(home), CHAINCAST_REDIS_PREFIX="api:",
                         CHAINCAST_SYMBOLS="BTCUSDT,ETHUSDT", CHAINCAST_API_MAX_LIMIT="500",
-                        CHAINCAST_API_RATE_PER_MIN="100000")
+                        CHAINCAST_API_RATE_PER_MIN="100000", CHAINCAST_FORECASTS="log_return:1,volatility:5")
 
     async def fill() -> None:
-        sink = RedisSink(settings.redis_url, settings.redis_prefix)
+        sink = RedisSink(settings.redis_url, settings.redis_prefix, default_forecast=("log_return", 1))
         await sink.write([prediction(s, m, base + 3 * m) for m in range(20)
                           for s, base in (("BTCUSDT", 28_000.0), ("ETHUSDT", 1_800.0))])
+        await sink.write([vol("BTCUSDT", m, 28_000.0 + 3 * m) for m in range(12)])  # BTC only: ETH's did not train
+        await sink.write_scores("BTCUSDT", {"volatility:h5": {"version": "vol-test", "skill": "0.21",
+                                                              "coverage_80": "0.79"}})
         await sink.write_model(ModelUpdate(name="forecaster", version="v-test", uri="file:///x", sha256="ab" * 32,
                                            family="linear", metrics={"val_mae": 0.001}, created_at=1))
         for b in range(30):  # 30 blocks forecast at h=1 and h=5; the last one is then reorged out
@@ -124,9 +133,28 @@ def test_latest_per_symbol_and_forecaster(server: Server) -> None:
     resp = server.get("/v1/forecasts")
     assert resp.status_code == 200
     latest = {(f["symbol"], f["forecaster"]): f for f in resp.json()["forecasts"]}
-    assert set(latest) == {("BTCUSDT", "log_return:h1"), ("ETHUSDT", "log_return:h1")}
+    assert set(latest) == {("BTCUSDT", "log_return:h1"), ("ETHUSDT", "log_return:h1"), ("BTCUSDT", "volatility:h5")}
     assert latest["BTCUSDT", "log_return:h1"]["price"] == 28_000.0 + 3 * 19
     assert latest["BTCUSDT", "log_return:h1"]["schema"] == 1
+    volatility = latest["BTCUSDT", "volatility:h5"]
+    assert volatility["target"] == "volatility" and volatility["price_hat"] is None and volatility["y_hat"] == 0.0007
+    only = server.get("/v1/forecasts", forecaster="volatility:h5").json()["forecasts"]
+    assert [(f["symbol"], f["forecaster"]) for f in only] == [("BTCUSDT", "volatility:h5")]
+
+
+def test_history_of_one_forecaster_and_unknown_forecasters(server: Server) -> None:
+    body = server.get("/v1/forecasts/BTCUSDT", forecaster="volatility:h5", limit=3).json()
+    assert [f["forecaster"] for f in body["history"]] == ["volatility:h5"] * 3
+    assert [f["bar_ts"] for f in body["history"]] == [T0 + m * 60_000 for m in (9, 10, 11)]
+    assert [f["forecaster"] for f in body["latest"]] == ["volatility:h5"]
+    default = server.get("/v1/forecasts/BTCUSDT", limit=3).json()
+    assert {f["forecaster"] for f in default["history"]} == {"log_return:h1"}
+    assert server.get("/v1/forecasts/BTCUSDT", forecaster="volatility:5").json()["history"]  # the settings' spelling
+    for unknown in ("volatility:h15", "log_return:h5"):
+        resp = server.get("/v1/forecasts/BTCUSDT", forecaster=unknown)
+        assert resp.status_code == 404 and "served: log_return:h1, volatility:h5" in resp.json()["detail"]
+        assert server.get("/v1/forecasts", forecaster=unknown).status_code == 404
+    assert server.get("/v1/forecasts", forecaster="price").status_code == 422
 
 
 def test_history_since_limit_and_bad_input(server: Server) -> None:
@@ -281,6 +309,9 @@ def test_headless_chromium_logs_in_and_renders_live_data(server: Server, tmp_pat
     assert "polyline" in page and "v-test" in page and "4.2%" in page
     assert re.search(r'id="fees"[^>]*data-points="58"', page)  # 29 blocks x 2 horizons, the orphan left out
     assert "skill vs EIP-1559 7.3%" in page
+    assert re.search(r'id="vol-BTCUSDT-volatility-h5"[^>]*data-points="12"', page)  # the volatility card
+    assert "0.0700%" in page and "0.0400% .. 0.1100%" in page and "vol-test" in page and "21.0%" in page
+    assert 'id="vol-ETHUSDT-volatility-h5"' in page
     assert server.token not in page and server.token not in addresses[-1]  # the fragment left the address bar
 
 
@@ -298,6 +329,10 @@ def test_live_snapshots_after_login(server: Server) -> None:
     assert last["lo"] < last["price"] < last["price_hat"] < last["hi"]
     assert btc["score"]["skill"] == "0.042"
     assert snap["symbols"]["ETHUSDT"]["score"] is None
+    (v,) = btc["volatility"]
+    assert v["forecaster"] == "volatility:h5" and v["score"]["coverage_80"] == "0.79" and len(v["points"]) == 12
+    assert v["points"][0]["realised"] > 0 and v["points"][-1]["realised"] is None  # 5 bars not yet closed
+    assert snap["symbols"]["ETHUSDT"]["volatility"] == [{"forecaster": "volatility:h5", "score": None, "points": []}]
     assert snap["model"]["version"] == "v-test"
     fees = snap["fees"]
     assert [p["block"] for p in fees["points"] if p["horizon"] == 5] == [18_640_000 + b for b in range(29)]
@@ -310,6 +345,9 @@ def test_python_api_client(server: Server) -> None:
     async def run() -> tuple:
         async with ApiClient(server.url, server.token) as api:
             latest, history, models = await api.latest(), await api.history("BTCUSDT", limit=3), await api.models()
+            vols = await api.history("BTCUSDT", limit=4, forecaster="volatility:h5")
+            assert [p.target for p in vols] == ["volatility"] * 4 and all(p.price_hat is None for p in vols)
+            assert {p.target for p in await api.latest(forecaster="volatility:h5")} == {"volatility"}
         async with ApiClient(server.url, "cc_wrong") as bad:
             try:
                 await bad.latest()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from chaincast.consumers.promotion import announce
 from chaincast.consumers.registry import ModelEntry, Registry
@@ -43,6 +43,36 @@ async def read_topic(settings: Settings, topic: str, until: Callable[[list], boo
         while time.monotonic() < deadline and not until(out):
             for msgs in (await consumer.getmany(timeout_ms=300)).values():
                 out.extend(msgs)
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def read_all(settings: Settings, topic: str, timeout: float = 120.0) -> list:
+    """Everything ``topic`` holds now: every partition read from its start to the end offset seen at start.
+
+    Unlike ``read_topic`` it knows when it is done (no condition, no timeout to wait out) and
+    reads exactly the partitions the broker names; a partition it cannot read to its end
+    within ``timeout`` is an error naming the partition and both offsets.
+    """
+    consumer = AIOKafkaConsumer(**kafka_options.consumer(settings, group_id=None, auto_offset_reset="earliest",
+                                                          enable_auto_commit=False))
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not (parts := await kafka_options.partitions_for(consumer, topic)):
+            assert time.monotonic() < deadline, f"topic {topic} not in the cluster metadata"
+            await asyncio.sleep(0.5)
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        out: list = []
+        while behind := [tp for tp in tps if await consumer.position(tp) < end[tp]]:
+            assert time.monotonic() < deadline, {
+                f"{tp.partition}": (await consumer.position(tp), end[tp]) for tp in behind}
+            for msgs in (await consumer.getmany(*behind, timeout_ms=500)).values():
+                out.extend(m for m in msgs if m.offset < end[TopicPartition(m.topic, m.partition)])
     finally:
         await consumer.stop()
     return out

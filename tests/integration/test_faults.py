@@ -8,20 +8,25 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 
+from chaincast.consumers.fee_promotion import initial_fee_champions
 from chaincast.consumers.promotion import announce
 from chaincast.consumers.registry import Registry
-from chaincast.deploy.embedded import Process, free_port, redis_binary, start_broker, wait_for_port
+from chaincast.deploy.embedded import free_port, start_broker
+from chaincast.models.blocks import load_blocks
 from chaincast.models.build import build_model
+from chaincast.models.fee_models import FeeFit
+from chaincast.stream.failure import EXIT_UNACKNOWLEDGED
 from chaincast.stream.predict import history_size
 from chaincast.stream.topics import ensure_topics
 from chaincast.producers.replay import Market, replay
-from chaincast.stream.records import Bar, DeadLetter, Prediction
+from chaincast.stream.records import Bar, Block, DeadLetter, Prediction
 from chaincast.stream.redis_layout import RedisLayout
+from tests.conftest import TEST_DATA, start_persistent_redis
 from tests.integration.conftest import day_of, markets, read_topic, send_raw, start_worker, xfail_on_tansu
 from tests.integration.test_pipeline import (
     CLOSED_PER_SYMBOL,
@@ -54,17 +59,6 @@ def test_two_workers_one_killed_the_other_takes_its_partitions(served, tmp_path,
         first.stop()
         second.stop()
     assert_bars_match_file(bars_by_symbol(bar_msgs))
-
-
-def start_persistent_redis(data_dir: Path, port: int | None = None) -> tuple[Process, int]:
-    """A Valkey that keeps its data across a restart (append-only file, fsync per write)."""
-    port = port or free_port()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-            "--appendfsync", "always", "--dir", str(data_dir)]
-    proc = Process("redis", argv, log_path=data_dir / "redis.log").start()
-    wait_for_port(port, proc.popen, 30, "redis")
-    return proc, port
 
 
 def test_redis_stopped_10s_mid_replay_every_forecast_is_in_redis_afterwards(served, tmp_path):
@@ -156,3 +150,63 @@ def test_garbage_at_volume_all_dead_lettered_worker_keeps_going(served, tmp_path
     assert len(letters) == len(garbage)
     assert {DeadLetter.loads(m.value).reason.split(":")[0] for m in letters} <= {"invalid", "bad_key"}
     assert len(bars) == 119
+
+
+# Measured on the embedded broker, 2 runs of 3 (worker log at INFO): the restarted worker joined a fresh
+# group (generation 1) assigned only the table changelog and the assignor's topic, never chain.blocks, so
+# the redone blocks are never read; the first worker, started the same way, was assigned every topic. It
+# still runs every time (XPASS when it passes); on Apache Kafka it is strict and passes.
+TANSU_REJOIN_FAILURE = ("embedded broker, intermittent: the worker restarted after exit 75 is assigned no "
+                        "chain.blocks partition (generation 1, changelogs only); passes on Apache Kafka")
+
+
+def test_redis_down_beyond_the_budget_the_fee_agent_stops_unacknowledged_nothing_lost(settings_for, tmp_path,
+                                                                                       request):
+    """Fee history writes retry like forecasts; past the budget the worker stops before acking (exit 75),
+    and the restarted worker forecasts the blocks of the unacknowledged batch."""
+    xfail_on_tansu(request, TANSU_REJOIN_FAILURE)
+    proc, port = start_persistent_redis(tmp_path / "redis")
+    settings = settings_for(REDIS_URL=f"redis://127.0.0.1:{port}/0", CHAINCAST_REDIS_RETRY_BUDGET_S="3",
+                            CHAINCAST_FEE_HORIZONS="1", CHAINCAST_FEE_WINDOW="8")
+    rows = load_blocks(TEST_DATA / "chain" / "mainnet_blocks_18640000_18643999.csv.gz").blocks
+    asyncio.run(ensure_topics(settings))
+    registry = Registry(settings.registry_dir)
+    for name, entry in initial_fee_champions(registry, settings, rows[:2000], families=("linear",),
+                                             options=FeeFit(max_epochs=1, max_steps_per_epoch=10)).items():
+        asyncio.run(announce(settings, name, entry))
+    blocks = [Block(chain_id=1, number=int(r[0]), hash=f"0x{int(r[0]):064x}", parent_hash=f"0x{int(r[0]) - 1:064x}",
+                    timestamp=int(r[1]), base_fee=int(r[2]), gas_used=int(r[3]), gas_limit=int(r[4]),
+                    tx_count=0 if np.isnan(r[5]) else int(r[5])) for r in rows[2000:2060]]
+    send = lambda part: asyncio.run(send_raw(settings, settings.topic_blocks,  # noqa: E731
+                                             [(b"1", b.dumps()) for b in part]))
+    keys = RedisLayout.of(settings)
+    r = redis.Redis(port=port, decode_responses=True)
+
+    def forecast_blocks() -> set[int]:
+        return {int(e["block"]) for _, e in r.xrange(keys.fee_history(1)) if e["target"] == "base_fee"}
+
+    def wait(what: str, check, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            assert time.monotonic() < deadline, f"gave up waiting for {what}"
+            time.sleep(0.2)
+
+    workers = [start_worker(settings, tmp_path / "w0")]
+    try:
+        send(blocks[:30])
+        wait("the first fee forecasts", lambda: blocks[29].number in forecast_blocks())
+        proc.stop()  # Redis goes away for longer than the budget
+        send(blocks[30:])
+        wait("the worker to stop", lambda: not workers[0].alive())
+        proc, _ = start_persistent_redis(tmp_path / "redis", port)
+        workers.append(start_worker(settings, tmp_path / "w1"))  # as the supervisor would
+        wait("the fee forecasts after the restart", lambda: blocks[-1].number in forecast_blocks())
+        made = forecast_blocks()
+    finally:
+        codes = [w.stop() for w in workers]
+        proc.stop()
+    log = (tmp_path / "w0" / "worker.log").read_text()
+    assert codes[0] == EXIT_UNACKNOWLEDGED and "stream.fees" in log and "stopping before the batch" in log, log[-3000:]
+    assert codes[1] == 0, (tmp_path / "w1" / "worker.log").read_text()[-3000:]
+    first = min(made)  # the first block with a full window
+    assert made == {b.number for b in blocks if b.number >= first}  # every block after it, none lost

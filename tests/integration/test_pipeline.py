@@ -19,6 +19,8 @@ import redis
 from chaincast.models.history import CLOSE, HIGH, LOW, OPEN, TS, VOLUME
 from chaincast.producers.replay import replay
 from chaincast.models.serving import Forecaster
+from chaincast.stream.bars import BarBuilder
+from chaincast.stream.market import MarketState
 from chaincast.stream.predict import forecast, history_size, push, ready
 from chaincast.stream.records import Bar, Block, DeadLetter, Prediction, Trade, TradeBatch
 from chaincast.stream.redis_layout import RedisLayout
@@ -67,16 +69,18 @@ def mainnet_blocks_retimed(start_s: int, n: int = 60) -> list[Block]:
 
 
 def two_hop_forecasts(bars: dict[str, dict[int, Bar]], entry, window: int) -> dict[tuple[str, int], Prediction]:
-    """What the former predict agent (bars.1m -> window -> forecast) makes of the published bars."""
+    """What the former predict agent (bars.1m -> window -> forecast) makes of the published bars,
+    with the band calibrated live the way the worker does (stream.market.MarketState.calibrate)."""
     model = Forecaster.load(entry.onnx_path, expected_sha256=entry.sha256)
     out = {}
     for sym, by_ts in bars.items():
         rows: list[list[float]] = []
+        state = MarketState(BarBuilder("binance", sym))
         for _, bar in sorted(by_ts.items()):
             push(rows, bar, history_size(window))
             if (r := ready(bar, rows, window, arrived=0.0)) is not None:
                 (p,), _ = forecast(model, [r])
-                out[(sym, p.bar_ts)] = p
+                out[(sym, p.bar_ts)] = state.calibrate(p, r.closes())
     return out
 
 

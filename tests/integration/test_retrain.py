@@ -239,7 +239,7 @@ def test_retrainer_killed_mid_training_leaves_nothing_half_written_and_resumes(s
     try:  # the killed round's bars were never committed: the new process trains on them at once
         wait_for("the resumed round", lambda: scrape(port).get("chaincast_retrain_runs_total", 0) >= 1, 180)
     finally:
-        assert again.stop() == 0, (tmp_path / "retrainer2.log").read_text()[-3000:]
+        assert again.stop(60) == 0, (tmp_path / "retrainer2.log").read_text()[-3000:]
     champion = registry.champion(settings.model_name)
     assert champion.version != first.version and champion.card["family"] == "linear"
     for entry in registry.list():  # every model complete: its bytes match its card

@@ -12,7 +12,8 @@ from chaincast.consumers.registry import Registry
 from chaincast.models.build import build_model
 from chaincast.models.history import load_bars
 from chaincast.stream.model_trust import signed
-from chaincast.stream.model_slot import ModelSlot
+from chaincast.models.targets import ForecastSpec
+from chaincast.stream.model_slot import ModelSlot, ModelSlots
 from chaincast.stream.records import ModelUpdate
 from tests.conftest import PROJECT_DATA
 
@@ -78,3 +79,29 @@ async def test_an_oversized_file_is_refused_before_reading(registry):
     root, update = registry
     ok, reasons = await offer(root, update, key=None, max_bytes=1024)
     assert not ok and reasons[0].startswith("model_refused: too large:")
+
+
+async def test_a_slot_refuses_a_model_of_another_target_or_horizon(registry):
+    root, update = registry  # a log_return model, horizon 1
+    for spec, ok in ((ForecastSpec("log_return", 1), True), (ForecastSpec("volatility", 1), False),
+                     (ForecastSpec("log_return", 5), False)):
+        slot = ModelSlot("m", window=WINDOW, registry_dir=root, spec=spec)
+        reasons: list[str] = []
+
+        async def refused(_update: ModelUpdate, reason: str) -> None:
+            reasons.append(reason)
+
+        assert await slot.offer(update, refused) is ok
+        if not ok:
+            assert reasons == [f"model_refused: model forecasts log_return:1, the slot m serves {spec.label}"]
+
+
+async def test_slots_serve_whatever_has_a_model_and_are_ready_with_the_default(registry):
+    root, update = registry
+    default = ModelSlot("m", window=WINDOW, registry_dir=root, spec=ForecastSpec("log_return", 1))
+    extra = ModelSlot("m-volatility-5", window=WINDOW, registry_dir=root, spec=ForecastSpec("volatility", 5))
+    slots = ModelSlots([default, extra])
+    assert slots.serving() == [] and not slots.ready.is_set()
+    assert await default.offer(update)
+    assert slots.ready.is_set() and [m.version for m in slots.serving()] == [update.version]
+    assert slots.get("m-volatility-5") is extra and slots.get("other") is None

@@ -21,6 +21,7 @@ class FixedOutputs:
     name: str = "m"
     version: str = "v1"
     horizon: int = 1
+    groups: tuple = ("base",)
     card: dict = field(default_factory=lambda: {"target": "log_return"})
 
     def predict(self, x: np.ndarray) -> np.ndarray:

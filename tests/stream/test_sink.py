@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-import redis
+import asyncio
+import socket
 
-from chaincast.stream.records import ModelUpdate, Prediction
+import pytest
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from chaincast.stream.records import FeePrediction, ModelUpdate, Prediction
 from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.sink import RedisSink
+from tests.conftest import start_persistent_redis
 
 
 def pred(bar_ts: int, y_hat: float = 0.001, symbol: str = "BTCUSDT") -> Prediction:
@@ -64,3 +70,60 @@ async def test_an_extra_forecaster_has_its_own_hash_and_history(redis_url, tmp_p
     assert float(v["q10"]) < float(v["y_hat"]) < float(v["q90"])
     assert [i for i, _ in r.xrange(keys.history("BTCUSDT", "volatility", 5))] == ["60000-5"]
     assert r.xlen(keys.history("BTCUSDT")) == 1
+
+
+async def test_each_forecaster_has_its_own_score_hash_and_the_flag_names_the_model(redis_url, tmp_path):
+    keys = RedisLayout(f"{tmp_path.name}:")
+    sink = RedisSink(redis_url, prefix=keys.prefix, default_forecast=("log_return", 1))
+    try:
+        await sink.write_scores("BTCUSDT", {"log_return:h1": {"skill": "0.1"}, "volatility:h5": {"skill": "0.2"}},
+                                retrain={"forecaster-volatility-5": "BTCUSDT: volatility:h5 v live skill -0.1"})
+        await sink.write_scores("BTCUSDT", {"volatility:h5": {"skill": "0.3"}})  # replaced, the other kept
+    finally:
+        await sink.close()
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert r.hgetall(keys.score("BTCUSDT")) == {"skill": "0.1"}
+    assert r.hgetall(keys.score("BTCUSDT", "volatility", 5)) == {"skill": "0.3"}
+    assert r.get(keys.retrain_flag("forecaster-volatility-5")).startswith("BTCUSDT: volatility:h5")
+    assert r.get(keys.retrain_flag("forecaster")) is None
+
+
+def fee(block: int) -> FeePrediction:
+    return FeePrediction(chain_id=1, block=block, block_hash=f"0x{block:064x}", timestamp=block, target="base_fee",
+                         horizon=1, y_hat=0.01, q10=-0.1, q50=0.0, q90=0.1, base_fee_gwei=20.0, reference=0.0,
+                         model_name="fees.base_fee.h1", model_version="abc", created_at=1)
+
+
+async def test_fee_writes_wait_out_a_redis_restart_within_the_budget(tmp_path, caplog):
+    proc, port = start_persistent_redis(tmp_path / "redis")
+    sink = RedisSink(f"redis://127.0.0.1:{port}/0", prefix="t:", retry_budget_s=120)
+    try:
+        await sink.write_fees(1, [fee(1)], [], {})
+        proc.stop()
+        pending = asyncio.create_task(sink.write_fees(1, [fee(2)], [], {"base_fee.h1": {"mae": 0.5}}))
+        while "Redis unreachable" not in caplog.text:  # it is retrying, not failing
+            assert not pending.done(), pending.exception()
+            await asyncio.sleep(0.05)
+        proc, _ = start_persistent_redis(tmp_path / "redis", port)  # back, same address, same data
+        await pending
+        r = redis.Redis(port=port, decode_responses=True)
+        history = [e["block"] for _, e in r.xrange(RedisLayout("t:").fee_history(1))]
+        latest, score = r.hgetall(RedisLayout("t:").fee_latest(1)), r.hgetall(RedisLayout("t:").fee_score(1))
+        r.close()
+    finally:
+        await sink.close()
+        proc.stop()
+    assert history == ["1", "2"] and latest["block"] == "2" and float(score["base_fee.h1.mae"]) == 0.5
+
+
+async def test_fee_writes_raise_beyond_the_budget(caplog):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    sink = RedisSink(f"redis://127.0.0.1:{closed}/0", retry_budget_s=1.0)
+    try:
+        with pytest.raises(RedisConnectionError):
+            await sink.write_fees(1, [fee(1)], [], {})
+    finally:
+        await sink.close()
+    assert "Redis unreachable (attempt 1" in caplog.text  # retried before giving up

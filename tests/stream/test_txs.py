@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from chaincast.consumers.registry import Registry
+from chaincast.consumers.registry import ModelEntry, Registry
 from chaincast.models.tx_backtest import prepare
 from chaincast.models.tx_build import export_tx
 from chaincast.models.tx_encoder import median_model, predict_last
@@ -37,8 +37,8 @@ def records() -> list[Tx]:
             for r in rows]
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory):
+def build_tx_entry(registry: Registry) -> tuple[ModelEntry, np.ndarray]:
+    """A receiver-median tx model in ``registry`` and its forecasts of the LIVE transactions."""
     table, _ = read_transactions([TXS])
     table = table.take(slice(0, TRAIN + LIVE))
     p = prepare(table, np.arange(TRAIN))
@@ -49,8 +49,13 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     card = {"kind": "tx_value", "name": "tx_value", "family": "receiver_median", "window": WINDOW,
             "features": list(NUM_FEATURES), "vocab": p.vocab.to_card(), "constant": np.quantile(p.y[:TRAIN], [0.1, 0.5, 0.9]).tolist(),
             "alert_residuals": {"levels": levels, "values": np.quantile(residual, levels).tolist()}}
-    entry = Registry(tmp_path_factory.mktemp("reg")).put(export_tx(model, WINDOW), card)
-    expected = predict_last(model, *p.windows(np.arange(TRAIN, TRAIN + LIVE), WINDOW))
+    entry = registry.put(export_tx(model, WINDOW), card)
+    return entry, predict_last(model, *p.windows(np.arange(TRAIN, TRAIN + LIVE), WINDOW))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    entry, expected = build_tx_entry(Registry(tmp_path_factory.mktemp("reg")))
     return TxForecaster.load(entry.onnx_path, entry.sha256), expected
 
 
