@@ -41,6 +41,22 @@ class Streams:
     chain: ChainMinutes
     chain_ready: asyncio.Event
 
+    async def tables_durable(self) -> None:
+        """Return once every table write made so far is acknowledged by the broker.
+
+        A table write (``table[key] = value``) only queues its changelog record in Faust's producer
+        buffer, and Faust's offset commit flushes that buffer with ``flush_atmost``, which gives up
+        after 0.1 s without progress (faust 0.15.3, ``transport/producer.py``): the trade offsets
+        can then be committed while the state that consumed them is still queued, and a SIGKILL
+        loses the state but not the offsets (measured on the embedded broker, whose one-record
+        produce requests drain the buffer slowly; see the kill test). So an agent that records
+        state waits here before its batch is acknowledged.
+        """
+        producer = self.app.producer
+        while producer.buffer.size:  # each flush returns after 0.1 s without progress: until empty
+            await producer.buffer.flush()
+        await producer.flush()  # aiokafka: every queued batch sent and acknowledged
+
     async def dead_letter(self, source: str, raw: bytes | str | None, reason: str, *,
                           topic: str | None = None, key: bytes | None = None) -> Awaitable[Any]:
         """Send a dead letter; returns the broker's ack to await before the batch's state is recorded."""

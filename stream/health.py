@@ -24,6 +24,8 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from prometheus_client import make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from chaincast.stream.metrics import BROKER_RECONNECTS, BROKER_UP
+
 log = logging.getLogger(__name__)
 
 Check = Callable[[], Awaitable[object]]
@@ -80,20 +82,53 @@ class Health:
 HEALTH = Health()  # one per process: the HTTP thread reads it, the event loop writes it
 
 
-def broker_reachable(bootstrap_servers: str) -> Check:
-    """A check that some bootstrap broker accepts a TCP connection."""
+class BrokerState:
+    """Up or down as the last probe saw it; ``chaincast_broker_up`` follows, and each down -> up edge
+    counts one ``chaincast_broker_reconnects_total`` (the clients' own reconnect is aiokafka's, with backoff).
+
+    >>> state = BrokerState()
+    >>> for seen in (True, False, False, True, True):
+    ...     state.saw(seen)
+    >>> state.up, state.reconnects
+    (True, 1)
+    """
+
+    def __init__(self) -> None:
+        self.up: bool | None = None  # None: not probed yet
+        self.reconnects = 0
+
+    def saw(self, up: bool) -> None:
+        if up and self.up is False:
+            self.reconnects += 1
+            BROKER_RECONNECTS.inc()
+            log.warning("broker reachable again: the Kafka clients reconnect")
+        elif not up and self.up is not False:
+            log.warning("broker lost: the Kafka clients retry with backoff")
+        self.up = up
+        BROKER_UP.set(1 if up else 0)
+
+
+BROKER = BrokerState()  # one per process, like HEALTH: several watchers share its edges
+
+
+def broker_reachable(bootstrap_servers: str, state: BrokerState | None = None, timeout_s: float = 1.0) -> Check:
+    """A check that some bootstrap broker accepts a TCP connection; each result goes to ``state``
+    (the process's ``BROKER`` unless given)."""
+    state = BROKER if state is None else state
     hosts = [h.strip().rsplit(":", 1) for h in bootstrap_servers.split(",") if h.strip()]
 
     async def check() -> None:
         errors = []
         for host, port in hosts:
-            try:
-                _reader, writer = await asyncio.open_connection(host, int(port))
+            try:  # a timeout is an OSError too: a host that drops packets is down, not a hung probe
+                _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout_s)
             except OSError as exc:
                 errors.append(f"{host}:{port}: {exc.strerror or exc}")
                 continue
             writer.close()
+            state.saw(True)
             return
+        state.saw(False)
         raise ConnectionError("; ".join(errors) or "no bootstrap servers")
 
     return check

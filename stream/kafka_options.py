@@ -38,10 +38,15 @@ if TYPE_CHECKING:  # settings -> topics -> here: only the type is needed
 log = logging.getLogger(__name__)
 
 # Tansu answers a fetch only when its max wait expires (Kafka answers as soon as data arrives),
-# so this wait is added to every hop; but Tansu also stops scanning a partition's batches at that
-# deadline, so too short a wait returns nothing once a partition grows (measured: 40k records,
-# nothing at 10 ms). See deploy/BENCHMARKS.md for the measurements behind the value.
+# so this wait is added to every hop; but Tansu (0.6.0, memory storage) also lists every record
+# of each fetched partition on every fetch, twice, and answers at the deadline with what it has
+# scanned by then: partitions scanned after it come back empty (measured: one 40k-record
+# partition, nothing at 10 ms, everything at 100 ms; see deploy/BENCHMARKS.md). So on the
+# embedded broker the worker's wait starts short and grows with the records of the partitions it
+# fetches (``embedded_fetch_wait_ms``, applied by the lag sampler every few seconds).
 EMBEDDED_FETCH_WAIT_MS = 10
+EMBEDDED_SCAN_US_PER_RECORD = 5  # measured ~1.1 us per record per listing, two listings per fetch: x2 margin
+EMBEDDED_FETCH_WAIT_MAX_MS = 10_000
 KAFKA_FETCH_WAIT_MS = 500  # aiokafka's and Kafka's default
 KAFKA_LINGER_MS = 5  # a busy feed batches its sends; CHAINCAST_KAFKA_LINGER_MS=0 for the lowest latency
 EMBEDDED_SESSION_TIMEOUT_MS = 10_000  # Tansu completes a join only after half the session timeout
@@ -122,6 +127,24 @@ def fetch_max_wait_ms(settings: Settings) -> int:
     return EMBEDDED_FETCH_WAIT_MS if settings.embedded_broker else KAFKA_FETCH_WAIT_MS
 
 
+def embedded_fetch_wait_ms(records: int) -> int:
+    """The fetch wait that lets the embedded broker scan ``records`` (the total of the partitions
+    one fetch asks for) before its deadline, within [EMBEDDED_FETCH_WAIT_MS, EMBEDDED_FETCH_WAIT_MAX_MS].
+
+    >>> embedded_fetch_wait_ms(0), embedded_fetch_wait_ms(11_000), embedded_fetch_wait_ms(200_000)
+    (10, 65, 1010)
+    >>> embedded_fetch_wait_ms(10**8)
+    10000
+    """
+    wait = EMBEDDED_FETCH_WAIT_MS + records * EMBEDDED_SCAN_US_PER_RECORD // 1000
+    return min(wait, EMBEDDED_FETCH_WAIT_MAX_MS)
+
+
+def adaptive_fetch_wait(settings: Settings) -> bool:
+    """Whether the worker's fetch wait follows the partitions' size: on the embedded broker, unless set."""
+    return settings.embedded_broker and settings.kafka_fetch_max_wait_ms is None
+
+
 def session_timeout_ms(settings: Settings) -> int:
     return EMBEDDED_SESSION_TIMEOUT_MS if settings.embedded_broker else SESSION_TIMEOUT_MS
 
@@ -174,6 +197,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         # Faust fixes the fetch wait at 1.5 s; the consumer reads it when it starts its fetcher.
         consumer._fetch_max_wait_ms = self.app.fetch_max_wait_ms
+        self.app.fetch_consumer = consumer
         return consumer
 
 
@@ -201,6 +225,17 @@ class TunedApp(faust.App):
 
     fetch_max_wait_ms: int = 1500
     idempotent: bool = False
+    fetch_consumer: AIOKafkaConsumer | None = None  # the worker's aiokafka consumer, once Faust made it
+
+    def set_fetch_wait(self, ms: int) -> None:
+        """Change the worker consumer's fetch wait from the next fetch on (the embedded broker's
+        adaptive wait). aiokafka reads it from its fetcher for every request it builds; the
+        fetcher runs on Faust's consumer thread, and an int attribute is swapped atomically."""
+        self.fetch_max_wait_ms = ms
+        if self.fetch_consumer is not None:
+            self.fetch_consumer._fetch_max_wait_ms = ms  # noqa: SLF001 - no public setter in aiokafka
+            if (fetcher := getattr(self.fetch_consumer, "_fetcher", None)) is not None:
+                fetcher._fetch_max_wait_ms = ms  # noqa: SLF001
 
     def _new_transport(self) -> faust_aiokafka.Transport:
         return _Transport(self.conf.broker_consumer, self)

@@ -9,6 +9,10 @@ shows it. A partition that has not been fetched yet has no high-water mark and
 is skipped rather than reported as zero. Partitions that leave the
 assignment (a rebalance) have their series removed, so a dashboard never shows
 the stale lag of a partition another worker now owns.
+
+On the embedded broker the same sample sets the worker's fetch wait from the records of its
+partitions (``kafka_options.embedded_fetch_wait_ms``): that broker scans whole partitions on
+every fetch and cuts the scan off at the wait.
 """
 
 from __future__ import annotations
@@ -19,7 +23,15 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
-from chaincast.stream.metrics import CONSUMER_COMMIT_LAG, CONSUMER_HIGHWATER, CONSUMER_LAG, CONSUMER_POSITION, MODEL_AGE
+from chaincast.stream import kafka_options
+from chaincast.stream.metrics import (
+    CONSUMER_COMMIT_LAG,
+    CONSUMER_HIGHWATER,
+    CONSUMER_LAG,
+    CONSUMER_POSITION,
+    FETCH_WAIT,
+    MODEL_AGE,
+)
 
 if TYPE_CHECKING:
     from chaincast.stream.context import Streams
@@ -86,11 +98,23 @@ def register(s: "Streams") -> None:
     """Add the sampling timer to the worker's app."""
     gauges = LagGauges()
 
+    adaptive = kafka_options.adaptive_fetch_wait(s.settings)
+    FETCH_WAIT.set(s.app.fetch_max_wait_ms)
+
     @s.app.timer(INTERVAL_S, name="stream.lag")
     async def sample() -> None:
         consumer = s.app.consumer
         assignment = consumer.assignment()
-        gauges.publish(await read_offsets(consumer, assignment))
+        offsets = await read_offsets(consumer, assignment)
+        gauges.publish(offsets)
+        if adaptive:  # the embedded broker scans whole partitions: the wait follows their size
+            records = sum(o.highwater for o in offsets.values())
+            wait = kafka_options.embedded_fetch_wait_ms(records)
+            if wait != s.app.fetch_max_wait_ms:
+                log.info("fetch wait %d -> %d ms (%d records in the fetched partitions)", s.app.fetch_max_wait_ms,
+                         wait, records)
+                s.app.set_fetch_wait(wait)
+                FETCH_WAIT.set(wait)
         for slot in s.slots:
             model = slot.current
             if model is not None and (created_ms := model.card.get("created_at")):

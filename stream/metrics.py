@@ -37,6 +37,14 @@ MODEL_INFO = Gauge("chaincast_model_info", "Serving model (value 1)", ["name", "
 MODEL_LOADED_AT = Gauge("chaincast_model_loaded_timestamp_seconds", "When the serving model was loaded", ["name"])
 MODELS_REFUSED = Counter("chaincast_models_refused_total", "Model updates refused by the predict agent", ["name"])
 
+# The broker as each process sees it (stream.health.broker_reachable, probed every few seconds by the
+# worker and by every Publisher): the Kafka clients reconnect by themselves, with backoff; these say
+# when they had to. Exported by the worker, the producers and the retrainer alike.
+BROKER_UP = Gauge("chaincast_broker_up", "1 while a bootstrap broker accepts connections (probed every 5 s), else 0")
+BROKER_RECONNECTS = Counter("chaincast_broker_reconnects_total",
+                            "Times the broker was reachable again after it had been lost (the Kafka clients "
+                            "reconnect with backoff)")
+
 
 def reason_kind(reason: str) -> str:
     """A bounded metric label from a free-text reason: the text before the first colon.
@@ -80,6 +88,8 @@ CONSUMER_POSITION = Gauge("chaincast_consumer_position", "Consumer position (nex
 CONSUMER_HIGHWATER = Gauge("chaincast_consumer_highwater", "Fetch high-water mark", ["topic", "partition"])
 CONSUMER_COMMIT_LAG = Gauge("chaincast_consumer_commit_lag_messages",
                             "Fetch high-water mark minus the last committed offset", ["topic", "partition"])
+FETCH_WAIT = Gauge("chaincast_fetch_wait_ms", "The worker's consumer fetch wait (on the embedded broker it "
+                   "grows with the fetched partitions' size: stream.kafka_options.embedded_fetch_wait_ms)")
 MODEL_AGE = Gauge("chaincast_model_age_seconds", "Age of the serving model (now minus its card's created_at)",
                   ["name"])
 

@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 
 from chaincast.models.timeunits import now_ms
 from chaincast.stream import kafka_options
+from chaincast.stream.health import HEALTH, broker_reachable
 from chaincast.stream.metrics import DEADLETTERED, reason_kind
 from chaincast.stream.records import DeadLetter, Record
 from chaincast.stream.settings import Settings
@@ -32,14 +33,20 @@ class Publisher:
         self._producer: AIOKafkaProducer | None = None
         self._pending: set[asyncio.Future] = set()  # sent, not yet acknowledged
         self._failure: BaseException | None = None  # the first send the broker refused
+        self._watch: asyncio.Task | None = None  # the broker probe behind chaincast_broker_up / _reconnects_total
 
     async def start(self) -> None:
         if self._producer is None:
             self._producer = AIOKafkaProducer(**kafka_options.producer(self.settings))
             await self._producer.start()
+            self._watch = asyncio.create_task(
+                HEALTH.watch("broker", broker_reachable(self.settings.kafka_bootstrap_servers or "")))
 
     async def stop(self) -> None:
         """Flush what is queued (without raising: the caller's own flush already reported) and stop."""
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         if self._producer is not None:
             await self._producer.flush()
             await self._producer.stop()

@@ -12,6 +12,7 @@ The package, by seam:
 - ``scan``: cost versus the number of markets;
 - ``peer``: the same bars job written with Quix Streams, timed the same way;
 - ``profile``: where a forecast's milliseconds go (cProfile of a worker);
+- ``soak``: ``--soak SECONDS``, a long max-speed run: does the forecast rate hold as partitions grow;
 - ``report``: the machine, the code measured, the tables;
 - ``run``: one run, phase by phase.
 
@@ -66,6 +67,9 @@ def bench(
     profile: Annotated[Optional[Path], typer.Option(help="Also profile a worker (cProfile) through timed closes: "
                                                          "its profile goes to this file, the stage breakdown "
                                                          "into the results.")] = None,
+    soak: Annotated[Optional[float], typer.Option(help="Instead of the bench: a max-speed run of this many seconds "
+                                                       "(600 for the check); reports the forecast rate of its "
+                                                       "first and last minute.", min=60, max=7200)] = None,
 ) -> None:
     """Measure throughput, latency, scale-out, cost per market, footprint and a peer on the real system."""
     from chaincast.deploy.bench.plan import BenchPlan, files_of
@@ -87,6 +91,15 @@ def bench(
             raise typer.BadParameter(f"no such directory: {path.parent}")
     log_dir = settings.home / "logs" / "bench"
     log_dir.mkdir(parents=True, exist_ok=True)
+    if soak is not None:
+        from chaincast.deploy.bench.soak import run_soak, soak_table
+
+        result = run_soak(settings, soak, files, log_dir, typer.echo, kafka=kafka)
+        typer.echo("\n" + soak_table(result))
+        if json_out is not None:
+            json_out.write_text(json.dumps(result, indent=2) + "\n")
+            typer.echo(f"wrote {json_out}")
+        return
     plan = BenchPlan.for_duration(duration, scaling=workers_scaling, trades_per_bar=trades_per_bar,
                                   latency_closes=closes, closes_per_s=closes_per_s, scan_sizes=sizes, peer=peer)
     try:

@@ -97,6 +97,26 @@ def start_kafka(stack: ExitStack, log_dir: Path) -> str:
     return cluster.bootstrap
 
 
+def stack_settings(stack: ExitStack, base: Settings, log_dir: Path, kafka: bool) -> tuple[Settings, str, Path]:
+    """The broker and Redis of a run, entered on ``stack``: what ``base`` points at, else Apache Kafka
+    started for the run (``kafka``), else the embedded Tansu; Redis likewise. Returns the settings
+    pointing at them, the broker's name for the results, and a fresh home directory."""
+    want_broker, want_redis = base.kafka_bootstrap_servers is None, base.redis_url is None
+    started_kafka = want_broker and kafka
+    if started_kafka:
+        base = base.model_copy(update={"kafka_bootstrap_servers": start_kafka(stack, log_dir), "embedded_broker": False})
+        want_broker = False
+    env = stack.enter_context(embedded_stack(log_dir, broker=want_broker, redis=want_redis))
+    if want_broker:
+        base = base.model_copy(update={"kafka_bootstrap_servers": env["KAFKA_BOOTSTRAP_SERVERS"],
+                                       "embedded_broker": True})
+    if want_redis:
+        base = base.model_copy(update={"redis_url": env["REDIS_URL"]})
+    broker = broker_name(base) + (" (Apache Kafka, one KRaft node started for the run)" if started_kafka else "")
+    home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chaincast-bench-")))
+    return base, broker, home
+
+
 def latency_with_swap(settings: Settings, worker: Worker, timed: Sequence, per_s: float,
                       swap_to: Any) -> tuple[Latency, float | None, float | None]:
     """Timed closes on the warm worker; halfway a second model is announced. Returns the latency,
@@ -142,20 +162,9 @@ def run_bench(base: Settings, plan: BenchPlan, files: dict[str, list[Path]], log
                    {s: int(rows[plan.bars_per_market - 1, TS]) for s, rows in markets.items()},
                    plan.latency_closes, plan.trades_per_bar)
     tag = uuid.uuid4().hex[:6]
+    want_redis = base.redis_url is None
     with ExitStack() as stack:
-        want_broker, want_redis = base.kafka_bootstrap_servers is None, base.redis_url is None
-        started_kafka = want_broker and kafka
-        if started_kafka:
-            base = base.model_copy(update={"kafka_bootstrap_servers": start_kafka(stack, log_dir), "embedded_broker": False})
-            want_broker = False
-        env = stack.enter_context(embedded_stack(log_dir, broker=want_broker, redis=want_redis))
-        if want_broker:
-            base = base.model_copy(update={"kafka_bootstrap_servers": env["KAFKA_BOOTSTRAP_SERVERS"],
-                                           "embedded_broker": True})
-        if want_redis:
-            base = base.model_copy(update={"redis_url": env["REDIS_URL"]})
-        broker = broker_name(base) + (" (Apache Kafka, one KRaft node started for the run)" if started_kafka else "")
-        home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chaincast-bench-")))
+        base, broker, home = stack_settings(stack, base, log_dir, kafka)
         registry = Registry(home / "registry")
         first = next(iter(bars.values()))
         from chaincast.models.build import build_model  # torch, only when the bench runs (not for --help)

@@ -165,13 +165,16 @@ class MarketBatch:
             FORECAST.labels(p.symbol, "q90").set(p.price * math.exp(p.q90))
 
     async def commit(self) -> None:
-        """Confirm every send, then record the state that consumed the batch."""
+        """Confirm every send, then record the state that consumed the batch, and confirm that too
+        (before Faust may commit the batch's offsets: ``Streams.tables_durable``)."""
         if self.sent:
             await asyncio.gather(*self.sent)
         for market, state in self.states.items():  # one small changelog write per market per batch
             self.s.markets[market] = state.bars_dict()
         for market in self.closed:  # the window only when a bar closed
             self.s.windows[market] = self.states[market].window_dict()
+        if self.states:
+            await self.s.tables_durable()
 
 
 async def buffered(stream: "faust.StreamT", most: int) -> AsyncIterator[list["faust.EventT"]]:

@@ -145,3 +145,21 @@ def test_messages_interleave_markets_in_event_time(bars):
     msgs = trade_messages("binance", {s: b[:3] for s, b in bars.items()}, 10, 20)
     firsts = [TradeBatch.loads(v).trades[0].ts_event for _, v in msgs]
     assert firsts == sorted(firsts) and len(msgs) == 2 * 3 * 2
+
+
+@pytest.mark.timeout(900)
+def test_soak_reports_the_rate_of_its_first_and_last_window(stack, tmp_path):
+    """The soak mode's JSON on a short run (a 60 s soak in 20 s windows): its shape, not its speed."""
+    from chaincast.deploy.bench.soak import run_soak
+
+    settings = Settings(**stack, CHAINCAST_HOME=str(tmp_path / "home"))
+    result = run_soak(settings, 60, bundled_files(["BTCUSDT", "ETHUSDT"]), tmp_path / "logs", echo=lambda _line: None,
+                      window_s=20, sample_s=2)
+    assert result["mode"] == "soak" and result["window_s"] == 20 and result["goal_ratio"] == 0.8
+    for key in ("predictions_per_s_first_window", "predictions_per_s_last_window", "ratio_last_first"):
+        assert positive(result[key]), (key, result[key])
+    assert result["passed"] == (result["ratio_last_first"] >= 0.8)
+    assert len(result["predictions_per_s_by_window"]) >= 2
+    assert result["messages_sent"] >= result["messages_read"] > 0
+    assert all(b[1] >= a[1] for a, b in zip(result["samples"], result["samples"][1:]))  # a counter
+    json.dumps(result, allow_nan=False)
