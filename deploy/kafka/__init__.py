@@ -99,8 +99,17 @@ def classpath(lib: Path = LIB) -> str:
 
 
 def cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (what StorageTool random-uuid prints)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (what StorageTool random-uuid prints).
+
+    Never one that starts with "-": the storage tool would read it as an option and refuse to
+    format (Kafka's own Uuid.randomUuid redraws those too).
+
+    >>> all(not cluster_id().startswith("-") for _ in range(1000))
+    True
+    """
+    while (cid := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"):
+        pass
+    return cid
 
 
 class KafkaCluster:

@@ -59,9 +59,10 @@ def test_poison_mixed_into_a_replay_every_good_trade_becomes_a_bar(served, tmp_p
         asyncio.run(send_raw(settings, settings.topic_trades, messages))
         bar_msgs = asyncio.run(read_topic(settings, settings.topic_bars, lambda m: len(m) >= 2 * (BARS - 1)))
         letters = asyncio.run(read_topic(settings, settings.topic_deadletter, lambda m: len(m) >= 6))
+        final = {(sym, int(rows[sym][BARS - 2, TS])) for sym in SYMBOLS}  # each market's last forecast
         preds = asyncio.run(read_topic(settings, settings.topic_predictions,
-                                       lambda m: {Prediction.loads(x.value).bar_ts for x in m} >= {
-                                           int(rows["BTCUSDT"][BARS - 2, TS])}))
+                                       lambda m: {(p.symbol, p.bar_ts) for p in map(Prediction.loads,
+                                                                                    (x.value for x in m))} >= final))
     finally:
         assert worker.stop() == 0, (tmp_path / "worker.log").read_text()[-3000:]
 
