@@ -56,8 +56,6 @@ def create_app(settings: Settings) -> Streams:
         # market with the default partitioner.
         markets=app.Table("markets", partitions=settings.partitions, key_type=str, use_partitioner=True,
                           extra_topic_configs=kafka_options.topic_configs(settings)),
-        windows=app.Table("windows", partitions=settings.partitions, key_type=str, use_partitioner=True,
-                          extra_topic_configs=kafka_options.topic_configs(settings)),
         slots=ModelSlots.of(settings),  # one per forecaster of CHAINCAST_FORECASTS
         sink=RedisSink(settings.redis_url or "", settings.redis_prefix, settings.history_maxlen,
                        (settings.forecast_specs[0].target, settings.forecast_specs[0].horizon),

@@ -34,8 +34,7 @@ class Streams:
     bars: faust.TopicT
     predictions: faust.TopicT
     deadletter: faust.TopicT
-    markets: faust.Table  # market key (str) -> stream.market.MarketState.bars_dict()
-    windows: faust.Table  # market key (str) -> stream.market.MarketState.window_dict()
+    markets: faust.Table  # market key (str) -> stream.market.MarketState.entry()
     slots: ModelSlots  # the market models, one per served forecaster
     sink: RedisSink
     chain: ChainMinutes

@@ -1,9 +1,7 @@
 """How a stream worker stops when its infrastructure fails: before the batch is acknowledged.
 
 Faust's ``take``/``take_events`` acknowledge the whole batch in their ``finally``,
-even when the agent body raised (the markets agent takes its batches itself and
-acknowledges them only after their outputs are confirmed, ``stream.agents.markets.buffered``,
-but the other agents use ``take_events``), and a graceful stop commits acknowledged
+even when the agent body raised, and a graceful stop commits acknowledged
 offsets on the way out. So an agent body never raises: per-record problems are
 dead-lettered where they occur, and anything else (the broker refusing a send,
 Redis down beyond its retry budget, a bug) ends the process at once, without

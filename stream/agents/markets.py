@@ -31,7 +31,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from chaincast.stream.bars import Refused, parse_trades
@@ -56,14 +56,13 @@ from chaincast.stream.predict import MAX_ABS_OUTPUT, Ready, forecast, history_si
 from chaincast.stream.records import Bar, Prediction, forecaster_key, market_key
 
 if TYPE_CHECKING:
-    import faust
-
     from chaincast.stream.context import Streams
 
 log = logging.getLogger(__name__)
 SOURCE = "stream.markets"
 CHAIN_CATCH_UP_S = 30.0
 BATCH = 500  # messages per batch at most
+BATCH_WITHIN_S = 0.002  # and no longer than this after the first
 
 
 class MarketBatch:
@@ -83,7 +82,6 @@ class MarketBatch:
         self.states: dict[str, MarketState] = {}  # copies: the table is written after the acks
         self.sent: list[Awaitable[Any]] = []  # broker acks to confirm before the state is recorded
         self.ready: list[Ready] = []  # closed bars with a full window behind them
-        self.closed: set[str] = set()  # markets whose window moved: their windows entry is written
 
     async def dead_letter(self, raw: bytes | str | None, reason: str, key: bytes | None) -> None:
         self.sent.append(await self.s.dead_letter(SOURCE, raw, reason, topic=self.s.settings.topic_trades, key=key))
@@ -98,7 +96,7 @@ class MarketBatch:
         market = key.decode()  # parse_trades checked it is the market key
         if (state := self.states.get(market)) is None:
             first = trades[0]
-            state = self.states[market] = MarketState.load(s.markets.get(market), s.windows.get(market),
+            state = self.states[market] = MarketState.load(s.markets.get(market), None,
                                                            first.exchange, first.symbol)
         folded = state.fold(trades, self.bounds)
         symbol = state.bars.symbol
@@ -113,10 +111,8 @@ class MarketBatch:
             BARS.labels(symbol).inc()
             LAST_CLOSE.labels(symbol).set(bar.close)
             # A redelivered bar (same minute as the last row) replaces it and is forecast again.
-            if push(state.window, bar, self.size):
-                self.closed.add(market)
-                if r := ready(bar, state.window, self.window, self.arrived):
-                    self.ready.append(r)
+            if push(state.window, bar, self.size) and (r := ready(bar, state.window, self.window, self.arrived)):
+                self.ready.append(r)
 
     async def forecast(self) -> None:
         """Forecast the ready bars, calibrate the bands, write Redis, send the predictions (acks collected)."""
@@ -169,33 +165,10 @@ class MarketBatch:
         (before Faust may commit the batch's offsets: ``Streams.tables_durable``)."""
         if self.sent:
             await asyncio.gather(*self.sent)
-        for market, state in self.states.items():  # one small changelog write per market per batch
-            self.s.markets[market] = state.bars_dict()
-        for market in self.closed:  # the window only when a bar closed
-            self.s.windows[market] = self.states[market].window_dict()
+        for market, state in self.states.items():  # one changelog write per market per batch
+            self.s.markets[market] = state.entry()
         if self.states:
             await self.s.tables_durable()
-
-
-async def buffered(stream: "faust.StreamT", most: int) -> AsyncIterator[list["faust.EventT"]]:
-    """The stream's events in batches of what has already arrived (at most ``most``), unacknowledged.
-
-    A batch never waits for more events: it is whatever the worker's buffer holds when the
-    first event is taken, so a lone bar close is forecast at once, while a backlog is
-    worked through in full batches (one inference, one Redis round trip). Faust's
-    ``take_events(n, within)`` instead wakes every ``within`` seconds whether or not
-    anything arrived (an idle worker then burns CPU, and each event waits for the next
-    wake-up), and acknowledges a batch in its ``finally`` even when the body raised; here
-    the caller acknowledges each event once the batch's outputs are confirmed.
-    """
-    events = stream.noack()
-    queue = events.channel.queue  # the agent's buffer: what Faust has delivered and nobody has taken yet
-    batch: list[faust.EventT] = []
-    async for event in events.events():
-        batch.append(event)
-        if len(batch) >= most or queue.empty():
-            yield batch
-            batch = []
 
 
 def bar_key(bar: Bar) -> bytes:
@@ -212,7 +185,7 @@ def register(s: "Streams") -> None:
         except asyncio.TimeoutError:
             log.warning("chain blocks not caught up after %.0fs; bars start without them", CHAIN_CATCH_UP_S)
         await s.slots.ready.wait()  # hold trades (not drop them) until the default forecaster serves
-        async for events in buffered(stream, BATCH):
+        async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
             TRADE_MESSAGES.inc(len(events))
             try:
                 batch = MarketBatch(s, bounds)
@@ -222,5 +195,3 @@ def register(s: "Streams") -> None:
                 await batch.commit()
             except Exception as exc:  # noqa: BLE001 - not one record's fault: never let Faust ack this batch
                 stop_unacknowledged(SOURCE, exc)
-            for event in events:  # the batch's outputs are confirmed and its state recorded
-                event.ack()
