@@ -107,15 +107,20 @@ def served(settings_for) -> Callable[..., tuple[Settings, ModelEntry]]:
 
     def make(family: str = "persistence", **env: str) -> tuple[Settings, ModelEntry]:
         settings = settings_for(**env)
-        asyncio.run(ensure_topics(settings))
-        registry = Registry(settings.registry_dir)
-        entry = build_model([day_of("BTCUSDT")], family, settings.window, settings.horizon, registry,
-                            name=settings.model_name)
-        registry.set_champion(settings.model_name, entry.version)
-        asyncio.run(announce(settings, settings.model_name, entry))
-        return settings, entry
+        return settings, serve_model(settings, family)
 
     return make
+
+
+def serve_model(settings: Settings, family: str = "persistence") -> ModelEntry:
+    """Create the topics, fit ``family`` on a real day, make it the champion and announce it."""
+    asyncio.run(ensure_topics(settings))
+    registry = Registry(settings.registry_dir)
+    entry = build_model([day_of("BTCUSDT")], family, settings.window, settings.horizon, registry,
+                        name=settings.model_name)
+    registry.set_champion(settings.model_name, entry.version)
+    asyncio.run(announce(settings, settings.model_name, entry))
+    return entry
 
 
 def markets() -> list[Market]:

@@ -22,17 +22,13 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from chaincast.consumers.promotion import announce
-from chaincast.consumers.registry import Registry
 from chaincast.deploy.embedded import Process, embedded_stack
-from chaincast.models.build import build_model
 from chaincast.producers.replay import Market, replay
 from chaincast.stream import kafka_options
 from chaincast.stream.records import Bar, Prediction, TradeBatch
 from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.settings import Settings
-from chaincast.stream.topics import ensure_topics
-from tests.integration.conftest import day_of, read_all, start_worker
+from tests.integration.conftest import day_of, read_all, start_worker, serve_model
 from tests.integration.test_pipeline import CLOSED_PER_SYMBOL, SYMBOLS, assert_bars_match_file, bars_by_symbol, \
     expected_predictions
 
@@ -88,12 +84,7 @@ def test_kafka_stopped_20s_mid_run_nothing_missing(node, tmp_path):
     cluster, env = node
     settings = asyncio.run(kafka_options.resolve(Settings(**env, CHAINCAST_HOME=str(tmp_path / "home"),
                                                           CHAINCAST_APP_ID="cc-outage")))
-    asyncio.run(ensure_topics(settings))
-    registry = Registry(settings.registry_dir)
-    entry = build_model([day_of("BTCUSDT")], "persistence", settings.window, settings.horizon, registry,
-                        name=settings.model_name)
-    registry.set_champion(settings.model_name, entry.version)
-    asyncio.run(announce(settings, settings.model_name, entry))
+    serve_model(settings)
     days = {s: day_of(s) for s in SYMBOLS}
     half = CLOSED_PER_SYMBOL // 2
     n = expected_predictions(settings)

@@ -16,15 +16,11 @@ from collections.abc import Callable
 
 import pytest
 
-from chaincast.consumers.promotion import announce
-from chaincast.consumers.registry import Registry
 from chaincast.deploy.embedded import Process, embedded_stack, free_port
 from chaincast.deploy.metrics import scrape
-from chaincast.models.build import build_model
 from chaincast.stream import kafka_options
 from chaincast.stream.settings import Settings
-from chaincast.stream.topics import ensure_topics
-from tests.integration.conftest import day_of
+from tests.integration.conftest import serve_model
 
 # Market seconds per wall second: a bar per market every 5 s, so few sends wait out the outage
 # (aiokafka expires a batch after its 40 s request timeout).
@@ -56,12 +52,7 @@ def test_broker_killed_and_restarted_metrics_show_the_loss_and_the_reconnect(req
         settings = asyncio.run(kafka_options.resolve(Settings(
             **env, KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap, CHAINCAST_HOME=str(tmp_path / "home"),
             CHAINCAST_APP_ID="cc-reconnect")))
-        asyncio.run(ensure_topics(settings))
-        registry = Registry(settings.registry_dir)
-        entry = build_model([day_of("BTCUSDT")], "persistence", settings.window, settings.horizon, registry,
-                            name=settings.model_name)
-        registry.set_champion(settings.model_name, entry.version)
-        asyncio.run(announce(settings, settings.model_name, entry))
+        serve_model(settings)
 
         ports = {"worker": free_port(), "replay": free_port()}
         procs = [child("worker", ["worker"], settings, tmp_path, ports["worker"]),

@@ -18,7 +18,6 @@ from chaincast.consumers.promotion import announce
 from chaincast.consumers.registry import Registry
 from chaincast.deploy.embedded import free_port, start_broker
 from chaincast.models.blocks import load_blocks
-from chaincast.models.build import build_model
 from chaincast.models.fee_models import FeeFit
 from chaincast.stream.failure import EXIT_UNACKNOWLEDGED
 from chaincast.stream.predict import history_size
@@ -27,7 +26,7 @@ from chaincast.producers.replay import Market, replay
 from chaincast.stream.records import Bar, Block, DeadLetter, Prediction
 from chaincast.stream.redis_layout import RedisLayout
 from tests.conftest import TEST_DATA, start_persistent_redis
-from tests.integration.conftest import day_of, markets, read_topic, send_raw, start_worker, xfail_on_tansu
+from tests.integration.conftest import day_of, markets, read_topic, send_raw, start_worker, xfail_on_tansu, serve_model
 from tests.integration.test_pipeline import (
     CLOSED_PER_SYMBOL,
     SYMBOLS,
@@ -115,12 +114,7 @@ def test_broker_unreachable_at_start_the_worker_waits_then_loses_nothing(setting
             time.sleep(0.2)
         (tmp_path / "broker").mkdir()
         broker, _ = start_broker(tmp_path / "broker", port)
-        asyncio.run(ensure_topics(settings))
-        registry = Registry(settings.registry_dir)
-        entry = build_model([day_of("BTCUSDT")], "persistence", settings.window, settings.horizon, registry,
-                            name=settings.model_name)
-        registry.set_champion(settings.model_name, entry.version)
-        asyncio.run(announce(settings, settings.model_name, entry))
+        serve_model(settings)
         asyncio.run(replay(settings, [Market("BTCUSDT", day_of("BTCUSDT")[:120])]))
         bars = asyncio.run(read_topic(settings, settings.topic_bars, lambda m: len(m) >= 119, timeout=180))
         n = 119 - history_size(settings.window) + 1

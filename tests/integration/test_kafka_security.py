@@ -20,16 +20,12 @@ from urllib.request import urlopen
 
 import pytest
 
-from chaincast.consumers.promotion import announce
-from chaincast.consumers.registry import Registry
 from chaincast.deploy.embedded import Process, embedded_stack, free_port
-from chaincast.models.build import build_model
 from chaincast.producers.replay import Market, replay
 from chaincast.stream import kafka_options
 from chaincast.stream.predict import history_size
 from chaincast.stream.settings import Settings
-from chaincast.stream.topics import ensure_topics
-from tests.integration.conftest import day_of, read_topic
+from tests.integration.conftest import day_of, read_topic, serve_model
 from tests.integration.kafka_security import make_certs
 
 USER = "chaincast"
@@ -65,12 +61,7 @@ def test_sasl_ssl_run_writes_forecasts_and_the_password_never_shows(secure, tmp_
            "CHAINCAST_LOG_LEVEL": "DEBUG"}  # the chattiest logs, client protocol traces included
     settings = asyncio.run(kafka_options.resolve(Settings(**env)))
     assert password not in repr(settings) and password not in str(settings)
-    asyncio.run(ensure_topics(settings))
-    registry = Registry(settings.registry_dir)
-    entry = build_model([day_of("BTCUSDT")], "persistence", settings.window, settings.horizon, registry,
-                        name=settings.model_name)
-    registry.set_champion(settings.model_name, entry.version)
-    asyncio.run(announce(settings, settings.model_name, entry))
+    serve_model(settings)
 
     port = free_port()
     worker = Process("worker", [sys.executable, "-m", "chaincast.deploy.cli", "worker"],

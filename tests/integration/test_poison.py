@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 import websockets
 
-from chaincast.models.history import CLOSE, TS
+from chaincast.models.history import TS
 from chaincast.producers.exchange import BINANCE, ExchangeProducer
 from chaincast.producers.synth import bar_trades
 from chaincast.stream.publish import Publisher
