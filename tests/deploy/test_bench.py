@@ -88,6 +88,7 @@ def test_scan_traffic_is_realistic_per_market(bars):
     assert len(traffic.closes) == 40
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1500)  # every phase on real processes: minutes on a shared two-core machine
 def test_tiny_bench_reports_every_figure(stack, tmp_path):
     settings = Settings(**stack, CHAINCAST_HOME=str(tmp_path / "home"))
@@ -147,6 +148,7 @@ def test_messages_interleave_markets_in_event_time(bars):
     assert firsts == sorted(firsts) and len(msgs) == 2 * 3 * 2
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_soak_reports_the_rate_of_its_first_and_last_window(stack, tmp_path):
     """The soak mode's JSON on a short run (a 60 s soak in 20 s windows): its shape, not its speed."""

@@ -79,6 +79,7 @@ def kinds(settings: Settings, topic: str) -> list:
     return asyncio.run(read_all(settings, topic))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1200)  # a JVM broker started twice, a day replayed, on a shared two-core machine
 def test_kafka_stopped_20s_mid_run_nothing_missing(node, tmp_path):
     cluster, env = node

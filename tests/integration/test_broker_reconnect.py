@@ -43,6 +43,7 @@ def wait_for(what: str, ok: Callable[[], bool], procs: list[Process], log_dir, t
         time.sleep(0.5)
 
 
+@pytest.mark.slow
 def test_broker_killed_and_restarted_metrics_show_the_loss_and_the_reconnect(request, tmp_path):
     if request.config.getoption("--broker") == "tansu":
         pytest.skip("Apache Kafka not selected (--broker tansu): this test kills and restarts a Kafka node")

@@ -45,19 +45,29 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 
 async def replicas_and_isr(settings: Settings, topic: str) -> tuple[set[int], str]:
+    """Replica counts of ``topic``'s partitions and its min.insync.replicas, once every broker knows the topic
+    (one that has not seen it yet answers with an error and no entries: ask again, up to a minute)."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
     admin = AIOKafkaAdminClient(**kafka_options.admin(settings))
     await admin.start()
     try:
-        (desc,) = await admin.describe_topics([topic])
-        from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-
-        (configs,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
-        entries = {c[0]: c[1] for c in configs.resources[0][4]}
+        deadline = time.monotonic() + 60
+        while True:
+            (desc,) = await admin.describe_topics([topic])
+            (configs,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+            error_code, error, *_, config_entries = configs.resources[0]
+            entries = {c[0]: c[1] for c in config_entries}
+            if (desc["partitions"] and "min.insync.replicas" in entries) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        assert "min.insync.replicas" in entries, f"describe_configs({topic}): error {error_code} {error}"
         return {len(p["replicas"]) for p in desc["partitions"]}, entries["min.insync.replicas"]
     finally:
         await admin.close()
 
 
+@pytest.mark.slow
 def test_leader_of_a_trades_partition_killed_mid_run_nothing_lost(cluster, tmp_path):
     three, env = cluster
     settings = asyncio.run(kafka_options.resolve(Settings(**env, CHAINCAST_HOME=str(tmp_path / "home"),

@@ -73,6 +73,7 @@ def refusals(port: int, reason: str) -> float:
                if name == "chaincast_retrain_refusals_total" and labels.get("reason") == reason)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_retrainer_killed_between_model_and_card_registry_stays_consistent(settings_for, tmp_path):
     settings = retrain_settings(settings_for)
@@ -122,6 +123,7 @@ def test_retrainer_killed_between_model_and_card_registry_stays_consistent(setti
         assert entry.onnx_path.exists() and entry.card["sha256"] == entry.sha256
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_registry_disk_full_retrainer_backs_off_old_champion_serves(settings_for, tmp_path, small_fs):
     settings = retrain_settings(settings_for, CHAINCAST_REGISTRY_RETRY_S="1")

@@ -216,6 +216,7 @@ async def announce_raw(settings: Settings, update: ModelUpdate) -> None:
         await producer.stop()
 
 
+@pytest.mark.slow
 def test_retrainer_killed_mid_training_leaves_nothing_half_written_and_resumes(settings_for, tmp_path):
     settings = settings_for(CHAINCAST_RETRAIN_EVERY_BARS=str(2 * PHASE1), CHAINCAST_RETRAIN_MAX_EPOCHS="20")
     bars = series()

@@ -14,6 +14,8 @@ import signal
 import time
 from collections import Counter
 
+import pytest
+
 from tests.producers.exchange_helpers import BTC_DAY, exchange_settings, read_topic  # noqa: F401 (a fixture)
 from tests.producers.test_exchange_cli import cli
 
@@ -33,6 +35,7 @@ def wait_for(condition, what: str, timeout: float = 180.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_producer_killed_mid_stream_backfills_the_gap_on_restart(exchange_settings) -> None:
     settings = exchange_settings(CHAINCAST_EXCHANGE_CHECKPOINT_INTERVAL_S="0.2")
     asyncio.run(ensure_topics(settings))

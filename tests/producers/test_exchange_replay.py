@@ -11,6 +11,7 @@ import asyncio
 from collections import defaultdict
 
 import numpy as np
+import pytest
 from tests.producers.exchange_helpers import BTC_DAY, ETH_DAY, exchange_settings, read_topic, until  # noqa: F401 (a fixture)
 
 from chaincast.models.history import TS, load_bars
@@ -68,6 +69,7 @@ async def test_replay_arrives_exactly_once_across_an_exchange_restart(exchange_s
     assert len(bars) == stats.klines_closed > 0 and all(b.trades == 4 for b in bars)
 
 
+@pytest.mark.slow
 async def test_producer_restart_resumes_from_checkpoint_and_backfills_the_gap(exchange_settings) -> None:
     settings = exchange_settings()
     await ensure_topics(settings)
