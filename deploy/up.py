@@ -236,13 +236,21 @@ def run_up(settings: Settings, paths: list[Path], duration: float | None, speed:
         env_file = publish_env(settings, echo)
         try:
             deadline = None if duration is None else time.monotonic() + duration
+            stopped_at: dict[str, float] = {}  # workers that exited 75, awaiting their restart
+            restart_delay = kafka_options.restart_delay_s(settings)
             while deadline is None or time.monotonic() < deadline:
                 time.sleep(1.0)
+                now = time.monotonic()
                 for p in procs:  # a worker that stopped before acknowledging a batch is restarted, as k8s would
                     if p.name == "worker" and not p.alive() and p.popen.returncode == EXIT_UNACKNOWLEDGED:
-                        echo(f"\nthe worker stopped before acknowledging a batch; restarting it (see {log_dir}/worker.log)")
-                        p.start()
-                crashed = [p.name for p in procs if p.name in ("worker", "producer", "chain", "api") and not p.alive()]
+                        if (since := stopped_at.setdefault(p.name, now)) == now:
+                            echo(f"\nthe worker stopped before acknowledging a batch; restarting it in "
+                                 f"{restart_delay:.0f} s (see {log_dir}/worker.log)")
+                        if now - since >= restart_delay:
+                            del stopped_at[p.name]
+                            p.start()
+                crashed = [p.name for p in procs if p.name in ("worker", "producer", "chain", "api")
+                           and not p.alive() and p.name not in stopped_at]
                 if crashed:
                     echo(f"\nthe {crashed[0]} stopped unexpectedly; see {log_dir}/{crashed[0]}.log")
                     code = 1

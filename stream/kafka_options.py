@@ -149,6 +149,23 @@ def session_timeout_ms(settings: Settings) -> int:
     return EMBEDDED_SESSION_TIMEOUT_MS if settings.embedded_broker else SESSION_TIMEOUT_MS
 
 
+def restart_delay_s(settings: Settings) -> float:
+    """How long a supervisor waits before restarting a worker that ended without leaving its group
+    (SIGKILL, or exit 75 before a batch was acknowledged).
+
+    Apache Kafka rebalances when the dead member's session ends, so a restarted worker gets its
+    partitions either way: no wait. The embedded broker can assign a member that joins while its
+    dead predecessor is still in the group only the changelogs, and never hands it the rest
+    (measured: a worker restarted at once after exit 75 never read chain.blocks again): wait out
+    the dead member's session.
+
+    >>> from chaincast.stream.settings import Settings
+    >>> restart_delay_s(Settings(CHAINCAST_EMBEDDED_BROKER="1")), restart_delay_s(Settings(KAFKA_BOOTSTRAP_SERVERS="k:9092"))
+    (11.0, 0.0)
+    """
+    return EMBEDDED_SESSION_TIMEOUT_MS / 1000 + 1 if settings.embedded_broker else 0.0
+
+
 def consumer(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """AIOKafkaConsumer kwargs (pass group_id, offsets policy etc. as overrides)."""
     # Kafka's wait for the side consumers (models, chain, retrainer, tail): none of them is on

@@ -88,12 +88,6 @@ async def send_raw(settings: Settings, topic: str, items: list[tuple[bytes | Non
         await producer.stop()
 
 
-def xfail_on_tansu(request: pytest.FixtureRequest, reason: str) -> None:
-    """Mark this run xfail (not strict: it still runs) when it is on the embedded broker; strict elsewhere."""
-    if request.node.callspec.params.get("broker_kind") == "tansu":
-        request.applymarker(pytest.mark.xfail(strict=False, reason=reason))
-
-
 def start_worker(settings: Settings, log_dir: Path) -> Process:
     env = {**os.environ, **settings.env(), "CHAINCAST_METRICS_PORT": "0"}
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from chaincast.consumers.registry import Registry
 from chaincast.deploy.embedded import free_port, start_broker
 from chaincast.models.blocks import load_blocks
 from chaincast.models.fee_models import FeeFit
+from chaincast.stream import kafka_options
 from chaincast.stream.failure import EXIT_UNACKNOWLEDGED
 from chaincast.stream.predict import history_size
 from chaincast.stream.topics import ensure_topics
@@ -26,7 +27,7 @@ from chaincast.producers.replay import Market, replay
 from chaincast.stream.records import Bar, Block, DeadLetter, Prediction
 from chaincast.stream.redis_layout import RedisLayout
 from tests.conftest import TEST_DATA, start_persistent_redis
-from tests.integration.conftest import day_of, markets, read_topic, send_raw, start_worker, xfail_on_tansu, serve_model
+from tests.integration.conftest import day_of, markets, read_topic, send_raw, start_worker, serve_model
 from tests.integration.test_pipeline import (
     CLOSED_PER_SYMBOL,
     SYMBOLS,
@@ -146,20 +147,10 @@ def test_garbage_at_volume_all_dead_lettered_worker_keeps_going(served, tmp_path
     assert len(bars) == 119
 
 
-# Measured on the embedded broker, 2 runs of 3 (worker log at INFO): the restarted worker joined a fresh
-# group (generation 1) assigned only the table changelog and the assignor's topic, never chain.blocks, so
-# the redone blocks are never read; the first worker, started the same way, was assigned every topic. It
-# still runs every time (XPASS when it passes); on Apache Kafka it is strict and passes.
-TANSU_REJOIN_FAILURE = ("embedded broker, intermittent: the worker restarted after exit 75 is assigned no "
-                        "chain.blocks partition (generation 1, changelogs only); passes on Apache Kafka")
-
-
 @pytest.mark.slow
-def test_redis_down_beyond_the_budget_the_fee_agent_stops_unacknowledged_nothing_lost(settings_for, tmp_path,
-                                                                                       request):
+def test_redis_down_beyond_the_budget_the_fee_agent_stops_unacknowledged_nothing_lost(settings_for, tmp_path):
     """Fee history writes retry like forecasts; past the budget the worker stops before acking (exit 75),
     and the restarted worker forecasts the blocks of the unacknowledged batch."""
-    xfail_on_tansu(request, TANSU_REJOIN_FAILURE)
     proc, port = start_persistent_redis(tmp_path / "redis")
     settings = settings_for(REDIS_URL=f"redis://127.0.0.1:{port}/0", CHAINCAST_REDIS_RETRY_BUDGET_S="3",
                             CHAINCAST_FEE_HORIZONS="1", CHAINCAST_FEE_WINDOW="8")
@@ -194,7 +185,8 @@ def test_redis_down_beyond_the_budget_the_fee_agent_stops_unacknowledged_nothing
         send(blocks[30:])
         wait("the worker to stop", lambda: not workers[0].alive())
         proc, _ = start_persistent_redis(tmp_path / "redis", port)
-        workers.append(start_worker(settings, tmp_path / "w1"))  # as the supervisor would
+        time.sleep(kafka_options.restart_delay_s(settings))  # as `chaincast up` would
+        workers.append(start_worker(settings, tmp_path / "w1"))
         wait("the fee forecasts after the restart", lambda: blocks[-1].number in forecast_blocks())
         made = forecast_blocks()
     finally:

@@ -19,6 +19,7 @@ import redis
 from chaincast.models.history import CLOSE, HIGH, LOW, OPEN, TS, VOLUME
 from chaincast.producers.replay import replay
 from chaincast.models.serving import Forecaster
+from chaincast.stream import kafka_options
 from chaincast.stream.bars import BarBuilder
 from chaincast.stream.market import MarketState
 from chaincast.stream.predict import forecast, history_size, push, ready
@@ -28,7 +29,6 @@ from tests.conftest import TEST_DATA
 from tests.integration.conftest import DAY, day_of, markets, read_topic, send_raw, start_worker
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
-EMBEDDED_SESSION_TIMEOUT_S = 10  # stream.kafka_options.EMBEDDED_SESSION_TIMEOUT_MS, in seconds
 CLOSED_PER_SYMBOL = DAY - 1  # the day's last bar stays open: no later trade closes it
 
 
@@ -159,10 +159,7 @@ def test_worker_killed_mid_replay_recovers_from_changelogs(served, tmp_path):
             await read_topic(settings, settings.topic_bars, lambda m: len(m) >= 400)
             worker.kill()  # SIGKILL: no clean shutdown, no final commit
             await job
-            # The embedded broker's group coordinator can leave a member that joins while its
-            # crashed predecessor is still in the group without partitions (measured; Kafka
-            # rebalances): restart as a supervisor would, once the dead member's session is over.
-            await asyncio.sleep(EMBEDDED_SESSION_TIMEOUT_S + 1)
+            await asyncio.sleep(kafka_options.restart_delay_s(settings))  # as `chaincast up` would
 
         asyncio.run(replay_and_crash())
         worker = start_worker(settings, tmp_path)
