@@ -234,28 +234,44 @@ class _Consumer(faust_aiokafka.Consumer):
     beginning where nothing is committed yet.
     """
 
-    _seek_pending: bool = False
-    _held: set[Any] = set()  # noqa: RUF012 - replaced per instance on every assignment
+    _holding: bool = False  # from a revocation until the next assignment's partitions are seeked
+    _assigned: bool = False  # that assignment has arrived
+    _held: set[Any] = set()  # noqa: RUF012 - replaced per instance on every revocation
 
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def on_partitions_revoked(self, revoked: set[Any]) -> None:
+        # From here until the next assignment's seek nothing resumes a stream partition. Faust
+        # resumes a partition whose stream buffer was full once the buffer drains
+        # (``on_buffer_drop``), and that mark outlives a revocation: measured, it resumed a trades
+        # partition before the seek and 16 bars were lost.
+        self._holding, self._assigned, self._held = True, False, set()
+        self._buffered_partitions.difference_update(revoked)
+        await super().on_partitions_revoked(revoked)
+
     async def on_partitions_assigned(self, assigned: set[Any], generation_id: int = 0) -> None:
-        self._seek_pending, self._held = True, set()
+        self._holding, self._assigned = True, True
         await super().on_partitions_assigned(assigned, generation_id)
 
     def resume_partitions(self, tps: Iterable[Any]) -> None:
         tps = set(tps)
-        if self._seek_pending:  # changelogs are read by the recovery itself, from their own offsets
+        if self._holding:  # changelogs are read by the recovery itself, from their own offsets
             held = {tp for tp in tps if not self._is_changelog_tp(tp)}
             self._held |= held
             tps -= held
         super().resume_partitions(tps)
 
+    def on_buffer_drop(self, tp: Any) -> None:
+        if self._holding and not self._is_changelog_tp(tp):
+            self._buffered_partitions.discard(tp)  # the recovery resumes it, once seeked
+            return
+        super().on_buffer_drop(tp)
+
     async def perform_seek(self) -> None:
         await super().perform_seek()
-        if self._seek_pending:
-            held, self._seek_pending, self._held = self._held, False, set()
+        if self._holding and self._assigned:  # the new assignment's seek, not one during the revocation
+            held, self._holding, self._held = self._held, False, set()
             # Faust's seek leaves a partition with nothing committed where the fetcher is, which
             # records Faust fetched and then dropped at the pause may have moved (measured: a worker
             # restarted after a SIGKILL began a never-committed trades partition at 798, not 0).
