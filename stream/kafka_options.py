@@ -270,7 +270,10 @@ class _Consumer(faust_aiokafka.Consumer):
 
     async def perform_seek(self) -> None:
         await super().perform_seek()
-        if self._holding and self._assigned:  # the new assignment's seek, not one during the revocation
+        # The seek that follows the recovery's resume: not one during the revocation, nor Faust's
+        # own seek when it finds the flow stopped (``Consumer.getmany``), which can come first
+        # (measured: released nothing, then the recovery resumed unheld and 49 bars were lost).
+        if self._holding and self._assigned and self._held:
             held, self._holding, self._held = self._held, False, set()
             # Faust's seek leaves a partition with nothing committed where the fetcher is, which
             # records Faust fetched and then dropped at the pause may have moved (measured: a worker
