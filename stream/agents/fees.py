@@ -111,6 +111,8 @@ def register(s: "Streams") -> None:
         await asyncio.gather(*sent)
         for key, (chain, _total) in batch.items():  # ... then the state: a crash before this redoes the batch
             table[key] = chain.state
+        if batch:  # and only once the state is on the broker may Faust acknowledge the batch (measured: a
+            await s.tables_durable()  # worker stopped with exit 75 came back without the last blocks' window)
 
 
 

@@ -97,5 +97,7 @@ def register(s: "Streams") -> None:
                 for market, (symbol, state, total) in states.items():
                     await publish(symbol, state, total)
                     table[market] = state.state
+                if states:  # the state on the broker before Faust acknowledges the batch (Streams.tables_durable)
+                    await s.tables_durable()
             except Exception as exc:  # noqa: BLE001 - Redis beyond its retry budget, or a bug: never ack
                 stop_unacknowledged(SOURCE, exc)
