@@ -83,12 +83,11 @@ class MarketState:
         return p.model_copy(update={"q10": q10, "q90": q90})
 
     def bars_dict(self) -> dict:
-        """The entry of the ``markets`` table: written for every batch that touched the market."""
+        """The bar part of ``entry``: the bar being built."""
         return {"bars": self.bars.to_dict()}
 
     def window_dict(self) -> dict:
-        """The entry of the ``windows`` table: written only for a batch that closed a bar (the window,
-        and the live calibration of the bands, which moves only when a closed bar is forecast)."""
+        """The forecast part of ``entry``: the window and the live calibration of the bands."""
         return {"window": self.window, "bands": {k: b.to_dict() for k, b in self.bands.items()}}
 
     def entry(self) -> dict:
@@ -104,22 +103,15 @@ class MarketState:
         return {**self.bars_dict(), **self.window_dict()}
 
     @classmethod
-    def load(cls, bars: dict | None, window: dict | None, exchange: str, symbol: str) -> "MarketState":
-        """A market's state from its two stored entries, or a fresh one.
-
-        A ``markets`` entry written before the split also holds the window: it is used
-        until the ``windows`` table has one.
+    def load(cls, entry: dict | None, exchange: str, symbol: str) -> "MarketState":
+        """A market's state from its ``markets`` table entry (``entry``), or a fresh one.
 
         >>> s = MarketState(BarBuilder("binance", "BTCUSDT"), [[0.0] * 8])
-        >>> back = MarketState.load(s.bars_dict(), s.window_dict(), "binance", "BTCUSDT")
+        >>> back = MarketState.load(s.entry(), "binance", "BTCUSDT")
         >>> back.window == s.window, back.bars.symbol
         (True, 'BTCUSDT')
-        >>> MarketState.load({**s.bars_dict(), "window": [[1.0] * 8]}, None, "binance", "BTCUSDT").window[0][0]
-        1.0
         """
-        if not bars:
+        if not entry:
             return cls(BarBuilder(exchange, symbol))
-        forecast = window or bars  # one combined entry (``entry``) holds both
-        rows = forecast.get("window") or []
-        bands = {k: LiveBand.from_dict(b) for k, b in (forecast.get("bands") or {}).items()}
-        return cls(BarBuilder.from_dict(bars["bars"]), [list(r) for r in rows], bands)
+        bands = {k: LiveBand.from_dict(b) for k, b in (entry.get("bands") or {}).items()}
+        return cls(BarBuilder.from_dict(entry["bars"]), [list(r) for r in entry.get("window") or []], bands)

@@ -96,8 +96,7 @@ class MarketBatch:
         market = key.decode()  # parse_trades checked it is the market key
         if (state := self.states.get(market)) is None:
             first = trades[0]
-            state = self.states[market] = MarketState.load(s.markets.get(market), None,
-                                                           first.exchange, first.symbol)
+            state = self.states[market] = MarketState.load(s.markets.get(market), first.exchange, first.symbol)
         folded = state.fold(trades, self.bounds)
         symbol = state.bars.symbol
         for trade, reason in folded.refused:

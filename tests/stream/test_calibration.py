@@ -31,9 +31,8 @@ def raw(ts: int, target: str, horizon: int, half_width: float, mid: float = 0.0)
 
 
 def saved(state: MarketState) -> MarketState:
-    """The state as the two tables' changelogs hold it (JSON), read back."""
-    bars, window = json.loads(json.dumps(state.bars_dict())), json.loads(json.dumps(state.window_dict()))
-    return MarketState.load(bars, window, "binance", "BTCUSDT")
+    """The state as the markets table's changelog holds it (JSON), read back."""
+    return MarketState.load(json.loads(json.dumps(state.entry())), "binance", "BTCUSDT")
 
 
 def run(state: MarketState, closes: dict[int, float], bars: range, target: str, horizon: int,
