@@ -40,6 +40,14 @@ class Streams:
     chain: ChainMinutes
     chain_ready: asyncio.Event
 
+    async def record(self, table: faust.Table, entries: dict[str, Any]) -> None:
+        """Write an agent's state for its batch, and return once it is on the broker: only then may
+        Faust acknowledge the batch (every agent that keeps state records it here)."""
+        for key, value in entries.items():
+            table[key] = value
+        if entries:
+            await self.tables_durable()
+
     async def tables_durable(self) -> None:
         """Return once every table write made so far is acknowledged by the broker.
 

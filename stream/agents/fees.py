@@ -109,10 +109,9 @@ def register(s: "Streams") -> None:
             await s.sink.write_fees(int(key), total.predictions, total.retracted, scores)
             sent += [await out.send(key=key.encode(), value=p.dumps()) for p in [*total.retracted, *total.predictions]]
         await asyncio.gather(*sent)
-        for key, (chain, _total) in batch.items():  # ... then the state: a crash before this redoes the batch
-            table[key] = chain.state
-        if batch:  # and only once the state is on the broker may Faust acknowledge the batch (measured: a
-            await s.tables_durable()  # worker stopped with exit 75 came back without the last blocks' window)
+        # ... then the state, on the broker before the ack: a crash before this redoes the batch (measured
+        # without the wait: a worker stopped with exit 75 came back without the last blocks' window).
+        await s.record(table, {key: chain.state for key, (chain, _total) in batch.items()})
 
 
 

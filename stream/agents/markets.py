@@ -161,13 +161,10 @@ class MarketBatch:
 
     async def commit(self) -> None:
         """Confirm every send, then record the state that consumed the batch, and confirm that too
-        (before Faust may commit the batch's offsets: ``Streams.tables_durable``)."""
+        (before Faust may commit the batch's offsets: ``Streams.record``)."""
         if self.sent:
             await asyncio.gather(*self.sent)
-        for market, state in self.states.items():  # one changelog write per market per batch
-            self.s.markets[market] = state.entry()
-        if self.states:
-            await self.s.tables_durable()
+        await self.s.record(self.s.markets, {market: state.entry() for market, state in self.states.items()})
 
 
 def bar_key(bar: Bar) -> bytes:

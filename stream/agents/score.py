@@ -94,10 +94,8 @@ def register(s: "Streams") -> None:
                 update = state.on_bar(record) if isinstance(record, Bar) else state.on_prediction(record)
                 states[market] = (symbol, state, total.merge(update))
             try:  # Redis first, then the state that stands for it (see stream.failure)
-                for market, (symbol, state, total) in states.items():
+                for symbol, state, total in states.values():
                     await publish(symbol, state, total)
-                    table[market] = state.state
-                if states:  # the state on the broker before Faust acknowledges the batch (Streams.tables_durable)
-                    await s.tables_durable()
+                await s.record(table, {market: state.state for market, (_, state, _) in states.items()})
             except Exception as exc:  # noqa: BLE001 - Redis beyond its retry budget, or a bug: never ack
                 stop_unacknowledged(SOURCE, exc)
