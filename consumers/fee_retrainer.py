@@ -10,6 +10,10 @@ file, as served) and the reference on the same latest 15 %. The challenger is pr
 beats the champion's by ``CHAINCAST_RETRAIN_PROMOTE_MARGIN`` and the reference's. Where
 no champion serves yet (a deployment without ``chaincast up``'s initial models), the first
 round promotes the challenger if it beats the reference, else the reference itself.
+A registry write that fails (a full disk, a quota, a read-only mount) is logged,
+counted as a ``registry_write_failed`` refusal, and the whole round runs again
+after a backoff (``CHAINCAST_REGISTRY_RETRY_S``, doubling) while the old champions
+serve; the promotions whose writes landed are announced at once.
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from chaincast.consumers.promotion import announce
-from chaincast.consumers.registry import ModelEntry, Registry
-from chaincast.models.fee_build import fee_model_name, fee_splits, store_fee_model, train_fee_model
+from chaincast.consumers.registry import ModelEntry, Registry, WriteBackoff
+from chaincast.models.fee_build import FeeCandidate, fee_model_name, fee_splits, store_fee_model, train_fee_model
 from chaincast.models.fee_models import FeeFit, fit_fee_model, predict_chunked
 from chaincast.models.fees import FEE_TARGETS, REFERENCE, BlockSamples
 from chaincast.models.serving import session
 from chaincast.stream.fees import block_row
+from chaincast.stream.metrics import REFUSALS
 from chaincast.stream.records import Block
 from chaincast.stream import kafka_options
 from chaincast.stream.settings import Settings
@@ -45,6 +50,7 @@ class Verdict:
     promoted: bool
     reason: str
     entry: ModelEntry | None = None
+    write_error: OSError | None = None  # the registry refused the promotion: the round runs again
 
 
 def onnx_mae(entry: ModelEntry, s: BlockSamples, chunk: int = 50_000) -> float:
@@ -77,9 +83,8 @@ def fee_round(blocks: np.ndarray, registry: Registry, settings: Settings,
             if mae >= ref_mae and champion is None:  # nothing serves yet: the reference itself will
                 rule = train_fee_model(blocks[: int(len(blocks) * 0.85)], REFERENCE[target], target, horizon,
                                        settings.fee_window, name, options)
-                entry = registry.set_champion(name, store_fee_model(rule, registry).version)
-                out.append(Verdict(name, True, f"first champion: the {REFERENCE[target]} reference (the "
-                                               f"{settings.fee_retrain_family} challenger did not beat it)", entry))
+                out.append(_promote(registry, name, rule, f"first champion: the {REFERENCE[target]} reference (the "
+                                                          f"{settings.fee_retrain_family} challenger did not beat it)"))
             elif mae >= ref_mae:
                 out.append(Verdict(name, False, f"MAE {mae:.4e} does not beat {REFERENCE[target]} {ref_mae:.4e}"))
             elif mae >= champ_mae * (1 - settings.promote_margin):
@@ -89,10 +94,33 @@ def fee_round(blocks: np.ndarray, registry: Registry, settings: Settings,
                 candidate.card["metrics"]["promotion"] = {"mae": mae, "mae_champion": None if champion is None
                                                           else champ_mae,
                                                           "mae_reference": ref_mae, "rows": len(val)}
-                entry = registry.set_champion(name, store_fee_model(candidate, registry).version)
-                out.append(Verdict(name, True, f"MAE {mae:.4e} < champion {champ_mae:.4e}, "
-                                               f"{REFERENCE[target]} {ref_mae:.4e}", entry))
+                out.append(_promote(registry, name, candidate, f"MAE {mae:.4e} < champion {champ_mae:.4e}, "
+                                                               f"{REFERENCE[target]} {ref_mae:.4e}"))
     return out
+
+
+def _promote(registry: Registry, name: str, model: FeeCandidate, reason: str) -> Verdict:
+    """Store ``model`` and make it the champion of ``name``; a write the registry refuses is the verdict's."""
+    try:
+        entry = registry.set_champion(name, store_fee_model(model, registry).version)
+    except OSError as exc:  # a full disk, a quota, a read-only mount: the old champion serves on
+        return Verdict(name, False, f"registry write failed: {exc}", write_error=exc)
+    return Verdict(name, True, reason, entry)
+
+
+def round_written(verdicts: list[Verdict], registry: Registry, backoff: WriteBackoff) -> bool:
+    """True once every promotion of a round is in the registry; else log, count and back off (the round reruns)."""
+    unwritten = [v for v in verdicts if v.write_error is not None]
+    if not unwritten:
+        backoff.landed()
+        return True
+    delay = backoff.failed()
+    REFUSALS.labels("registry_write_failed").inc()
+    exc = unwritten[0].write_error
+    serving = ", ".join(f"{v.name} {c.version if (c := registry.champion(v.name)) else 'none'}" for v in unwritten)
+    log.error("cannot write the registry %s (%s: %s); the fee champions keep serving (%s); retrying in %.0fs",
+              registry.root, type(exc).__name__, exc, serving, delay)
+    return False
 
 
 class BlockHistory:
@@ -125,6 +153,7 @@ async def run_fee_retrainer(settings: Settings, stopping: asyncio.Event | None =
         log.warning("fee retraining is off (CHAINCAST_FEE_RETRAIN_EVERY_BLOCKS=0)")
         return
     registry = Registry(settings.registry_dir)
+    backoff = WriteBackoff(settings.registry_retry_s)
     history = BlockHistory(settings.fee_history_blocks)
     consumer = AIOKafkaConsumer(**kafka_options.consumer(settings, group_id=None, auto_offset_reset="earliest",
                                                           enable_auto_commit=False))
@@ -141,12 +170,13 @@ async def run_fee_retrainer(settings: Settings, stopping: asyncio.Event | None =
                         new += history.add(Block.loads(msg.value))
                     except ValidationError:
                         continue  # the follower validated it; the fee agent dead-letters what it refuses
-            if new >= settings.fee_retrain_every_blocks:
-                new = 0
+            if new >= settings.fee_retrain_every_blocks and backoff.due():
                 verdicts = await asyncio.to_thread(fee_round, history.array(), registry, settings)
                 for v in verdicts:
                     log.warning("fee round %s: %s (%s)", v.name, "promoted" if v.promoted else "kept", v.reason)
                     if v.promoted and v.entry is not None:
                         await announce(settings, v.name, v.entry)
+                if round_written(verdicts, registry, backoff):
+                    new = 0  # else ``new`` stays at the threshold: the round runs again once the backoff is due
     finally:
         await consumer.stop()

@@ -14,12 +14,15 @@ writer that fails between two steps (a full disk) takes back the model it
 created; one killed between them (SIGKILL, a lost node) leaves at most a
 temp file or a model without a card, which nothing lists or serves and
 ``sweep`` removes once it is older than any write in progress could be.
+A retrainer whose write failed retries on a ``WriteBackoff`` while the old
+champion serves.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
 import time
 from dataclasses import dataclass
@@ -33,6 +36,8 @@ _VERSION = re.compile(r"^[0-9a-f]{12}$")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 # A put takes milliseconds between its steps; an hour-old temp file or card-less model is a dead writer's.
 ORPHAN_GRACE_S = 3600.0
+# The longest wait between two tries of a failing registry write, in units of CHAINCAST_REGISTRY_RETRY_S.
+MAX_BACKOFF_FACTOR = 16
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,36 @@ def _write_once(path: Path, data: bytes) -> bool:
 def _replace(path: Path, data: bytes) -> None:
     """Atomically create or replace ``path`` (for the mutable champion pointer)."""
     write_atomic(path, data)
+
+
+class WriteBackoff:
+    """When a retrainer tries a registry write again after one failed (a full disk, a quota, a read-only mount).
+
+    Each failure in a row doubles the wait, from ``base_s`` up to ``MAX_BACKOFF_FACTOR`` times it,
+    less up to 20 % (jitter: retrainers sharing a disk do not retry in step); a write that lands
+    resets it. ``due()`` says whether the next try may start.
+    """
+
+    def __init__(self, base_s: float, rng: random.Random | None = None) -> None:
+        self.base_s = base_s
+        self.rng = rng or random.Random()
+        self.failures = 0
+        self.retry_at = 0.0  # time.monotonic()
+
+    def failed(self) -> float:
+        """Count one more failed write; the seconds until the next try (``retry_at``)."""
+        self.failures += 1
+        factor = min(2 ** (self.failures - 1), MAX_BACKOFF_FACTOR)
+        delay = self.base_s * factor * self.rng.uniform(0.8, 1.0)
+        self.retry_at = time.monotonic() + delay
+        return delay
+
+    def landed(self) -> None:
+        """A write went through (or a round had none to make): the next failure waits ``base_s`` again."""
+        self.failures, self.retry_at = 0, 0.0
+
+    def due(self) -> bool:
+        return time.monotonic() >= self.retry_at
 
 
 class Registry:

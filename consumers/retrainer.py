@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-import random
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -38,7 +37,7 @@ from pydantic import ValidationError
 from chaincast.consumers.bar_history import BarHistory
 from chaincast.consumers.challenge import ChallengeJob, ChallengeResult, run_challenge
 from chaincast.consumers.promotion import announce
-from chaincast.consumers.registry import ModelEntry, Registry
+from chaincast.consumers.registry import ModelEntry, Registry, WriteBackoff
 from chaincast.models.targets import ForecastSpec
 from chaincast.models.logs import setup_logging
 from chaincast.stream import kafka_options
@@ -89,9 +88,6 @@ class _Round:
     offsets: dict[TopicPartition, int]
 
 
-MAX_BACKOFF_FACTOR = 16
-
-
 class Retrainer:
     """Retrains ONE forecaster of ``CHAINCAST_FORECASTS`` (the default one unless ``spec`` says otherwise)."""
 
@@ -112,9 +108,8 @@ class Retrainer:
         self.job_meta: tuple[str, float, dict[TopicPartition, int]] = ("", 0.0, {})
         self.rounds = 0
         self.rounds_vs_champion = 0  # alpha spending: each round against one champion tests at a lower level
-        self.unwritten: _Round | None = None  # a winner the registry refused (disk full): retried at retry_at
-        self.write_failures = 0
-        self.retry_at = 0.0
+        self.unwritten: _Round | None = None  # a winner the registry refused (disk full): retried when backoff is due
+        self.backoff = WriteBackoff(settings.registry_retry_s)
         self._consumer: AIOKafkaConsumer | None = None
         self._redis: aioredis.Redis | None = None
 
@@ -157,7 +152,7 @@ class Retrainer:
             self.positions[tp] = messages[-1].offset + 1
         if self.job is not None and self.job.done():
             await self._finish()
-        elif self.unwritten is not None and time.monotonic() >= self.retry_at:
+        elif self.unwritten is not None and self.backoff.due():
             await self._land(self.unwritten)
         if self.job is None and self.unwritten is None and (trigger := await self._due()):
             self._start(trigger)
@@ -249,7 +244,8 @@ class Retrainer:
             except OSError as exc:  # a full disk, a quota, a read-only mount: the old champion serves on
                 self._registry_failed(done, exc)
                 return
-            self.unwritten, self.write_failures = None, 0
+            self.unwritten = None
+            self.backoff.landed()
             self.rounds_vs_champion = 0
             PROMOTIONS.labels(result.kind).inc()
             log.warning("promoted %s %s (%s; p=%s)", result.card["family"], entry.version, result.kind,
@@ -266,10 +262,7 @@ class Retrainer:
 
     def _registry_failed(self, done: _Round, exc: OSError) -> None:
         self.unwritten = done
-        self.write_failures += 1
-        factor = min(2 ** (self.write_failures - 1), MAX_BACKOFF_FACTOR)
-        delay = self.settings.registry_retry_s * factor * random.uniform(0.8, 1.0)  # jitter: retrainers apart
-        self.retry_at = time.monotonic() + delay
+        delay = self.backoff.failed()
         REFUSALS.labels("registry_write_failed").inc()
         champion = self.registry.champion(self.name)
         log.error("cannot write the registry %s (%s: %s); %s keeps serving; retrying in %.0fs",

@@ -10,7 +10,10 @@ median when the encoder does not beat it on validation), scores it and the
 champion (through its ONNX file, as served) on the newest slice neither trained
 on, and promotes only when the challenger's MAE is lower by the margin. Only
 then does the retrainer write the registry, move the champion pointer and
-announce the update on ``models.updates``; the txs agents hot-swap it.
+announce the update on ``models.updates``; the txs agents hot-swap it. A
+registry write that fails (a full disk, a quota, a read-only mount) is logged,
+counted as a ``registry_write_failed`` refusal, and the round runs again after a
+backoff (``CHAINCAST_REGISTRY_RETRY_S``, doubling) while the old champion serves.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
 from chaincast.consumers.promotion import announce
-from chaincast.consumers.registry import ModelEntry, Registry
+from chaincast.consumers.registry import ModelEntry, Registry, WriteBackoff
 from chaincast.stream.metrics import PROMOTIONS, REFUSALS, RETRAIN_RUNS
 from chaincast.stream.records import Block, Tx
 from chaincast.stream import kafka_options
@@ -131,6 +134,7 @@ class TxRetrainer:
         self.pool = pool
         self.history = TxHistory(settings.tx_retrain_history)
         self.rounds: list[TxChallengeResult] = []
+        self.backoff = WriteBackoff(settings.registry_retry_s)
 
     def job(self) -> TxChallengeJob:
         s = self.settings
@@ -141,22 +145,37 @@ class TxRetrainer:
 
     async def round(self) -> TxChallengeResult:
         job = self.job()
-        self.history.new = 0
+        new, self.history.new = self.history.new, 0
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(self.pool, tx_challenge, job)
         RETRAIN_RUNS.labels("tx_schedule").inc()
         self.rounds.append(result)
         if not result.promote:
+            self.backoff.landed()  # nothing to write: a failing streak, if any, is over
             REFUSALS.labels("tx_" + result.reason.split(":")[0].replace(" ", "_")).inc()
             log.warning("tx challenger not promoted: %s (mae %.3f vs champion %s)", result.reason,
                         result.challenger_mae, result.champion_mae)
             return result
-        entry = self.registry.put(result.onnx_bytes, result.card)
-        self.registry.set_champion(self.settings.tx_model_name, entry.version)
+        try:
+            entry = self.registry.put(result.onnx_bytes, result.card)
+            self.registry.set_champion(self.settings.tx_model_name, entry.version)
+        except OSError as exc:  # a full disk, a quota, a read-only mount: the old champion serves on
+            self.history.new += new  # still due: the round runs again once the backoff is
+            self._registry_failed(exc)
+            return result
+        self.backoff.landed()
         await announce(self.settings, self.settings.tx_model_name, entry)
         PROMOTIONS.labels("tx_value").inc()
         log.warning("tx champion is now %s (%s): %s", entry.version, result.card["family"], result.reason)
         return result
+
+    def _registry_failed(self, exc: OSError) -> None:
+        delay = self.backoff.failed()
+        REFUSALS.labels("registry_write_failed").inc()
+        champion = self.registry.champion(self.settings.tx_model_name)
+        log.error("cannot write the registry %s (%s: %s); %s keeps serving; retrying in %.0fs",
+                  self.registry.root, type(exc).__name__, exc, champion.version if champion else "no tx model",
+                  delay)
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
@@ -168,7 +187,8 @@ class TxRetrainer:
                 for tp, messages in (await consumer.getmany(timeout_ms=500)).items():
                     for msg in messages:
                         self._fold(tp.topic, msg.value)
-                if s.tx_retrain_every and self.history.new >= s.tx_retrain_every and len(self.history.rows) >= 200:
+                if (s.tx_retrain_every and self.history.new >= s.tx_retrain_every and len(self.history.rows) >= 200
+                        and self.backoff.due()):
                     await self.round()
         finally:
             await consumer.stop()

@@ -1,4 +1,4 @@
-"""Registry: content addressing, write-once files, listing order, champion pointer."""
+"""Registry: content addressing, write-once files, listing order, champion pointer, the write backoff."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from chaincast.consumers.registry import ORPHAN_GRACE_S, Registry
+from chaincast.consumers.registry import MAX_BACKOFF_FACTOR, ORPHAN_GRACE_S, Registry, WriteBackoff
 from tests.conftest import fill
 
 
@@ -115,3 +115,19 @@ def test_sweep_removes_what_a_killed_writer_left_once_it_is_old(tmp_path: Path) 
         os.utime(p, (old, old))
     assert sorted(reg.sweep()) == sorted([orphan, stale_tmp, pointer_tmp])
     assert young.exists() and reg.champion("forecaster") == kept and [e.version for e in reg.list()] == [kept.version]
+
+
+def test_write_backoff_doubles_up_to_its_cap_and_a_landed_write_resets_it() -> None:
+    backoff = WriteBackoff(10.0)
+    assert backoff.due()
+    delays = []
+    for _ in range(7):
+        delays.append(backoff.failed())
+        assert not backoff.due() and backoff.retry_at - time.monotonic() <= delays[-1]
+    factors = [1, 2, 4, 8, 16, 16, 16]
+    assert factors[-1] == MAX_BACKOFF_FACTOR
+    for delay, factor in zip(delays, factors):
+        assert 0.8 * 10.0 * factor <= delay <= 10.0 * factor  # jitter takes up to a fifth off, never adds
+    backoff.landed()
+    assert backoff.due() and backoff.failures == 0
+    assert 8.0 <= backoff.failed() <= 10.0  # a new streak starts from the base again

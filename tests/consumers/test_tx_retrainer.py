@@ -2,11 +2,13 @@
 
 Real March-2017 transactions go to ``chain.txs``; the retrainer's first round promotes and
 announces a model, the second scores the champion through its ONNX file beside the
-challenger; the agent's slot swaps to an announced model and refuses a tampered one."""
+challenger; the agent's slot swaps to an announced model and refuses a tampered one. A round
+whose registry write fails (a full disk) backs off and runs again, and lands once there is room."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import numpy as np
@@ -14,12 +16,15 @@ import pytest
 import torch
 from aiokafka import AIOKafkaConsumer
 
+from chaincast.consumers.registry import Registry
 from chaincast.consumers.tx_retrainer import TxRetrainer
 from chaincast.models.tx_serving import TxForecaster
 from chaincast.stream.agents.txs import TxModelSlot
+from chaincast.stream.metrics import REFUSALS
 from chaincast.stream.publish import Publisher
 from chaincast.stream.records import ModelUpdate
 from chaincast.stream.topics import ensure_topics
+from tests.conftest import fill
 from tests.stream.test_txs import records
 
 torch.set_num_threads(1)
@@ -84,3 +89,39 @@ def test_retrainer_promotes_then_challenges_and_the_agent_swaps(settings_for) ->
 
     ok, refused, current = asyncio.run(swap())
     assert ok and refused and isinstance(current, TxForecaster) and current.version == champion.version
+
+
+@pytest.mark.one_broker
+@pytest.mark.timeout(900)
+def test_a_full_registry_disk_fails_the_round_without_raising_and_it_lands_once_there_is_room(
+        settings_for, tmp_path, small_fs, caplog) -> None:
+    settings = settings_for(CHAINCAST_TX_RETRAIN_EVERY="1200", CHAINCAST_TX_WINDOW="8", CHAINCAST_TX_RETRAIN_EPOCHS="1",
+                            CHAINCAST_TX_RETRAIN_HISTORY="2000", CHAINCAST_REGISTRY_RETRY_S="100")
+    registry = Registry(small_fs(tmp_path / "registry", 16 * 1024 * 1024))
+    retrainer = TxRetrainer(settings, registry=registry)
+    for tx in records()[:1200]:
+        retrainer.history.add(tx)
+    filler = fill(registry.root)  # the disk is full from here on
+    failed = REFUSALS.labels("registry_write_failed")
+    before = failed._value.get()
+
+    delays = []
+    for attempt in (1, 2):  # the first round and its rerun once the backoff is due: both refused by the disk
+        with caplog.at_level(logging.ERROR, logger="chaincast.consumers.tx_retrainer"):
+            result = asyncio.run(retrainer.round())
+        delays.append(retrainer.backoff.retry_at - time.monotonic())
+        assert result.promote and failed._value.get() - before == attempt and not retrainer.backoff.due()
+        assert retrainer.history.new == 1200  # still due: run() starts the round again once the backoff is
+        assert "cannot write the registry" in caplog.text and "No space left on device" in caplog.text
+    assert 80 - 1 < delays[0] <= 100 and 160 - 1 < delays[1] <= 200  # doubled (less up to a fifth of jitter)
+    assert registry.champion(settings.tx_model_name) is None
+    assert sorted(p.name for p in registry.root.iterdir()) == ["filler"]  # nothing half-written
+
+    filler.unlink()  # room again: the rerun lands and is announced
+    result = asyncio.run(retrainer.round())
+    champion = registry.champion(settings.tx_model_name)
+    assert result.promote and champion is not None and champion.card["kind"] == "tx_value"
+    assert retrainer.backoff.due() and retrainer.backoff.failures == 0 and retrainer.history.new == 0
+    assert failed._value.get() - before == 2
+    updates = [u for u in asyncio.run(announced(settings)) if u.name == settings.tx_model_name]
+    assert [u.version for u in updates] == [champion.version]
