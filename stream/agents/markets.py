@@ -35,6 +35,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from chaincast.stream.bars import Refused, parse_trades
+from chaincast.stream.batches import batches
 from chaincast.stream.bounds import Bounds
 from chaincast.stream.chain import with_chain
 from chaincast.stream.failure import stop_unacknowledged
@@ -61,8 +62,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SOURCE = "stream.markets"
 CHAIN_CATCH_UP_S = 30.0
-BATCH = 500  # messages per batch at most
-BATCH_WITHIN_S = 0.002  # and no longer than this after the first
+BATCH = 500  # messages per batch at most (what has arrived: stream.batches)
 
 
 class MarketBatch:
@@ -181,7 +181,7 @@ def register(s: "Streams") -> None:
         except asyncio.TimeoutError:
             log.warning("chain blocks not caught up after %.0fs; bars start without them", CHAIN_CATCH_UP_S)
         await s.slots.ready.wait()  # hold trades (not drop them) until the default forecaster serves
-        async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
+        async for events in batches(stream, BATCH):
             TRADE_MESSAGES.inc(len(events))
             try:
                 batch = MarketBatch(s, bounds)
@@ -189,5 +189,5 @@ def register(s: "Streams") -> None:
                     await batch.add(event.key, event.value)
                 await batch.forecast()
                 await batch.commit()
-            except Exception as exc:  # noqa: BLE001 - not one record's fault: never let Faust ack this batch
+            except Exception as exc:  # noqa: BLE001 - not one record's fault: never ack this batch
                 stop_unacknowledged(SOURCE, exc)

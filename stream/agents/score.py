@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from chaincast.stream.batches import batches
 from chaincast.stream.failure import stop_unacknowledged
 from chaincast.stream.metrics import LIVE_COVERAGE, LIVE_MAE, LIVE_SCORED, LIVE_SKILL, RETRAIN_REQUESTS
 from chaincast.stream.records import Bar, Prediction, forecaster_key
@@ -77,7 +78,7 @@ def register(s: "Streams") -> None:
     @s.app.agent(both, name="score")
     async def score(stream):  # noqa: ANN001 - a faust stream
         # Batched: each market's state is written to its changelog and to Redis once per batch.
-        async for events in stream.take_events(500, within=0.005):
+        async for events in batches(stream, 500):
             states: dict[str, tuple[str, MarketScore, Update]] = {}  # market -> merged update of the batch
             for event in events:
                 topic, raw = event.message.topic, event.value

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from chaincast.models.serving import ORT_ERRORS
 from chaincast.models.tx_serving import TxForecaster
+from chaincast.stream.batches import batches
 from chaincast.stream.metrics import TX_ALERTS, TX_FORECASTS, TX_LIVE_MAE, TX_LIVE_SKILL, TX_RETRACTED
 from chaincast.stream.model_slot import ModelSlot, watch_models
 from chaincast.stream.records import Block, ModelUpdate, Tx
@@ -120,7 +121,7 @@ def register(s: "Streams") -> None:
     @s.app.agent(both, name="txs")
     async def txs(stream):  # noqa: ANN001 - a faust stream
         await slot.ready.wait()  # hold transactions (not drop them) until a model serves
-        async for events in stream.take_events(500, within=0.05):
+        async for events in batches(stream, 500):
             pending: list[Tx] = []
             for event in events:
                 raw = event.value
