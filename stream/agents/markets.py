@@ -96,7 +96,7 @@ class MarketBatch:
         market = key.decode()  # parse_trades checked it is the market key
         if (state := self.states.get(market)) is None:
             first = trades[0]
-            state = self.states[market] = MarketState.load(s.markets.get(market), first.exchange, first.symbol)
+            state = self.states[market] = MarketState.load(s.markets.get(key), first.exchange, first.symbol)
         folded = state.fold(trades, self.bounds)
         symbol = state.bars.symbol
         for trade, reason in folded.refused:
@@ -164,7 +164,7 @@ class MarketBatch:
         (before Faust may commit the batch's offsets: ``Streams.record``)."""
         if self.sent:
             await asyncio.gather(*self.sent)
-        await self.s.record(self.s.markets, {market: state.entry() for market, state in self.states.items()})
+        await self.s.record(self.s.markets, {market.encode(): state.entry() for market, state in self.states.items()})
 
 
 def bar_key(bar: Bar) -> bytes:
