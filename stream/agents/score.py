@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from chaincast.stream.batches import batches
+from chaincast.stream.batches import each_batch
 from chaincast.stream.failure import stop_unacknowledged
 from chaincast.stream.metrics import LIVE_COVERAGE, LIVE_MAE, LIVE_SCORED, LIVE_SKILL, RETRAIN_REQUESTS
 from chaincast.stream.records import Bar, Prediction, forecaster_key
@@ -78,26 +78,28 @@ def register(s: "Streams") -> None:
 
     @s.app.agent(both, name="score")
     async def score(stream):  # noqa: ANN001 - a faust stream
+        await each_batch(stream, 500, handle)
+
+    async def handle(events: list) -> None:
         # Batched: each market's state is written to its changelog and to Redis once per batch.
-        async for events in batches(stream, 500):
-            states: dict[str, tuple[str, MarketScore, Update]] = {}  # market -> merged update of the batch
-            for event in events:
-                topic, raw = event.message.topic, event.value
-                market = (event.key or b"").decode(errors="replace")
-                try:
-                    record: Bar | Prediction = (Bar.loads(raw) if topic == settings.topic_bars
-                                                else Prediction.loads(raw))
-                except ValidationError:
-                    continue  # the bars and predict agents dead-letter what they refuse; nothing new to say here
-                if market not in states:
-                    states[market] = (record.symbol, MarketScore(table.get(market.encode()), settings.score_window, max_h),
-                                      Update(stats=[], dropped=[]))
-                symbol, state, total = states[market]
-                update = state.on_bar(record) if isinstance(record, Bar) else state.on_prediction(record)
-                states[market] = (symbol, state, total.merge(update))
-            try:  # Redis first, then the state that stands for it (see stream.failure)
-                for symbol, state, total in states.values():
-                    await publish(symbol, state, total)
-                await s.record(table, {market.encode(): state.state for market, (_, state, _) in states.items()})
-            except Exception as exc:  # noqa: BLE001 - Redis beyond its retry budget, or a bug: never ack
-                stop_unacknowledged(SOURCE, exc)
+        states: dict[bytes, tuple[str, MarketScore, Update]] = {}  # market key -> merged update of the batch
+        for event in events:
+            topic, raw = event.message.topic, event.value
+            market = event.key or b""
+            try:
+                record: Bar | Prediction = (Bar.loads(raw) if topic == settings.topic_bars
+                                            else Prediction.loads(raw))
+            except ValidationError:
+                continue  # the bars and predict agents dead-letter what they refuse; nothing new to say here
+            if market not in states:
+                states[market] = (record.symbol, MarketScore(table.get(market), settings.score_window, max_h),
+                                  Update(stats=[], dropped=[]))
+            symbol, state, total = states[market]
+            update = state.on_bar(record) if isinstance(record, Bar) else state.on_prediction(record)
+            states[market] = (symbol, state, total.merge(update))
+        try:  # Redis first, then the state that stands for it (see stream.failure)
+            for symbol, state, total in states.values():
+                await publish(symbol, state, total)
+            await s.record(table, {market: state.state for market, (_, state, _) in states.items()})
+        except Exception as exc:  # noqa: BLE001 - Redis beyond its retry budget, or a bug: never ack
+            stop_unacknowledged(SOURCE, exc)
