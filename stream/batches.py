@@ -17,8 +17,9 @@ raised.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import faust
@@ -26,14 +27,45 @@ if TYPE_CHECKING:
 
 async def each_batch(stream: "faust.StreamT", most: int,
                      handle: Callable[[list["faust.EventT"]], Awaitable[None]]) -> None:
-    """Hand ``handle`` the stream's events in batches of what has already arrived; acknowledge each once it returns."""
-    events = stream.noack()  # acknowledged here, by batch (Faust acknowledges the events it skips itself)
-    arrived = events.channel.queue  # what Faust has delivered to this agent that it has not taken yet
-    batch: list[faust.EventT] = []
-    async for event in events.events():
-        batch.append(event)
-        if len(batch) >= most or arrived.empty():
+    """Hand ``handle`` the stream's events in batches of what has already arrived; acknowledge each once it returns.
+
+    Built as Faust builds ``take_events`` (the stream drained in the background into a buffer
+    by a processor), except that a batch is taken as soon as the buffer holds anything, not on
+    a timer. Events Faust skips (a paused flow during a rebalance, a past consumer generation)
+    never reach the buffer and Faust acknowledges them; what the buffer holds is handled and
+    acknowledged even when the drain is blocked, so a rebalance waiting for every event to be
+    acknowledged never waits on a batch that no next event would release.
+    """
+    buffer: list[faust.EventT] = []
+    filled = asyncio.Event()  # the buffer holds events
+    room = asyncio.Event()  # the buffer is below ``most``: the drain may add more
+    room.set()
+
+    async def add(value: Any) -> Any:
+        event = stream.current_event
+        assert event is not None, "a stream over a topic: every value has its event"
+        buffer.append(event)
+        filled.set()
+        if len(buffer) >= most:
+            room.clear()
+            await stream.wait(room)  # type: ignore[arg-type] - mode's wait takes any awaitable event
+        return value
+
+    acks, stream.enable_acks = stream.enable_acks, False  # acknowledged here, by batch
+    stream.add_processor(add)
+    stream._enable_passive(cast("faust.ChannelT", aiter(stream.channel)))  # noqa: SLF001 - as take_events does
+    try:
+        while not stream.should_stop:
+            await stream.wait_for_stopped(filled)  # type: ignore[arg-type]
+            if not buffer:
+                continue
+            batch = list(buffer)
+            buffer.clear()
+            filled.clear()
+            room.set()
             await handle(batch)
-            for done in batch:
-                done.ack()
-            batch = []
+            for event in batch:
+                await stream.ack(event)
+    finally:
+        stream.enable_acks = acks
+        stream._processors.remove(add)  # noqa: SLF001
