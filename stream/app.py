@@ -54,7 +54,10 @@ def create_app(settings: Settings) -> Streams:
         # Written once per market per batch (stream.take): the key, not the current event,
         # picks the partition, which matches the input topic's because both are keyed by
         # market with the default partitioner.
-        markets=app.Table("markets", partitions=settings.partitions, key_type=str, use_partitioner=True,
+        # Keyed by the market key's bytes, serialized raw, so an entry's changelog partition is its market's
+        # trades partition (the same murmur2 of the same bytes): a worker recovers its markets' state with
+        # its trades. (A str key is serialized as JSON, quotes and all, and lands elsewhere.)
+        markets=app.Table("markets", partitions=settings.partitions, key_type=bytes, use_partitioner=True,
                           extra_topic_configs=kafka_options.topic_configs(settings)),
         slots=ModelSlots.of(settings),  # one per forecaster of CHAINCAST_FORECASTS
         sink=RedisSink(settings.redis_url or "", settings.redis_prefix, settings.history_maxlen,

@@ -1,14 +1,15 @@
 """How a stream worker stops when its infrastructure fails: before the batch is acknowledged.
 
-Faust's ``take``/``take_events`` acknowledge the whole batch in their ``finally``,
-even when the agent body raised, and a graceful stop commits acknowledged
-offsets on the way out. So an agent body never raises: per-record problems are
-dead-lettered where they occur, and anything else (the broker refusing a send,
-Redis down beyond its retry budget, a bug) ends the process at once, without
-unwinding through Faust. The batch stays uncommitted and is redone after the
-restart (Kubernetes, compose or ``chaincast up`` restart the worker); the state
-it would have recorded was not recorded, because state is saved only after the
-outputs are acknowledged.
+The agents take their records by batch (``stream.batches``) and a batch is
+acknowledged only after its body has confirmed its outputs and recorded its
+state. A body still never raises: Faust would carry on without the crashed
+agent, and a graceful stop commits the offsets acknowledged so far. So
+per-record problems are dead-lettered where they occur, and anything else (the
+broker refusing a send, Redis down beyond its retry budget, a bug) ends the
+process at once, without unwinding through Faust. The batch stays uncommitted
+and is redone after the restart (Kubernetes, compose or ``chaincast up``
+restart the worker); the state it would have recorded was not recorded, because
+state is saved only after the outputs are acknowledged.
 """
 
 from __future__ import annotations

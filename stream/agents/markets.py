@@ -35,6 +35,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from chaincast.stream.bars import Refused, parse_trades
+from chaincast.stream.batches import each_batch
 from chaincast.stream.bounds import Bounds
 from chaincast.stream.chain import with_chain
 from chaincast.stream.failure import stop_unacknowledged
@@ -61,8 +62,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SOURCE = "stream.markets"
 CHAIN_CATCH_UP_S = 30.0
-BATCH = 500  # messages per batch at most
-BATCH_WITHIN_S = 0.002  # and no longer than this after the first
+BATCH = 500  # messages per batch at most (what has arrived: stream.batches)
 
 
 class MarketBatch:
@@ -96,7 +96,7 @@ class MarketBatch:
         market = key.decode()  # parse_trades checked it is the market key
         if (state := self.states.get(market)) is None:
             first = trades[0]
-            state = self.states[market] = MarketState.load(s.markets.get(market), first.exchange, first.symbol)
+            state = self.states[market] = MarketState.load(s.markets.get(key), first.exchange, first.symbol)
         folded = state.fold(trades, self.bounds)
         symbol = state.bars.symbol
         for trade, reason in folded.refused:
@@ -164,7 +164,7 @@ class MarketBatch:
         (before Faust may commit the batch's offsets: ``Streams.record``)."""
         if self.sent:
             await asyncio.gather(*self.sent)
-        await self.s.record(self.s.markets, {market: state.entry() for market, state in self.states.items()})
+        await self.s.record(self.s.markets, {market.encode(): state.entry() for market, state in self.states.items()})
 
 
 def bar_key(bar: Bar) -> bytes:
@@ -181,13 +181,15 @@ def register(s: "Streams") -> None:
         except asyncio.TimeoutError:
             log.warning("chain blocks not caught up after %.0fs; bars start without them", CHAIN_CATCH_UP_S)
         await s.slots.ready.wait()  # hold trades (not drop them) until the default forecaster serves
-        async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
-            TRADE_MESSAGES.inc(len(events))
-            try:
-                batch = MarketBatch(s, bounds)
-                for event in events:
-                    await batch.add(event.key, event.value)
-                await batch.forecast()
-                await batch.commit()
-            except Exception as exc:  # noqa: BLE001 - not one record's fault: never let Faust ack this batch
-                stop_unacknowledged(SOURCE, exc)
+        await each_batch(stream, BATCH, handle)
+
+    async def handle(events: list) -> None:
+        TRADE_MESSAGES.inc(len(events))
+        try:
+            batch = MarketBatch(s, bounds)
+            for event in events:
+                await batch.add(event.key, event.value)
+            await batch.forecast()
+            await batch.commit()
+        except Exception as exc:  # noqa: BLE001 - not one record's fault: never ack this batch
+            stop_unacknowledged(SOURCE, exc)

@@ -3,8 +3,8 @@
 One agent reads both topics: both are keyed by market with the same partition
 count, so a market's bars and predictions land on the same partition number
 and so in the same worker, and its state (``stream.scoring.MarketScore``) lives
-in one changelogged table keyed by the market (str keys, default serializers:
-what Faust's changelog recovery handles). Scores go to Prometheus and to the
+in one changelogged table keyed by the market key's bytes (serialized raw, so
+a market's entry shares its bars' partition number and recovers with them). Scores go to Prometheus and to the
 score hash of each forecaster through the worker's sink (``stream.sink``, keys
 from ``stream.redis_layout``); a full window of negative live skill sets the
 flag of the retrainer of that forecaster's model there too.
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from chaincast.stream.batches import each_batch
 from chaincast.stream.failure import stop_unacknowledged
 from chaincast.stream.metrics import LIVE_COVERAGE, LIVE_MAE, LIVE_SCORED, LIVE_SKILL, RETRAIN_REQUESTS
 from chaincast.stream.records import Bar, Prediction, forecaster_key
@@ -32,8 +33,9 @@ SOURCE = "stream.score"
 
 def register(s: "Streams") -> None:
     settings = s.settings
-    # Written from batches: the key picks the partition (as for the bars topic), not the current event.
-    table = s.app.Table("scores", partitions=settings.partitions, key_type=str, use_partitioner=True)
+    # Written from batches: the key picks the partition, not the current event; the market key's bytes,
+    # serialized raw, pick its bars' partition (as the markets table, stream.app).
+    table = s.app.Table("scores", partitions=settings.partitions, key_type=bytes, use_partitioner=True)
     both = s.app.topic(settings.topic_bars, settings.topic_predictions, key_serializer="raw",
                        value_serializer="raw")
 
@@ -76,26 +78,28 @@ def register(s: "Streams") -> None:
 
     @s.app.agent(both, name="score")
     async def score(stream):  # noqa: ANN001 - a faust stream
+        await each_batch(stream, 500, handle)
+
+    async def handle(events: list) -> None:
         # Batched: each market's state is written to its changelog and to Redis once per batch.
-        async for events in stream.take_events(500, within=0.005):
-            states: dict[str, tuple[str, MarketScore, Update]] = {}  # market -> merged update of the batch
-            for event in events:
-                topic, raw = event.message.topic, event.value
-                market = (event.key or b"").decode(errors="replace")
-                try:
-                    record: Bar | Prediction = (Bar.loads(raw) if topic == settings.topic_bars
-                                                else Prediction.loads(raw))
-                except ValidationError:
-                    continue  # the bars and predict agents dead-letter what they refuse; nothing new to say here
-                if market not in states:
-                    states[market] = (record.symbol, MarketScore(table.get(market), settings.score_window, max_h),
-                                      Update(stats=[], dropped=[]))
-                symbol, state, total = states[market]
-                update = state.on_bar(record) if isinstance(record, Bar) else state.on_prediction(record)
-                states[market] = (symbol, state, total.merge(update))
-            try:  # Redis first, then the state that stands for it (see stream.failure)
-                for symbol, state, total in states.values():
-                    await publish(symbol, state, total)
-                await s.record(table, {market: state.state for market, (_, state, _) in states.items()})
-            except Exception as exc:  # noqa: BLE001 - Redis beyond its retry budget, or a bug: never ack
-                stop_unacknowledged(SOURCE, exc)
+        states: dict[bytes, tuple[str, MarketScore, Update]] = {}  # market key -> merged update of the batch
+        for event in events:
+            topic, raw = event.message.topic, event.value
+            market = event.key or b""
+            try:
+                record: Bar | Prediction = (Bar.loads(raw) if topic == settings.topic_bars
+                                            else Prediction.loads(raw))
+            except ValidationError:
+                continue  # the bars and predict agents dead-letter what they refuse; nothing new to say here
+            if market not in states:
+                states[market] = (record.symbol, MarketScore(table.get(market), settings.score_window, max_h),
+                                  Update(stats=[], dropped=[]))
+            symbol, state, total = states[market]
+            update = state.on_bar(record) if isinstance(record, Bar) else state.on_prediction(record)
+            states[market] = (symbol, state, total.merge(update))
+        try:  # Redis first, then the state that stands for it (see stream.failure)
+            for symbol, state, total in states.values():
+                await publish(symbol, state, total)
+            await s.record(table, {market: state.state for market, (_, state, _) in states.items()})
+        except Exception as exc:  # noqa: BLE001 - Redis beyond its retry budget, or a bug: never ack
+            stop_unacknowledged(SOURCE, exc)

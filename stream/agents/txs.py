@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from chaincast.models.serving import ORT_ERRORS
 from chaincast.models.tx_serving import TxForecaster
+from chaincast.stream.batches import each_batch
 from chaincast.stream.metrics import TX_ALERTS, TX_FORECASTS, TX_LIVE_MAE, TX_LIVE_SKILL, TX_RETRACTED
 from chaincast.stream.model_slot import ModelSlot, watch_models
 from chaincast.stream.records import Block, ModelUpdate, Tx
@@ -120,25 +121,27 @@ def register(s: "Streams") -> None:
     @s.app.agent(both, name="txs")
     async def txs(stream):  # noqa: ANN001 - a faust stream
         await slot.ready.wait()  # hold transactions (not drop them) until a model serves
-        async for events in stream.take_events(500, within=0.05):
-            pending: list[Tx] = []
-            for event in events:
-                raw = event.value
-                if event.message.topic == settings.topic_blocks:
-                    try:
-                        block = Block.loads(raw)
-                    except ValidationError:
-                        continue  # the chain features consumer logs unreadable blocks
-                    if block.reorged:
-                        await write(forecast(pending))  # keep order: what came before the retraction first
-                        pending = []
-                        await retract(live.retract(block.hash))
-                    continue
+        await each_batch(stream, 500, handle)
+
+    async def handle(events: list) -> None:
+        pending: list[Tx] = []
+        for event in events:
+            raw = event.value
+            if event.message.topic == settings.topic_blocks:
                 try:
-                    pending.append(Tx.loads(raw))
-                except ValidationError as exc:
-                    await s.dead_letter(SOURCE, raw, f"invalid: {exc.errors()[0]['msg']}", topic=settings.topic_txs)
-            await write(forecast(pending))
+                    block = Block.loads(raw)
+                except ValidationError:
+                    continue  # the chain features consumer logs unreadable blocks
+                if block.reorged:
+                    await write(forecast(pending))  # keep order: what came before the retraction first
+                    pending = []
+                    await retract(live.retract(block.hash))
+                continue
+            try:
+                pending.append(Tx.loads(raw))
+            except ValidationError as exc:
+                await s.dead_letter(SOURCE, raw, f"invalid: {exc.errors()[0]['msg']}", topic=settings.topic_txs)
+        await write(forecast(pending))
 
     def forecast(pending: list[Tx]) -> list[Outcome]:
         model = slot.current

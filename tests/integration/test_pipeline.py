@@ -15,6 +15,7 @@ import json
 import numpy as np
 import pytest
 import redis
+from aiokafka.partitioner import DefaultPartitioner
 
 from chaincast.models.history import CLOSE, HIGH, LOW, OPEN, TS, VOLUME
 from chaincast.producers.replay import replay
@@ -26,7 +27,7 @@ from chaincast.stream.predict import forecast, history_size, push, ready
 from chaincast.stream.records import Bar, Block, DeadLetter, Prediction, Trade, TradeBatch
 from chaincast.stream.redis_layout import RedisLayout
 from tests.conftest import TEST_DATA
-from tests.integration.conftest import DAY, day_of, markets, read_topic, send_raw, start_worker
+from tests.integration.conftest import DAY, day_of, markets, read_all, read_topic, send_raw, start_worker
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 CLOSED_PER_SYMBOL = DAY - 1  # the day's last bar stays open: no later trade closes it
@@ -140,6 +141,15 @@ def test_replayed_day_becomes_bars_predictions_and_dead_letters(served, tmp_path
     reasons = sorted(DeadLetter.loads(m.value).reason.split(":")[0] for m in letters)
     assert reasons == ["invalid", "invalid", "unknown_symbol"]
     assert all(DeadLetter.loads(m.value).source == "stream.markets" for m in letters)
+
+    # A market's state is logged on its trades' (and bars') partition number, so the worker that is
+    # given the market recovers its state with it (measured before: BTCUSDT's on partition 0, its trades on 1).
+    every = list(range(settings.partitions))
+    for table in ("markets", "scores"):
+        records = asyncio.run(read_all(settings, f"{settings.app_id}-{table}-changelog"))
+        assert {m.key for m in records} == {f"binance:{sym}".encode() for sym in SYMBOLS}, table
+        assert {(m.key, m.partition) for m in records} == {
+            (key, DefaultPartitioner()(key, every, every)) for key in {m.key for m in records}}, table
 
 
 # Once xfail on the embedded broker ("trades never reach the agent although the broker holds them

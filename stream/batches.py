@@ -1,0 +1,71 @@
+"""Batches of what has arrived: how every stream agent takes its records.
+
+``each_batch(stream, most, handle)`` hands ``handle`` the events Faust has
+already delivered to the agent, at most ``most`` at a time, and never waits for
+more: a lone record (a bar close, a block) is handled at once, while a backlog
+is worked through in full batches (one inference, one Redis round trip, one
+table write per key). A batch is acknowledged as soon as ``handle`` returns, so
+only after it has confirmed its outputs and recorded its state; a ``handle``
+that raises (or ends the worker, ``stream.failure``) leaves it unacknowledged.
+
+Faust's own ``take``/``take_events(n, within)`` are not used: they wake every
+``within`` seconds whether or not anything arrived (an idle worker burns CPU on
+the wake-ups, a second worker burns it again, and each record waits for the
+next one), and they acknowledge a batch in their ``finally`` even when the body
+raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    import faust
+
+
+async def each_batch(stream: "faust.StreamT", most: int,
+                     handle: Callable[[list["faust.EventT"]], Awaitable[None]]) -> None:
+    """Hand ``handle`` the stream's events in batches of what has already arrived; acknowledge each once it returns.
+
+    Built as Faust builds ``take_events`` (the stream drained in the background into a buffer
+    by a processor), except that a batch is taken as soon as the buffer holds anything, not on
+    a timer. Events Faust skips (a paused flow during a rebalance, a past consumer generation)
+    never reach the buffer and Faust acknowledges them; what the buffer holds is handled and
+    acknowledged even when the drain is blocked, so a rebalance waiting for every event to be
+    acknowledged never waits on a batch that no next event would release.
+    """
+    buffer: list[faust.EventT] = []
+    filled = asyncio.Event()  # the buffer holds events
+    room = asyncio.Event()  # the buffer is below ``most``: the drain may add more
+    room.set()
+
+    async def add(value: Any) -> Any:
+        event = stream.current_event
+        assert event is not None, "a stream over a topic: every value has its event"
+        buffer.append(event)
+        filled.set()
+        if len(buffer) >= most:
+            room.clear()
+            await stream.wait(room)  # type: ignore[arg-type] - mode's wait takes any awaitable event
+        return value
+
+    acks, stream.enable_acks = stream.enable_acks, False  # acknowledged here, by batch
+    stream.add_processor(add)
+    stream._enable_passive(cast("faust.ChannelT", aiter(stream.channel)))  # noqa: SLF001 - as take_events does
+    try:
+        while not stream.should_stop:
+            await stream.wait_for_stopped(filled)  # type: ignore[arg-type]
+            if not buffer:
+                continue
+            batch = list(buffer)
+            buffer.clear()
+            filled.clear()
+            room.set()
+            await handle(batch)
+            for event in batch:
+                await stream.ack(event)
+    finally:
+        stream.enable_acks = acks
+        stream._processors.remove(add)  # noqa: SLF001
