@@ -5,8 +5,10 @@ already delivered to the agent, at most ``most`` at a time, and never waits for
 more: a lone record (a bar close, a block) is handled at once, while a backlog
 is worked through in full batches (one inference, one Redis round trip, one
 table write per key). A batch is acknowledged as soon as ``handle`` returns, so
-only after it has confirmed its outputs and recorded its state; a ``handle``
-that raises (or ends the worker, ``stream.failure``) leaves it unacknowledged.
+only after it has confirmed its outputs and recorded its state. A ``handle``
+that raises ends the worker before the batch is acknowledged
+(``stream.failure``): per-record problems are for ``handle`` to dead-letter, so
+whatever reaches here is the broker, Redis beyond its budget, or a bug.
 
 Faust's own ``take``/``take_events(n, within)`` are not used: they wake every
 ``within`` seconds whether or not anything arrived (an idle worker burns CPU on
@@ -21,13 +23,16 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
+from chaincast.stream.failure import stop_unacknowledged
+
 if TYPE_CHECKING:
     import faust
 
 
-async def each_batch(stream: "faust.StreamT", most: int,
-                     handle: Callable[[list["faust.EventT"]], Awaitable[None]]) -> None:
-    """Hand ``handle`` the stream's events in batches of what has already arrived; acknowledge each once it returns.
+async def each_batch(stream: "faust.StreamT", most: int, handle: Callable[[list["faust.EventT"]], Awaitable[None]],
+                     source: str) -> None:
+    """Hand ``handle`` the stream's events in batches of what has already arrived; acknowledge each once it
+    returns, and end the worker unacknowledged (as ``source``) if it raises.
 
     Built as Faust builds ``take_events`` (the stream drained in the background into a buffer
     by a processor), except that a batch is taken as soon as the buffer holds anything, not on
@@ -63,7 +68,10 @@ async def each_batch(stream: "faust.StreamT", most: int,
             buffer.clear()
             filled.clear()
             room.set()
-            await handle(batch)
+            try:
+                await handle(batch)
+            except Exception as exc:  # noqa: BLE001 - not one record's fault: never acknowledge this batch
+                stop_unacknowledged(source, exc)
             for event in batch:
                 await stream.ack(event)
     finally:

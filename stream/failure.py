@@ -2,11 +2,11 @@
 
 The agents take their records by batch (``stream.batches``) and a batch is
 acknowledged only after its body has confirmed its outputs and recorded its
-state. A body still never raises: Faust would carry on without the crashed
-agent, and a graceful stop commits the offsets acknowledged so far. So
-per-record problems are dead-lettered where they occur, and anything else (the
-broker refusing a send, Redis down beyond its retry budget, a bug) ends the
-process at once, without unwinding through Faust. The batch stays uncommitted
+state. An exception must still not unwind through Faust, which would carry on
+without the crashed agent and commit the offsets acknowledged so far at a
+graceful stop. So per-record problems are dead-lettered where they occur, and
+anything else (the broker refusing a send, Redis down beyond its retry budget, a
+bug) reaches ``stream.batches.each_batch``, which ends the process here at once. The batch stays uncommitted
 and is redone after the restart (Kubernetes, compose or ``chaincast up``
 restart the worker); the state it would have recorded was not recorded, because
 state is saved only after the outputs are acknowledged.

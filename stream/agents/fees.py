@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from chaincast.stream.batches import each_batch
-from chaincast.stream.failure import stop_unacknowledged
 from chaincast.stream.fee_models import fee_slots, serving, watch_fee_models
 from chaincast.stream.fees import FeeChain, Outcome
 from chaincast.stream.metrics import (
@@ -77,13 +76,10 @@ def register(s: "Streams") -> None:
     @s.app.agent(blocks, name="fees")
     async def fees(stream):  # noqa: ANN001 - a faust stream
         await models_known.wait()  # the champions announced before this worker started serve from its first block
-        await each_batch(stream, 256, handle)
+        await each_batch(stream, 256, handle, SOURCE)
 
     async def handle(events: list) -> None:
-        try:
-            await fold([e.value for e in events], serving(slots))  # the models once per batch: a hot swap never splits one
-        except Exception as exc:  # noqa: BLE001 - Redis beyond its retry budget, the broker, a bug: never ack
-            stop_unacknowledged(SOURCE, exc)
+        await fold([e.value for e in events], serving(slots))  # the models once per batch: a hot swap never splits one
 
     async def fold(values: list[bytes], models: dict) -> None:
         """One batch: forecast, dead-letter what is refused, write Redis and the topic, then record the state."""

@@ -38,7 +38,6 @@ from chaincast.stream.bars import Refused, parse_trades
 from chaincast.stream.batches import each_batch
 from chaincast.stream.bounds import Bounds
 from chaincast.stream.chain import with_chain
-from chaincast.stream.failure import stop_unacknowledged
 from chaincast.stream.market import MarketState
 from chaincast.stream.metrics import (
     BAND_SCALE,
@@ -181,15 +180,12 @@ def register(s: "Streams") -> None:
         except asyncio.TimeoutError:
             log.warning("chain blocks not caught up after %.0fs; bars start without them", CHAIN_CATCH_UP_S)
         await s.slots.ready.wait()  # hold trades (not drop them) until the default forecaster serves
-        await each_batch(stream, BATCH, handle)
+        await each_batch(stream, BATCH, handle, SOURCE)
 
     async def handle(events: list) -> None:
         TRADE_MESSAGES.inc(len(events))
-        try:
-            batch = MarketBatch(s, bounds)
-            for event in events:
-                await batch.add(event.key, event.value)
-            await batch.forecast()
-            await batch.commit()
-        except Exception as exc:  # noqa: BLE001 - not one record's fault: never ack this batch
-            stop_unacknowledged(SOURCE, exc)
+        batch = MarketBatch(s, bounds)
+        for event in events:
+            await batch.add(event.key, event.value)
+        await batch.forecast()
+        await batch.commit()

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from chaincast.stream.batches import each_batch
-from chaincast.stream.failure import stop_unacknowledged
 from chaincast.stream.metrics import LIVE_COVERAGE, LIVE_MAE, LIVE_SCORED, LIVE_SKILL, RETRAIN_REQUESTS
 from chaincast.stream.records import Bar, Prediction, forecaster_key
 from chaincast.stream.scoring import MarketScore, Update
@@ -78,7 +77,7 @@ def register(s: "Streams") -> None:
 
     @s.app.agent(both, name="score")
     async def score(stream):  # noqa: ANN001 - a faust stream
-        await each_batch(stream, 500, handle)
+        await each_batch(stream, 500, handle, SOURCE)
 
     async def handle(events: list) -> None:
         # Batched: each market's state is written to its changelog and to Redis once per batch.
@@ -97,9 +96,6 @@ def register(s: "Streams") -> None:
             symbol, state, total = states[market]
             update = state.on_bar(record) if isinstance(record, Bar) else state.on_prediction(record)
             states[market] = (symbol, state, total.merge(update))
-        try:  # Redis first, then the state that stands for it (see stream.failure)
-            for symbol, state, total in states.values():
-                await publish(symbol, state, total)
-            await s.record(table, {market: state.state for market, (_, state, _) in states.items()})
-        except Exception as exc:  # noqa: BLE001 - Redis beyond its retry budget, or a bug: never ack
-            stop_unacknowledged(SOURCE, exc)
+        for symbol, state, total in states.values():  # Redis first, then the state that stands for it
+            await publish(symbol, state, total)
+        await s.record(table, {market: state.state for market, (_, state, _) in states.items()})

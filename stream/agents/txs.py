@@ -121,7 +121,7 @@ def register(s: "Streams") -> None:
     @s.app.agent(both, name="txs")
     async def txs(stream):  # noqa: ANN001 - a faust stream
         await slot.ready.wait()  # hold transactions (not drop them) until a model serves
-        await each_batch(stream, 500, handle)
+        await each_batch(stream, 500, handle, SOURCE)
 
     async def handle(events: list) -> None:
         pending: list[Tx] = []
