@@ -51,12 +51,10 @@ def create_app(settings: Settings) -> Streams:
         bars=topic(settings.topic_bars, settings.partitions),
         predictions=topic(settings.topic_predictions, settings.partitions),
         deadletter=topic(settings.topic_deadletter, 1),
-        # Written once per market per batch (stream.take): the key, not the current event,
-        # picks the partition, which matches the input topic's because both are keyed by
-        # market with the default partitioner.
-        # Keyed by the market key's bytes, serialized raw, so an entry's changelog partition is its market's
-        # trades partition (the same murmur2 of the same bytes): a worker recovers its markets' state with
-        # its trades. (A str key is serialized as JSON, quotes and all, and lands elsewhere.)
+        # Written once per market per batch (stream.batches), so the key, not the current event, picks
+        # the changelog partition: the market key's bytes, serialized raw, give its trades' partition
+        # (the same murmur2 of the same bytes), and a worker recovers its markets' state with their
+        # trades. (A str key is serialized as JSON, quotes and all, and lands elsewhere.)
         markets=app.Table("markets", partitions=settings.partitions, key_type=bytes, use_partitioner=True,
                           extra_topic_configs=kafka_options.topic_configs(settings)),
         slots=ModelSlots.of(settings),  # one per forecaster of CHAINCAST_FORECASTS

@@ -40,7 +40,7 @@ class Streams:
     chain: ChainMinutes
     chain_ready: asyncio.Event
 
-    async def record(self, table: faust.Table, entries: dict[str, Any]) -> None:
+    async def record(self, table: faust.Table, entries: dict[Any, Any]) -> None:
         """Write an agent's state for its batch, and return once it is on the broker: only then may
         Faust acknowledge the batch (every agent that keeps state records it here)."""
         for key, value in entries.items():

@@ -82,14 +82,6 @@ class MarketState:
         q10, q90 = band.calibrate(p.bar_ts, closes, p.q10, p.q50, p.q90)
         return p.model_copy(update={"q10": q10, "q90": q90})
 
-    def bars_dict(self) -> dict:
-        """The bar part of ``entry``: the bar being built."""
-        return {"bars": self.bars.to_dict()}
-
-    def window_dict(self) -> dict:
-        """The forecast part of ``entry``: the window and the live calibration of the bands."""
-        return {"window": self.window, "bands": {k: b.to_dict() for k, b in self.bands.items()}}
-
     def entry(self) -> dict:
         """The one ``markets`` table entry of the market: bar state, window and bands together.
 
@@ -98,9 +90,11 @@ class MarketState:
         the window written only when a bar closed, cut the cost of a message by a third, but
         the Apache Kafka SIGKILL test then once found a market recovered with an empty
         window, 115 forecasts missing; the cause was not found in time, so the split was
-        withdrawn: deploy/BENCHMARKS.md.)
+        withdrawn: deploy/BENCHMARKS.md. The changelog-partition defect fixed since, ``stream.app``,
+        fits that symptom; the split was not measured again.)
         """
-        return {**self.bars_dict(), **self.window_dict()}
+        return {"bars": self.bars.to_dict(), "window": self.window,
+                "bands": {k: b.to_dict() for k, b in self.bands.items()}}
 
     @classmethod
     def load(cls, entry: dict | None, exchange: str, symbol: str) -> "MarketState":
