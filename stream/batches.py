@@ -10,6 +10,16 @@ that raises ends the worker before the batch is acknowledged
 (``stream.failure``): per-record problems are for ``handle`` to dead-letter, so
 whatever reaches here is the broker, Redis beyond its budget, or a bug.
 
+An agent that keeps its state in the worker writes it behind instead
+(``behind``, as Kafka Streams caches its stores): ``handle`` does the batch's
+work that cannot wait (the forecast into Redis), and its outputs are confirmed
+and its state recorded by a write that runs beside the next batches. Writes run
+one at a time, back to back, each covering every batch handled since the last
+began, so a backlog pays one state write for several batches, a lone record
+never waits for the previous batch's write, and an idle worker writes nothing.
+The batches a write covers are acknowledged once it completes, in order; a
+write that raises ends the worker with them unacknowledged.
+
 Faust's own ``take``/``take_events(n, within)`` are not used: they wake every
 ``within`` seconds whether or not anything arrived (an idle worker burns CPU on
 the wake-ups, a second worker burns it again, and each record waits for the
@@ -29,10 +39,19 @@ if TYPE_CHECKING:
     import faust
 
 
+HELD_BATCHES = 8  # with ``behind``: batches of ``most`` handled and not yet written before the next waits
+
+
 async def each_batch(stream: "faust.StreamT", most: int, handle: Callable[[list["faust.EventT"]], Awaitable[None]],
-                     source: str) -> None:
+                     source: str, *, behind: Callable[[], Awaitable[None]] | None = None) -> None:
     """Hand ``handle`` the stream's events in batches of what has already arrived; acknowledge each once it
-    returns, and end the worker unacknowledged (as ``source``) if it raises.
+    returns (or, with ``behind``, once the write that covers it completes), and end the worker
+    unacknowledged (as ``source``) if either raises.
+
+    ``behind`` is called between batches, never while ``handle`` runs: it takes, at once, what
+    the batches handled since its last call must make durable, and returns the awaitable that
+    does so. At most ``HELD_BATCHES * most`` events wait for a write before the next batch waits
+    for it.
 
     Built as Faust builds ``take_events`` (the stream drained in the background into a buffer
     by a processor), except that a batch is taken as soon as the buffer holds anything, not on
@@ -56,6 +75,32 @@ async def each_batch(stream: "faust.StreamT", most: int, handle: Callable[[list[
             await stream.wait(room)  # type: ignore[arg-type] - mode's wait takes any awaitable event
         return value
 
+    held: list[faust.EventT] = []  # handled, waiting for the next write (with ``behind``)
+    writing: asyncio.Future[None] | None = None  # the write under way
+    written = asyncio.Event()  # set when a write completes
+    handling = False
+
+    async def write(durable: Awaitable[None], events: list[faust.EventT]) -> None:
+        nonlocal writing
+        try:
+            await durable
+        except Exception as exc:  # noqa: BLE001 - outputs or state not durable: never acknowledge them
+            stop_unacknowledged(source, exc)
+        for event in events:
+            await stream.ack(event)
+        writing = None
+        written.set()
+        write_next()
+
+    def write_next() -> None:  # between batches only: what ``behind`` takes is whole batches
+        nonlocal writing
+        if behind is None or writing is not None or handling or not held:
+            return
+        events = list(held)
+        held.clear()
+        written.clear()
+        writing = asyncio.ensure_future(write(behind(), events))
+
     acks, stream.enable_acks = stream.enable_acks, False  # acknowledged here, by batch
     stream.add_processor(add)
     stream._enable_passive(cast("faust.ChannelT", aiter(stream.channel)))  # noqa: SLF001 - as take_events does
@@ -64,16 +109,24 @@ async def each_batch(stream: "faust.StreamT", most: int, handle: Callable[[list[
             await stream.wait_for_stopped(filled)  # type: ignore[arg-type]
             if not buffer:
                 continue
+            while len(held) >= HELD_BATCHES * most and not stream.should_stop:
+                await stream.wait_for_stopped(written)  # type: ignore[arg-type]
             batch = list(buffer)
             buffer.clear()
             filled.clear()
             room.set()
+            handling = True
             try:
                 await handle(batch)
             except Exception as exc:  # noqa: BLE001 - not one record's fault: never acknowledge this batch
                 stop_unacknowledged(source, exc)
-            for event in batch:
-                await stream.ack(event)
+            handling = False
+            if behind is None:
+                for event in batch:
+                    await stream.ack(event)
+            else:
+                held.extend(batch)
+                write_next()
     finally:
         stream.enable_acks = acks
         stream._processors.remove(add)  # noqa: SLF001

@@ -87,7 +87,7 @@ class LiveBand:
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "horizon": self.horizon, "log_scale": self.log_scale,
-                "pending": self.pending}
+                "pending": list(self.pending)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LiveBand:

@@ -4,8 +4,9 @@ and the live calibration of each forecaster's band (``stream.calibration.LiveBan
 All three live in one changelogged table entry keyed by the market (``exchange:SYMBOL``,
 ``MarketState.entry``), so the worker that closes a bar forecasts it in the same task (one
 broker hop from trade to forecast) and a killed worker's markets recover elsewhere whole.
-The state follows one contract: fold a batch into a copy, snapshot it once the
-batch's outputs are acknowledged, resume from the snapshot.
+The state follows one contract: batches fold into the live state, a snapshot
+(``entry``) is recorded once their outputs are acknowledged, a restarted or
+rebalanced worker resumes from the last snapshot.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ class MarketState:
     def entry(self) -> dict:
         """The one ``markets`` table entry of the market: bar state, window and bands together.
 
-        One entry, written whole for every batch that touched the market, so a recovered
+        One entry, written whole by every write behind batches that touched the market (a
+        copy: later batches go on changing the live state while it waits), so a recovered
         market never has a bar state from one batch and a window from another. (Two entries,
         the window written only when a bar closed, cut the cost of a message by a third, but
         the Apache Kafka SIGKILL test then once found a market recovered with an empty
@@ -93,7 +95,7 @@ class MarketState:
         withdrawn: deploy/BENCHMARKS.md. The changelog-partition defect fixed since, ``stream.app``,
         fits that symptom; the split was not measured again.)
         """
-        return {"bars": self.bars.to_dict(), "window": self.window,
+        return {"bars": self.bars.to_dict(), "window": list(self.window),  # rows are replaced, never changed
                 "bands": {k: b.to_dict() for k, b in self.bands.items()}}
 
     @classmethod

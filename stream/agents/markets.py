@@ -6,15 +6,18 @@ market), writes the forecasts to Redis and ``predictions``, and publishes the
 bar to ``bars.1m`` for the retrainer, the scorer and subscribers without
 waiting on it before the forecast.
 
-Delivery, per batch (DESIGN.md "Reliability rules"):
+Delivery (DESIGN.md "Reliability rules"):
 - a record that cannot be used is dead-lettered with its reason; duplicates
   (a redelivery after a crash) are only counted; the market goes on;
-- every send (bars, predictions, dead letters) is confirmed by the broker and
-  the Redis write has succeeded before the markets' state is recorded, so a
-  worker killed in between redoes the batch: identical bars, the same
-  forecasts (Redis keeps one history entry per bar and horizon);
+- the markets' live state stays in the worker (``Markets``) and is written
+  behind (``stream.batches``): a batch's forecasts reach Redis in the batch,
+  and a write beside the next batches confirms every send (bars, predictions,
+  dead letters), then records each market those batches touched once, then
+  acknowledges them. A worker killed in between redoes them from the last
+  recorded state: identical bars, the same forecasts (Redis keeps one history
+  entry per bar and horizon);
 - anything else (broker, Redis beyond its retry budget, a bug) stops the
-  worker before Faust acknowledges the batch (``stream.failure``).
+  worker before its messages are acknowledged (``stream.failure``).
 
 Bars that close together (several markets in one batch, a replay at speed)
 are forecast in one inference per served forecaster (``CHAINCAST_FORECASTS``)
@@ -64,11 +67,57 @@ CHAIN_CATCH_UP_S = 30.0
 BATCH = 500  # messages per batch at most (what has arrived: stream.batches)
 
 
+class Markets:
+    """The live state of this worker's markets, written behind to the ``markets`` table.
+
+    A batch folds into these states and leaves here what it sent and which markets it
+    changed; ``behind`` (called between batches, ``stream.batches``) takes those at once and
+    returns the write that confirms the sends, then records each changed market. After a
+    rebalance every message has been acknowledged, so every state is in the table: the states
+    are dropped and read again from the table (recovered from the changelog if another worker
+    held the market meanwhile).
+    """
+
+    def __init__(self, s: "Streams") -> None:
+        self.s = s
+        self.states: dict[bytes, MarketState] = {}
+        self.changed: set[bytes] = set()  # markets changed since the last ``behind``
+        self.sent: list[Awaitable[Any]] = []  # broker acks to confirm before those markets are recorded
+
+    def get(self, key: bytes, exchange: str, symbol: str) -> MarketState:
+        if (state := self.states.get(key)) is None:
+            state = self.states[key] = MarketState.load(self.s.markets.get(key), exchange, symbol)
+        return state
+
+    def behind(self) -> Awaitable[None]:
+        sent, self.sent = self.sent, []
+        entries = {key: self.states[key].entry() for key in self.changed}  # a snapshot: later batches go on
+        self.changed = set()
+        return self.write(sent, entries)
+
+    async def write(self, sent: list[Awaitable[Any]], entries: dict[bytes, dict]) -> None:
+        if sent:
+            await asyncio.gather(*sent)
+        await self.s.record(self.s.markets, entries)
+
+    def done(self, batch: "MarketBatch") -> None:
+        """What the batch sent and changed, for the next ``behind``."""
+        self.sent += batch.sent
+        self.changed |= {market.encode() for market in batch.states}
+
+    def drop(self) -> None:
+        """Forget the states (after a rebalance, when every message is acknowledged, so every state written)."""
+        if self.changed:  # only when the worker stops mid-rebalance: Faust no longer waits for the acks
+            log.warning("rebalance with %d markets not yet written; keeping them", len(self.changed))
+        self.states = {key: state for key, state in self.states.items() if key in self.changed}
+
+
 class MarketBatch:
     """One batch of trade messages folded into the markets' state: what to send, what to forecast."""
 
-    def __init__(self, s: "Streams", bounds: Bounds) -> None:
+    def __init__(self, s: "Streams", bounds: Bounds, markets: Markets) -> None:
         self.s = s
+        self.markets = markets
         self.bounds = bounds
         self.symbols = frozenset(s.settings.symbols)
         self.window = s.settings.window
@@ -78,8 +127,8 @@ class MarketBatch:
         self.price_forecaster = next((forecaster_key(sp.target, sp.horizon) for sp in specs
                                       if sp.target == "log_return"), None)
         self.arrived = time.perf_counter()
-        self.states: dict[str, MarketState] = {}  # copies: the table is written after the acks
-        self.sent: list[Awaitable[Any]] = []  # broker acks to confirm before the state is recorded
+        self.states: dict[str, MarketState] = {}  # the live states this batch touched
+        self.sent: list[Awaitable[Any]] = []  # broker acks to confirm before the states are recorded
         self.ready: list[Ready] = []  # closed bars with a full window behind them
 
     async def dead_letter(self, raw: bytes | str | None, reason: str, key: bytes | None) -> None:
@@ -94,8 +143,7 @@ class MarketBatch:
             return
         market = key.decode()  # parse_trades checked it is the market key
         if (state := self.states.get(market)) is None:
-            first = trades[0]
-            state = self.states[market] = MarketState.load(s.markets.get(key), first.exchange, first.symbol)
+            state = self.states[market] = self.markets.get(key, trades[0].exchange, trades[0].symbol)
         folded = state.fold(trades, self.bounds)
         symbol = state.bars.symbol
         for trade, reason in folded.refused:
@@ -158,13 +206,6 @@ class MarketBatch:
             FORECAST.labels(p.symbol, "q10").set(p.price * math.exp(p.q10))
             FORECAST.labels(p.symbol, "q90").set(p.price * math.exp(p.q90))
 
-    async def commit(self) -> None:
-        """Confirm every send, then record the state that consumed the batch, and confirm that too
-        (before Faust may commit the batch's offsets: ``Streams.record``)."""
-        if self.sent:
-            await asyncio.gather(*self.sent)
-        await self.s.record(self.s.markets, {market.encode(): state.entry() for market, state in self.states.items()})
-
 
 def bar_key(bar: Bar) -> bytes:
     return market_key(bar.exchange, bar.symbol).encode()
@@ -172,6 +213,11 @@ def bar_key(bar: Bar) -> bytes:
 
 def register(s: "Streams") -> None:
     bounds = Bounds.from_settings(s.settings)
+    live = Markets(s)
+
+    @s.app.on_partitions_revoked.connect
+    async def drop(app: Any, revoked: Any, **_: Any) -> None:  # noqa: ARG001 - Faust's signal arguments
+        live.drop()  # sent after Faust waited for every message to be acknowledged (so written)
 
     @s.app.agent(s.trades, name="markets")
     async def markets(stream):  # noqa: ANN001 - a faust stream
@@ -180,12 +226,12 @@ def register(s: "Streams") -> None:
         except asyncio.TimeoutError:
             log.warning("chain blocks not caught up after %.0fs; bars start without them", CHAIN_CATCH_UP_S)
         await s.slots.ready.wait()  # hold trades (not drop them) until the default forecaster serves
-        await each_batch(stream, BATCH, handle, SOURCE)
+        await each_batch(stream, BATCH, handle, SOURCE, behind=live.behind)
 
     async def handle(events: list) -> None:
         TRADE_MESSAGES.inc(len(events))
-        batch = MarketBatch(s, bounds)
+        batch = MarketBatch(s, bounds, live)
         for event in events:
             await batch.add(event.key, event.value)
         await batch.forecast()
-        await batch.commit()
+        live.done(batch)
