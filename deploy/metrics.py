@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import defaultdict
+from collections.abc import Sequence
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -16,19 +18,22 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> int:
     return serve_http(port, host)
 
 
-def scrape_samples(port: int, timeout: float = 1.0) -> list[tuple[str, dict[str, str], float]]:
-    """Every sample (name, labels, value) of one endpoint; [] if it does not answer."""
+def scrape_samples(port: int, timeout: float = 1.0,
+                   names: Sequence[str] = ()) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample (name, labels, value) of one endpoint, or only those of ``names`` (the client
+    library then collects only their metrics: a poll costs the process less); [] if it does not answer."""
+    query = f"?{urllib.parse.urlencode({'name[]': list(names)}, doseq=True)}" if names else ""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics{query}", timeout=timeout) as resp:
             text = resp.read().decode()
     except (urllib.error.URLError, OSError):
         return []
     return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
 
 
-def scrape(port: int, timeout: float = 1.0) -> dict[str, float]:
-    """Sum every sample by name (labels folded) from one endpoint; {} if it does not answer."""
+def scrape(port: int, timeout: float = 1.0, names: Sequence[str] = ()) -> dict[str, float]:
+    """Sum every sample by name (labels folded) from one endpoint, or only ``names``; {} if it does not answer."""
     out: dict[str, float] = defaultdict(float)
-    for name, _labels, value in scrape_samples(port, timeout):
+    for name, _labels, value in scrape_samples(port, timeout, names):
         out[name] += value
     return dict(out)

@@ -56,6 +56,7 @@ from chaincast.stream.topics import ensure_topics
 log = logging.getLogger(__name__)
 TIMEOUT_S = 600.0
 SWAP_WAIT_S = 30.0
+LOADED = "chaincast_model_loaded_timestamp_seconds"  # the worker's gauge of its serving model
 
 
 def ort_vs_torch(bars: np.ndarray, window: int, families: Sequence[str] | None) -> dict[str, dict[str, float]]:
@@ -122,7 +123,7 @@ def latency_with_swap(settings: Settings, worker: Worker, timed: Sequence, per_s
     """Timed closes on the warm worker; halfway a second model is announced. Returns the latency,
     announce -> loaded (the worker's gauge; None if it never loaded it, logged) and announce ->
     first forecast of the new version."""
-    before = worker.metrics().get("chaincast_model_loaded_timestamp_seconds", 0.0)
+    before = worker.metrics(LOADED).get(LOADED, 0.0)
     announced: dict[str, float] = {}
 
     async def swap() -> None:
@@ -132,7 +133,7 @@ def latency_with_swap(settings: Settings, worker: Worker, timed: Sequence, per_s
     layout = RedisLayout.of(settings)
     lat = measure(settings, {s: layout.history(s) for s in settings.symbols}, timed, per_s, halfway=swap)
     deadline = time.monotonic() + SWAP_WAIT_S
-    while (loaded := worker.metrics().get("chaincast_model_loaded_timestamp_seconds", 0.0)) <= before:
+    while (loaded := worker.metrics(LOADED).get(LOADED, 0.0)) <= before:
         if time.monotonic() > deadline:
             log.error("the worker did not load the announced model within %.0fs: swap_s is null", SWAP_WAIT_S)
             break

@@ -80,6 +80,15 @@ class Markets:
 
     def __init__(self, s: "Streams") -> None:
         self.s = s
+        # What every batch folds and forecasts by, fixed for the worker's life:
+        self.bounds = Bounds.from_settings(s.settings)
+        self.symbols = frozenset(s.settings.symbols)
+        self.window = s.settings.window
+        specs = s.settings.forecast_specs
+        self.size = history_size(s.settings.window, max(spec.horizon for spec in specs))
+        # The price gauge follows one return forecaster (the first configured): its labels carry no horizon.
+        self.price_forecaster = next((forecaster_key(sp.target, sp.horizon) for sp in specs
+                                      if sp.target == "log_return"), None)
         self.states: dict[bytes, MarketState] = {}
         self.changed: set[bytes] = set()  # markets changed since the last ``behind``
         self.sent: list[Awaitable[Any]] = []  # broker acks to confirm before those markets are recorded
@@ -115,17 +124,9 @@ class Markets:
 class MarketBatch:
     """One batch of trade messages folded into the markets' state: what to send, what to forecast."""
 
-    def __init__(self, s: "Streams", bounds: Bounds, markets: Markets) -> None:
+    def __init__(self, s: "Streams", markets: Markets) -> None:
         self.s = s
         self.markets = markets
-        self.bounds = bounds
-        self.symbols = frozenset(s.settings.symbols)
-        self.window = s.settings.window
-        specs = s.settings.forecast_specs
-        self.size = history_size(s.settings.window, max(spec.horizon for spec in specs))
-        # The price gauge follows one return forecaster (the first configured): its labels carry no horizon.
-        self.price_forecaster = next((forecaster_key(sp.target, sp.horizon) for sp in specs
-                                      if sp.target == "log_return"), None)
         self.arrived = time.perf_counter()
         self.states: dict[str, MarketState] = {}  # the live states this batch touched
         self.sent: list[Awaitable[Any]] = []  # broker acks to confirm before the states are recorded
@@ -137,14 +138,14 @@ class MarketBatch:
     async def add(self, key: bytes | None, raw: bytes | None) -> None:
         s = self.s
         try:
-            trades = parse_trades(raw, key, self.symbols, s.settings.max_message_bytes)
+            trades = parse_trades(raw, key, self.markets.symbols, s.settings.max_message_bytes)
         except Refused as exc:
             await self.dead_letter(raw, str(exc), key)
             return
         market = key.decode()  # parse_trades checked it is the market key
         if (state := self.states.get(market)) is None:
             state = self.states[market] = self.markets.get(key, trades[0].exchange, trades[0].symbol)
-        folded = state.fold(trades, self.bounds)
+        folded = state.fold(trades, self.markets.bounds)
         symbol = state.bars.symbol
         for trade, reason in folded.refused:
             await self.dead_letter(trade.dumps(), reason, key)
@@ -157,7 +158,8 @@ class MarketBatch:
             BARS.labels(symbol).inc()
             LAST_CLOSE.labels(symbol).set(bar.close)
             # A redelivered bar (same minute as the last row) replaces it and is forecast again.
-            if push(state.window, bar, self.size) and (r := ready(bar, state.window, self.window, self.arrived)):
+            if (push(state.window, bar, self.markets.size)
+                    and (r := ready(bar, state.window, self.markets.window, self.arrived))):
                 self.ready.append(r)
 
     async def forecast(self) -> None:
@@ -201,7 +203,7 @@ class MarketBatch:
         if p.target == "volatility":  # per-bar log-return units, not a price
             for band, value in (("mid", p.y_hat), ("q10", p.q10), ("q90", p.q90)):
                 VOLATILITY_FORECAST.labels(p.symbol, fid, band).set(value)
-        elif p.price_hat is not None and fid == self.price_forecaster:  # the return forecast: the price band
+        elif p.price_hat is not None and fid == self.markets.price_forecaster:  # the return forecast: the price band
             FORECAST.labels(p.symbol, "mid").set(p.price_hat)
             FORECAST.labels(p.symbol, "q10").set(p.price * math.exp(p.q10))
             FORECAST.labels(p.symbol, "q90").set(p.price * math.exp(p.q90))
@@ -212,7 +214,6 @@ def bar_key(bar: Bar) -> bytes:
 
 
 def register(s: "Streams") -> None:
-    bounds = Bounds.from_settings(s.settings)
     live = Markets(s)
 
     @s.app.on_partitions_revoked.connect
@@ -230,7 +231,7 @@ def register(s: "Streams") -> None:
 
     async def handle(events: list) -> None:
         TRADE_MESSAGES.inc(len(events))
-        batch = MarketBatch(s, bounds, live)
+        batch = MarketBatch(s, live)
         for event in events:
             await batch.add(event.key, event.value)
         await batch.forecast()
