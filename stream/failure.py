@@ -1,15 +1,17 @@
 """How a stream worker stops when its infrastructure fails: before the batch is acknowledged.
 
 The agents take their records by batch (``stream.batches``) and a batch is
-acknowledged only after its body has confirmed its outputs and recorded its
-state. An exception must still not unwind through Faust, which would carry on
-without the crashed agent and commit the offsets acknowledged so far at a
-graceful stop. So per-record problems are dead-lettered where they occur, and
-anything else (the broker refusing a send, Redis down beyond its retry budget, a
-bug) reaches ``stream.batches.each_batch``, which ends the process here at once. The batch stays uncommitted
-and is redone after the restart (Kubernetes, compose or ``chaincast up``
-restart the worker); the state it would have recorded was not recorded, because
-state is saved only after the outputs are acknowledged.
+acknowledged only after its outputs are confirmed and its state recorded (by
+its body, or for the markets by the write behind it). An exception must still
+not unwind through Faust, which would carry on without the crashed agent and
+commit the offsets acknowledged so far at a graceful stop. So per-record
+problems are dead-lettered where they occur, and anything else (the broker
+refusing a send, Redis down beyond its retry budget, a bug) reaches
+``stream.batches.each_batch`` (from the body or the write behind it), which ends
+the process here at once. The batch stays uncommitted and is redone after the
+restart (Kubernetes, compose or ``chaincast up`` restart the worker); the state
+it would have recorded was not recorded, because state is saved only after the
+outputs are acknowledged.
 """
 
 from __future__ import annotations
