@@ -57,6 +57,8 @@ def create_app(settings: Settings) -> Streams:
         # trades. (A str key is serialized as JSON, quotes and all, and lands elsewhere.)
         markets=app.Table("markets", partitions=settings.partitions, key_type=bytes, use_partitioner=True,
                           extra_topic_configs=kafka_options.topic_configs(settings)),
+        windows=app.Table("windows", partitions=settings.partitions, key_type=bytes, use_partitioner=True,
+                          extra_topic_configs=kafka_options.topic_configs(settings)),
         slots=ModelSlots.of(settings),  # one per forecaster of CHAINCAST_FORECASTS
         sink=RedisSink(settings.redis_url or "", settings.redis_prefix, settings.history_maxlen,
                        (settings.forecast_specs[0].target, settings.forecast_specs[0].horizon),

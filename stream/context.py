@@ -34,7 +34,8 @@ class Streams:
     bars: faust.TopicT
     predictions: faust.TopicT
     deadletter: faust.TopicT
-    markets: faust.Table  # market key (bytes, as on the trades topic) -> stream.market.MarketState.entry()
+    markets: faust.Table  # market key (bytes, as on the trades topic) -> stream.market.MarketState.bar_entry()
+    windows: faust.Table  # market key -> stream.market.MarketState.window_entry()
     slots: ModelSlots  # the market models, one per served forecaster
     sink: RedisSink
     chain: ChainMinutes

@@ -1,12 +1,14 @@
 """One market's state in a stream worker: the bar being built, the forecast window behind it
 and the live calibration of each forecaster's band (``stream.calibration.LiveBand``).
 
-All three live in one changelogged table entry keyed by the market (``exchange:SYMBOL``,
-``MarketState.entry``), so the worker that closes a bar forecasts it in the same task (one
-broker hop from trade to forecast) and a killed worker's markets recover elsewhere whole.
-The state follows one contract: batches fold into the live state, a snapshot
-(``entry``) is recorded once their outputs are acknowledged, a restarted or
-rebalanced worker resumes from the last snapshot.
+They live in two changelogged table entries keyed by the market (``exchange:SYMBOL``): the bar
+state in ``markets`` (``MarketState.bar_entry``, written for every change) and the window with
+the bands in ``windows`` (``MarketState.window_entry``, written only when a bar closed). So the
+worker that closes a bar forecasts it in the same task (one broker hop from trade to forecast),
+a killed worker's markets recover elsewhere whole, and a trade costs the changelog a few hundred
+bytes, not the window's kilobytes. The state follows one contract: batches fold into the live
+state, snapshots are recorded (window first) once their outputs are acknowledged, a restarted
+or rebalanced worker resumes from the last snapshots.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pydantic import ValidationError
 from chaincast.stream.bars import BarBuilder, Duplicate, Refused
 from chaincast.stream.bounds import Bounds
 from chaincast.stream.calibration import LiveBand
+from chaincast.stream.predict import push
 from chaincast.stream.records import Bar, Prediction, Trade, forecaster_key
 
 
@@ -37,6 +40,7 @@ class MarketState:
     bars: BarBuilder
     window: list[list[float]] = field(default_factory=list)  # the last closed bars, as stream.predict.bar_row
     bands: dict[str, LiveBand] = field(default_factory=dict)  # forecaster id (log_return:h1) -> its calibration
+    window_changed: bool = field(default=False, compare=False)  # since the last ``window_entry`` was taken
 
     def fold(self, trades: list[Trade], bounds: Bounds | None = None) -> Folded:
         """Fold trades into the open bar; refused trades change nothing and are reported.
@@ -77,37 +81,56 @@ class MarketState:
         (['volatility:h1'], True)
         """
         key = forecaster_key(p.target, p.horizon)
+        self.window_changed = True
         band = self.bands.get(key)
         if band is None:
             band = self.bands[key] = LiveBand(p.target, p.horizon)
         q10, q90 = band.calibrate(p.bar_ts, closes, p.q10, p.q50, p.q90)
         return p.model_copy(update={"q10": q10, "q90": q90})
 
-    def entry(self) -> dict:
-        """The one ``markets`` table entry of the market: bar state, window and bands together.
+    def push(self, bar: Bar, size: int) -> bool:
+        """Append a closed bar to the window (``stream.predict.push``: kept at ``size``, a redelivered
+        bar replaces the last row); False for a bar older than the last row."""
+        pushed = push(self.window, bar, size)
+        self.window_changed |= pushed
+        return pushed
 
-        One entry, written whole by every write behind batches that touched the market (a
-        copy: later batches go on changing the live state while it waits), so a recovered
-        market never has a bar state from one batch and a window from another. (Two entries,
-        the window written only when a bar closed, cut the cost of a message by a third, but
-        the Apache Kafka SIGKILL test then once found a market recovered with an empty
-        window, 115 forecasts missing; the cause was not found in time, so the split was
-        withdrawn: deploy/BENCHMARKS.md. The changelog-partition defect fixed since, ``stream.app``,
-        fits that symptom; the split was not measured again.)
+    def bar_entry(self) -> dict:
+        """The market's ``markets`` table entry: the bar being built (a few hundred bytes, changed by
+        every trade), written by every write behind batches that touched the market."""
+        return {"bars": self.bars.to_dict()}
+
+    def window_entry(self) -> dict:
+        """The market's ``windows`` table entry: the window and the bands (kilobytes, changed only
+        when a bar closes and is forecast), written only by a write behind batches that changed them.
+
+        A write records the window entries and waits for them on the broker before it records the
+        bar entries (``stream.agents.markets.Markets.write``), so a recovered market's window is
+        never older than its bar state: a worker killed between the two redoes the batches from
+        the older bar state, and a bar it closes again is either the window's last row (replaced
+        by the same row, forecast again the same) or older (refused by ``push``: it was forecast).
+        The reverse order would lose a bar from the window for good. Entries are copies: later
+        batches go on changing the live state while a write waits.
         """
-        return {"bars": self.bars.to_dict(), "window": list(self.window),  # rows are replaced, never changed
+        return {"window": list(self.window),  # rows are replaced, never changed
                 "bands": {k: b.to_dict() for k, b in self.bands.items()}}
 
+    def entry(self) -> dict:
+        """Both entries in one dict (what ``load`` also reads: the one entry of earlier versions)."""
+        return {**self.bar_entry(), **self.window_entry()}
+
     @classmethod
-    def load(cls, entry: dict | None, exchange: str, symbol: str) -> "MarketState":
-        """A market's state from its ``markets`` table entry (``entry``), or a fresh one.
+    def load(cls, entry: dict | None, exchange: str, symbol: str, window: dict | None = None) -> "MarketState":
+        """A market's state from its ``markets`` table entry (``entry``) and ``windows`` table entry
+        (``window``; None: read from ``entry``, as earlier versions wrote both there), or a fresh one.
 
         >>> s = MarketState(BarBuilder("binance", "BTCUSDT"), [[0.0] * 8])
-        >>> back = MarketState.load(s.entry(), "binance", "BTCUSDT")
-        >>> back.window == s.window, back.bars.symbol
-        (True, 'BTCUSDT')
+        >>> back = MarketState.load(s.bar_entry(), "binance", "BTCUSDT", s.window_entry())
+        >>> back.window == s.window, back.bars.symbol, MarketState.load(s.entry(), "binance", "BTCUSDT") == back
+        (True, 'BTCUSDT', True)
         """
         if not entry:
             return cls(BarBuilder(exchange, symbol))
-        bands = {k: LiveBand.from_dict(b) for k, b in (entry.get("bands") or {}).items()}
-        return cls(BarBuilder.from_dict(entry["bars"]), [list(r) for r in entry.get("window") or []], bands)
+        window = window if window is not None else entry
+        bands = {k: LiveBand.from_dict(b) for k, b in (window.get("bands") or {}).items()}
+        return cls(BarBuilder.from_dict(entry["bars"]), [list(r) for r in window.get("window") or []], bands)

@@ -55,7 +55,7 @@ from chaincast.stream.metrics import (
     TRADES,
     VOLATILITY_FORECAST,
 )
-from chaincast.stream.predict import MAX_ABS_OUTPUT, Ready, forecast, history_size, push, ready
+from chaincast.stream.predict import MAX_ABS_OUTPUT, Ready, forecast, history_size, ready
 from chaincast.stream.records import Bar, Prediction, forecaster_key, market_key
 
 if TYPE_CHECKING:
@@ -95,19 +95,27 @@ class Markets:
 
     def get(self, key: bytes, exchange: str, symbol: str) -> MarketState:
         if (state := self.states.get(key)) is None:
-            state = self.states[key] = MarketState.load(self.s.markets.get(key), exchange, symbol)
+            state = self.states[key] = MarketState.load(self.s.markets.get(key), exchange, symbol,
+                                                         self.s.windows.get(key))
         return state
 
     def behind(self) -> Awaitable[None]:
         sent, self.sent = self.sent, []
-        entries = {key: self.states[key].entry() for key in self.changed}  # a snapshot: later batches go on
+        states = [(key, self.states[key]) for key in self.changed]
         self.changed = set()
-        return self.write(sent, entries)
+        # Snapshots, taken now: later batches go on changing the live states while the write waits.
+        windows = {key: state.window_entry() for key, state in states if state.window_changed}
+        for _, state in states:
+            state.window_changed = False
+        return self.write(sent, windows, {key: state.bar_entry() for key, state in states})
 
-    async def write(self, sent: list[Awaitable[Any]], entries: dict[bytes, dict]) -> None:
+    async def write(self, sent: list[Awaitable[Any]], windows: dict[bytes, dict], bars: dict[bytes, dict]) -> None:
+        """Confirm the sends, then record the windows, then (once those are on the broker) the bar
+        states: a recovered window is never older than its bar state (``MarketState.window_entry``)."""
         if sent:
             await asyncio.gather(*sent)
-        await self.s.record(self.s.markets, entries)
+        await self.s.record(self.s.windows, windows)
+        await self.s.record(self.s.markets, bars)
 
     def done(self, batch: "MarketBatch") -> None:
         """What the batch sent and changed, for the next ``behind``."""
@@ -158,8 +166,8 @@ class MarketBatch:
             BARS.labels(symbol).inc()
             LAST_CLOSE.labels(symbol).set(bar.close)
             # A redelivered bar (same minute as the last row) replaces it and is forecast again.
-            if (push(state.window, bar, self.markets.size)
-                    and (r := ready(bar, state.window, self.markets.window, self.arrived))):
+            if state.push(bar, self.markets.size) and (r := ready(bar, state.window, self.markets.window,
+                                                                  self.arrived)):
                 self.ready.append(r)
 
     async def forecast(self) -> None:

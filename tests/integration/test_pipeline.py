@@ -145,7 +145,7 @@ def test_replayed_day_becomes_bars_predictions_and_dead_letters(served, tmp_path
     # A market's state is logged on its trades' (and bars') partition number, so the worker that is
     # given the market recovers its state with it (measured before: BTCUSDT's on partition 0, its trades on 1).
     every = list(range(settings.partitions))
-    for table in ("markets", "scores"):
+    for table in ("markets", "windows", "scores"):
         records = asyncio.run(read_all(settings, f"{settings.app_id}-{table}-changelog"))
         assert {m.key for m in records} == {f"binance:{sym}".encode() for sym in SYMBOLS}, table
         assert {(m.key, m.partition) for m in records} == {
