@@ -126,11 +126,16 @@ class MarketState:
 
         >>> s = MarketState(BarBuilder("binance", "BTCUSDT"), [[0.0] * 8])
         >>> back = MarketState.load(s.bar_entry(), "binance", "BTCUSDT", s.window_entry())
-        >>> back.window == s.window, back.bars.symbol, MarketState.load(s.entry(), "binance", "BTCUSDT") == back
-        (True, 'BTCUSDT', True)
+        >>> back.window == s.window, back.bars.symbol, back.window_changed
+        (True, 'BTCUSDT', False)
+        >>> earlier = MarketState.load(s.entry(), "binance", "BTCUSDT")  # one entry, as written before the split
+        >>> earlier == back, earlier.window_changed  # the same state; its window is written at the next write
+        (True, True)
         """
         if not entry:
             return cls(BarBuilder(exchange, symbol))
-        window = window if window is not None else entry
+        earlier = window is None and "window" in entry  # written before the split: the next write moves it
+        window = entry if window is None else window
         bands = {k: LiveBand.from_dict(b) for k, b in (window.get("bands") or {}).items()}
-        return cls(BarBuilder.from_dict(entry["bars"]), [list(r) for r in window.get("window") or []], bands)
+        return cls(BarBuilder.from_dict(entry["bars"]), [list(r) for r in window.get("window") or []], bands,
+                   window_changed=earlier)
