@@ -12,8 +12,8 @@ Delivery (DESIGN.md "Reliability rules"):
 - the markets' live state stays in the worker (``Markets``) and is written
   behind (``stream.batches``): a batch's forecasts reach Redis in the batch,
   and a write beside the next batches confirms every send (bars, predictions,
-  dead letters), then records each market those batches touched once, then
-  acknowledges them. A worker killed in between redoes them from the last
+  dead letters), then records each market those batches touched once (its
+  window first, if a bar closed: ``stream.market``), then acknowledges them. A worker killed in between redoes them from the last
   recorded state: identical bars, the same forecasts (Redis keeps one history
   entry per bar and horizon);
 - anything else (broker, Redis beyond its retry budget, a bug) stops the
@@ -68,7 +68,7 @@ BATCH = 500  # messages per batch at most (what has arrived: stream.batches)
 
 
 class Markets:
-    """The live state of this worker's markets, written behind to the ``markets`` table.
+    """The live state of this worker's markets, written behind to the ``windows`` and ``markets`` tables.
 
     A batch folds into these states and leaves here what it sent and which markets it
     changed; ``behind`` (called between batches, ``stream.batches``) takes those at once and
