@@ -34,7 +34,6 @@ from chaincast.models.fee_models import FeeFit, fit_fee_model, predict_chunked
 from chaincast.models.fees import FEE_TARGETS, REFERENCE, BlockSamples
 from chaincast.models.serving import session
 from chaincast.stream.fees import block_row
-from chaincast.stream.metrics import REFUSALS
 from chaincast.stream.records import Block
 from chaincast.stream import kafka_options
 from chaincast.stream.settings import Settings
@@ -114,12 +113,10 @@ def round_written(verdicts: list[Verdict], registry: Registry, backoff: WriteBac
     if not unwritten:
         backoff.landed()
         return True
-    delay = backoff.failed()
-    REFUSALS.labels("registry_write_failed").inc()
     exc = unwritten[0].write_error
-    serving = ", ".join(f"{v.name} {c.version if (c := registry.champion(v.name)) else 'none'}" for v in unwritten)
-    log.error("cannot write the registry %s (%s: %s); the fee champions keep serving (%s); retrying in %.0fs",
-              registry.root, type(exc).__name__, exc, serving, delay)
+    assert exc is not None
+    backoff.refused(registry, exc, ", ".join(f"{v.name} {c.version if (c := registry.champion(v.name)) else 'none'}"
+                                             for v in unwritten))
     return False
 
 

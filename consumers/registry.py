@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import re
 import time
@@ -31,11 +32,13 @@ from typing import Any
 
 from chaincast.models.timeunits import now_ms
 from chaincast.stream.files import write_atomic
+from chaincast.stream.metrics import REFUSALS
 
 _VERSION = re.compile(r"^[0-9a-f]{12}$")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 # A put takes milliseconds between its steps; an hour-old temp file or card-less model is a dead writer's.
 ORPHAN_GRACE_S = 3600.0
+log = logging.getLogger(__name__)
 # The longest wait between two tries of a failing registry write, in units of CHAINCAST_REGISTRY_RETRY_S.
 MAX_BACKOFF_FACTOR = 16
 
@@ -83,6 +86,15 @@ class WriteBackoff:
         factor = min(2 ** (self.failures - 1), MAX_BACKOFF_FACTOR)
         delay = self.base_s * factor * self.rng.uniform(0.8, 1.0)
         self.retry_at = time.monotonic() + delay
+        return delay
+
+    def refused(self, registry: "Registry", exc: OSError, serving: str) -> float:
+        """A write ``registry`` refused: counted (``registry_write_failed``), logged with what
+        keeps serving (``serving``), and one more failure (``failed``); the seconds until the next try."""
+        delay = self.failed()
+        REFUSALS.labels("registry_write_failed").inc()
+        log.error("cannot write the registry %s (%s: %s); %s keeps serving; retrying in %.0fs",
+                  registry.root, type(exc).__name__, exc, serving, delay)
         return delay
 
     def landed(self) -> None:

@@ -262,12 +262,8 @@ class Retrainer:
 
     def _registry_failed(self, done: _Round, exc: OSError) -> None:
         self.unwritten = done
-        delay = self.backoff.failed()
-        REFUSALS.labels("registry_write_failed").inc()
         champion = self.registry.champion(self.name)
-        log.error("cannot write the registry %s (%s: %s); %s keeps serving; retrying in %.0fs",
-                  self.registry.root, type(exc).__name__, exc, champion.version if champion else "the reference",
-                  delay)
+        self.backoff.refused(self.registry, exc, champion.version if champion else "the reference")
 
     async def promote(self, result: ChallengeResult) -> ModelEntry:
         """Registry write (atomic, write-once), champion pointer, then the announcement."""

@@ -161,21 +161,14 @@ class TxRetrainer:
             self.registry.set_champion(self.settings.tx_model_name, entry.version)
         except OSError as exc:  # a full disk, a quota, a read-only mount: the old champion serves on
             self.history.new += new  # still due: the round runs again once the backoff is
-            self._registry_failed(exc)
+            champion = self.registry.champion(self.settings.tx_model_name)
+            self.backoff.refused(self.registry, exc, champion.version if champion else "no tx model")
             return result
         self.backoff.landed()
         await announce(self.settings, self.settings.tx_model_name, entry)
         PROMOTIONS.labels("tx_value").inc()
         log.warning("tx champion is now %s (%s): %s", entry.version, result.card["family"], result.reason)
         return result
-
-    def _registry_failed(self, exc: OSError) -> None:
-        delay = self.backoff.failed()
-        REFUSALS.labels("registry_write_failed").inc()
-        champion = self.registry.champion(self.settings.tx_model_name)
-        log.error("cannot write the registry %s (%s: %s); %s keeps serving; retrying in %.0fs",
-                  self.registry.root, type(exc).__name__, exc, champion.version if champion else "no tx model",
-                  delay)
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings

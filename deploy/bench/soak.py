@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaProducer
 
 from chaincast.consumers.promotion import announce
 from chaincast.consumers.registry import Registry
-from chaincast.deploy.bench.harness import WORKER_START_S, broker_name, run_settings, workers
+from chaincast.deploy.bench.harness import WORKER_START_S, run_settings, workers
 from chaincast.deploy.bench.plan import derive_markets, trade_messages
 from chaincast.deploy.bench.report import code_version, machine
 from chaincast.models.history import TS, load_many
