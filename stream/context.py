@@ -42,8 +42,9 @@ class Streams:
     chain_ready: asyncio.Event
 
     async def record(self, table: faust.Table, entries: dict[Any, Any]) -> None:
-        """Write an agent's state for its batch, and return once it is on the broker: only then may
-        Faust acknowledge the batch (every agent that keeps state records it here)."""
+        """Write an agent's state for its batch (or for the batches a write behind covers,
+        ``stream.batches``), and return once it is on the broker: only then may Faust acknowledge
+        those messages (every agent that keeps state records it here)."""
         for key, value in entries.items():
             table[key] = value
         if entries:

@@ -1,10 +1,10 @@
 """The markets agent: ``ticks.trades`` -> 1-minute bars -> forecasts, in one task (one broker hop).
 
 The worker that closes a bar forecasts it at once from the window kept next to
-the bar state (``stream.market.MarketState``, one changelogged table entry per
-market), writes the forecasts to Redis and ``predictions``, and publishes the
-bar to ``bars.1m`` for the retrainer, the scorer and subscribers without
-waiting on it before the forecast.
+the bar state (``stream.market.MarketState``: two changelogged table entries
+per market, the bar state and the window), writes the forecasts to Redis and
+``predictions``, and publishes the bar to ``bars.1m`` for the retrainer, the
+scorer and subscribers without waiting on it before the forecast.
 
 Delivery (DESIGN.md "Reliability rules"):
 - a record that cannot be used is dead-lettered with its reason; duplicates
@@ -13,9 +13,10 @@ Delivery (DESIGN.md "Reliability rules"):
   behind (``stream.batches``): a batch's forecasts reach Redis in the batch,
   and a write beside the next batches confirms every send (bars, predictions,
   dead letters), then records each market those batches touched once (its
-  window first, if a bar closed: ``stream.market``), then acknowledges them. A worker killed in between redoes them from the last
-  recorded state: identical bars, the same forecasts (Redis keeps one history
-  entry per bar and horizon);
+  window first, if a bar closed: ``stream.market``), then acknowledges them.
+  A worker killed in between redoes them from the last recorded state:
+  identical bars, the same forecasts (Redis keeps one history entry per bar
+  and horizon);
 - anything else (broker, Redis beyond its retry budget, a bug) stops the
   worker before its messages are acknowledged (``stream.failure``).
 
@@ -120,7 +121,7 @@ class Markets:
     def done(self, batch: "MarketBatch") -> None:
         """What the batch sent and changed, for the next ``behind``."""
         self.sent += batch.sent
-        self.changed |= {market.encode() for market in batch.states}
+        self.changed |= batch.states.keys()
 
     def drop(self) -> None:
         """Forget the states (after a rebalance, when every message is acknowledged, so every state written)."""
@@ -136,7 +137,7 @@ class MarketBatch:
         self.s = s
         self.markets = markets
         self.arrived = time.perf_counter()
-        self.states: dict[str, MarketState] = {}  # the live states this batch touched
+        self.states: dict[bytes, MarketState] = {}  # the live states this batch touched, by market key
         self.sent: list[Awaitable[Any]] = []  # broker acks to confirm before the states are recorded
         self.ready: list[Ready] = []  # closed bars with a full window behind them
 
@@ -150,9 +151,9 @@ class MarketBatch:
         except Refused as exc:
             await self.dead_letter(raw, str(exc), key)
             return
-        market = key.decode()  # parse_trades checked it is the market key
-        if (state := self.states.get(market)) is None:
-            state = self.states[market] = self.markets.get(key, trades[0].exchange, trades[0].symbol)
+        assert key is not None  # parse_trades checked it is the market key
+        if (state := self.states.get(key)) is None:
+            state = self.states[key] = self.markets.get(key, trades[0].exchange, trades[0].symbol)
         folded = state.fold(trades, self.markets.bounds)
         symbol = state.bars.symbol
         for trade, reason in folded.refused:
@@ -199,7 +200,7 @@ class MarketBatch:
         by_bar = {(r.bar.exchange, r.bar.symbol, r.bar.ts): r for r in self.ready}
         out = []
         for p in raw:
-            state = self.states[market_key(p.exchange, p.symbol)]
+            state = self.states[market_key(p.exchange, p.symbol).encode()]
             p = state.calibrate(p, by_bar[(p.exchange, p.symbol, p.bar_ts)].closes())
             BAND_SCALE.labels(p.symbol, forecaster_key(p.target, p.horizon)).set(
                 state.bands[forecaster_key(p.target, p.horizon)].scale)

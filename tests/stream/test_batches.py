@@ -3,11 +3,16 @@
 What the markets agent's delivery rests on: batches are what has arrived, a write behind them
 is taken only between batches, one at a time, and a message is acknowledged only once the write
 that covers it has completed; a write that fails leaves its messages unacknowledged.
+
+The first write is held on a gate that the third batch's handler opens, so that write completes
+while a batch is being handled and the batches handled meanwhile wait for one write: the order
+of events is set by the test, not by sleeps.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import faust
@@ -16,12 +21,15 @@ import pytest
 from chaincast.stream import batches
 from chaincast.stream.batches import each_batch
 
+OPEN_AT_BATCH = 3  # the handler of this batch opens the first write's gate
+
 
 class Recorder:
     """The handler and the write behind it, recording what each saw."""
 
-    def __init__(self, write_s: float = 0.05, fail: bool = False) -> None:
-        self.write_s, self.fail = write_s, fail
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.gate = asyncio.Event()
         self.handling = False
         self.batches: list[list[int]] = []
         self.unacked_in_batch: list[bool] = []  # every message of the batch unacknowledged while handled
@@ -34,7 +42,10 @@ class Recorder:
         self.handling = True
         self.batches.append([e.value for e in events])
         self.unacked_in_batch.append(not any(e.message.acked for e in events))
-        await asyncio.sleep(0.01)  # a batch's own awaits: Redis, sends
+        if len(self.batches) == OPEN_AT_BATCH:
+            self.gate.set()
+        for _ in range(20):  # a batch's own awaits (Redis, sends): the opened write completes meanwhile
+            await asyncio.sleep(0)
         self.since_write += events
         self.handling = False
 
@@ -44,7 +55,7 @@ class Recorder:
         self.writes.append(covered)
 
         async def write() -> None:
-            await asyncio.sleep(self.write_s)
+            await self.gate.wait()
             self.acked_before_written.append(any(e.message.acked for e in covered))
             if self.fail:
                 raise ConnectionError("changelog not acknowledged")
@@ -62,26 +73,30 @@ def agent_with(recorder: Recorder, most: int) -> Any:
     return agent
 
 
+async def until(what: str, done: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
 def test_a_write_behind_covers_whole_batches_and_acknowledges_only_once_complete() -> None:
-    N = 60
+    n = 30
     rec = Recorder()
 
     async def run() -> list[Any]:
         async with agent_with(rec, most=3).test_context() as agent:
-            events = []
-            for i in range(N):  # paced: writes complete while later batches are being handled
-                events.append(await agent.put(i))
-                await asyncio.sleep(0.004)
-            await asyncio.sleep(0.6)
+            events = [await agent.put(i) for i in range(n)]
+            await until("every message acknowledged", lambda: all(e.message.acked for e in events))
             return events
 
     events = asyncio.run(run())
-    assert [v for b in rec.batches for v in b] == list(range(N))  # every message, in order, once
-    assert all(len(b) <= 3 for b in rec.batches)
+    assert [v for b in rec.batches for v in b] == list(range(n))  # every message, in order, once
+    assert all(len(b) <= 3 for b in rec.batches) and len(rec.batches) > OPEN_AT_BATCH
     assert all(rec.unacked_in_batch)
     assert not rec.taken_while_handling  # a write never splits a batch
-    assert len(rec.writes) < len(rec.batches)  # a write covers every batch handled while the last ran
-    assert [e.value for w in rec.writes for e in w] == list(range(N))
+    assert len(rec.writes[1]) > len(rec.batches[1])  # the batches handled while the first write waited: one write
+    assert [e.value for w in rec.writes for e in w] == list(range(n))
     assert rec.acked_before_written == [False] * len(rec.writes)
     assert all(e.message.acked for e in events)
 
@@ -98,11 +113,12 @@ def test_a_failed_write_leaves_its_messages_unacknowledged(monkeypatch: pytest.M
 
     async def run() -> list[Any]:
         async with agent_with(rec, most=3).test_context() as agent:
-            events = [await agent.put(i) for i in range(5)]
-            await asyncio.sleep(0.3)
+            events = [await agent.put(i) for i in range(9)]
+            await until("the failed write", lambda: stopped)
+            await asyncio.sleep(0.1)  # anything the write would still do after the stop
             return events
 
     events = asyncio.run(run())
-    assert stopped and stopped[0] == "test: changelog not acknowledged"
-    assert not any(e.message.acked for e in rec.writes[0])
+    assert stopped[0] == "test: changelog not acknowledged"
+    assert rec.writes[0] and not any(e.message.acked for e in rec.writes[0])
     assert not any(e.message.acked for e in events)
