@@ -69,7 +69,10 @@ class Health:
         """Run ``check`` every ``period_s`` and record whether it passed, until cancelled."""
         while True:
             try:
-                await asyncio.wait_for(check(), timeout_s)
+                # asyncio.timeout, not wait_for: 3.11's wait_for returns the result when a cancel
+                # arrives as the check completes, and this loop would then never stop.
+                async with asyncio.timeout(timeout_s):
+                    await check()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure of a dependency check is "not ready", with why
@@ -121,7 +124,8 @@ def broker_reachable(bootstrap_servers: str, state: BrokerState | None = None, t
         errors = []
         for host, port in hosts:
             try:  # a timeout is an OSError too: a host that drops packets is down, not a hung probe
-                _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    _reader, writer = await asyncio.open_connection(host, int(port))
             except OSError as exc:
                 errors.append(f"{host}:{port}: {exc.strerror or exc}")
                 continue

@@ -77,3 +77,16 @@ async def test_readyz_reflects_redis_and_the_broker(redis_url, broker):
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
         await good.close()
         await bad.close()
+
+
+async def test_watch_stops_when_cancelled_as_its_check_completes():
+    """The cancel and the check's result arrive in the same loop step: the watch must still stop
+    (3.11's wait_for returned the result and dropped the cancel, so the loop ran on forever)."""
+    health = Health()
+    answer = asyncio.get_running_loop().create_future()
+    watch = asyncio.create_task(health.watch("dep", lambda: answer, period_s=0.01))
+    await asyncio.sleep(0)  # the watch now awaits the check
+    answer.set_result(None)
+    watch.cancel()
+    done, _ = await asyncio.wait({watch}, timeout=5)
+    assert watch in done and watch.cancelled(), f"the watch ignored its cancel; checks: {health.checks}"
