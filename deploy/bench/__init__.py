@@ -64,6 +64,8 @@ def bench(
     closes_per_s: Annotated[float, typer.Option(help="Timed bar closes per second, all markets together.",
                                                 min=1, max=1_000)] = 40.0,
     peer: Annotated[bool, typer.Option(help="Also run the Quix Streams peer on the same backlog.")] = True,
+    floor: Annotated[bool, typer.Option(help="Also time the same closes through bare relays (aiokafka, Faust) "
+                                             "without chaincast: the latency floor.")] = True,
     profile: Annotated[Optional[Path], typer.Option(help="Also profile a worker (cProfile) through timed closes: "
                                                          "its profile goes to this file, the stage breakdown "
                                                          "into the results.")] = None,
@@ -101,7 +103,8 @@ def bench(
             typer.echo(f"wrote {json_out}")
         return
     plan = BenchPlan.for_duration(duration, scaling=workers_scaling, trades_per_bar=trades_per_bar,
-                                  latency_closes=closes, closes_per_s=closes_per_s, scan_sizes=sizes, peer=peer)
+                                  latency_closes=closes, closes_per_s=closes_per_s, scan_sizes=sizes, peer=peer,
+                                  floor=floor)
     try:
         result = run_bench(settings, plan, files, log_dir, typer.echo, profile_out=profile, kafka=kafka)
     except ValueError as exc:

@@ -58,6 +58,7 @@ class BenchPlan:
     scan_trades: int = SCAN_TRADES
     scan_closes: int = SCAN_CLOSES
     peer: bool = True
+    floor: bool = True  # the relays of ``floor``: the latency of the same closes without chaincast
     families: tuple[str, ...] | None = None  # None: every family
     ort_bars: int = 3000  # bars the quick training of each family sees (latency does not depend on it)
     ceiling_messages: int = CEILING_MESSAGES

@@ -83,6 +83,9 @@ def table(result: dict[str, Any]) -> str:
                  ("peer bar -> Redis p50 / p99",
                   f"{fmt(peer.get('bar_to_redis_ms_p50'))} / {fmt(peer.get('bar_to_redis_ms_p99'), ' ms')}", ""),
                  ("chaincast / peer throughput", fmt(ratio["throughput"], "x"), f">= {goals['ratio_vs_peer']}x")]
+    for relay, floor in (result.get("floor") or {}).items():
+        rows.append((f"floor ({relay} relay, no chaincast) p50 / p99",
+                     f"{fmt(floor['bar_to_redis_ms_p50'])} / {fmt(floor['bar_to_redis_ms_p99'], ' ms')}", ""))
     rows += [(f"onnxruntime vs torch, {f}", f"x{v:.1f}", "") for f, v in result["ort_speedup_vs_torch"].items()]
     out = rows_table(rows)
     if result.get("symbols_scan"):

@@ -11,7 +11,9 @@
 5. two workers in one group on the same pre-loaded backlog: CPU per trade and
    each worker's partitions;
 6. the symbol scan (``scan``);
-7. the peer (``peer``) on the same backlog and the same timed closes.
+7. the peer (``peer``) on the same backlog and the same timed closes;
+8. the latency floor (``floor``): the same timed closes through bare relays
+   (aiokafka, Faust) that only find the close and append it to Redis.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from chaincast.deploy.bench.harness import (
     timed_backlog,
     workers,
 )
+from chaincast.deploy.bench.floor import RELAYS, run_floor
+from chaincast.deploy.bench.floor import summary as floor_summary
 from chaincast.deploy.bench.latency import Latency, measure, percentile
 from chaincast.deploy.bench.peer import ratios, run_peer
 from chaincast.deploy.bench.plan import GOALS, BenchPlan, closes, derive_markets, expected_predictions, trade_messages
@@ -209,6 +213,13 @@ def run_bench(base: Settings, plan: BenchPlan, files: dict[str, list[Path]], log
                             log_dir, TIMEOUT_S)
             echo(f"[peer] {peer.trades_per_s:,.0f} trades/s; p99 "
                  f"{peer.latency.p99 if peer.latency else float('nan'):.1f} ms")
+        floor = {}
+        if plan.floor:
+            for relay in RELAYS:
+                floor[relay] = floor_summary(relay, run_floor(run_settings(base, f"{tag}-floor", symbols, home), relay,
+                                                              symbols, timed, plan.closes_per_s, log_dir))
+                echo(f"[floor {relay}] p50 {floor[relay]['bar_to_redis_ms_p50']:.1f} ms, "
+                     f"p99 {floor[relay]['bar_to_redis_ms_p99']:.1f} ms")
         profile = None
         if profile_out is not None:
             profile = profile_forecasts(base, f"{tag}-profile", markets, plan, home, log_dir, serving, profile_out)
@@ -246,6 +257,7 @@ def run_bench(base: Settings, plan: BenchPlan, files: dict[str, list[Path]], log
         "symbols_scan_summary": scan_summary(scan),
         "peer": None if peer is None else peer.summary(),
         "ratio_vs_peer": None if peer is None else ratios(mine, peer),
+        "floor": floor or None,
         "profile": profile,
         "throughput_run": {k: v for k, v in asdict(tput).items() if k not in ("trades_by_worker", "partitions_by_worker")},
         "machine": machine(),

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.one_broker  # the tiny bench checks the JSON's shape; `
 # Every key of the proof, and every key older runs reported (nothing removed).
 KEYS = ("broker", "trades_per_s_per_worker", "messages_per_s", "bare_faust_msgs_per_s", "bar_to_redis_ms_p50",
         "bar_to_redis_ms_p99", "ort_speedup_vs_torch", "worker_cpu_efficiency_2v1", "worker_rss_mb",
-        "symbols_scan", "peer", "ratio_vs_peer", "swap_s", "two_worker_scaling", "predict_stage_ms_p50")
+        "symbols_scan", "peer", "ratio_vs_peer", "floor", "swap_s", "two_worker_scaling", "predict_stage_ms_p50")
 
 
 def positive(value: object) -> bool:
@@ -122,6 +122,11 @@ def test_tiny_bench_reports_every_figure(stack, tmp_path):
     assert result["peer"]["name"] == "quixstreams" and positive(result["peer"]["trades_per_s"])
     assert positive(result["peer"]["bar_to_redis_ms_p99"])
     assert positive(result["ratio_vs_peer"]["throughput"])
+    # The floor: the same closes through each bare relay, found and appended to Redis.
+    assert set(result["floor"]) == {"aiokafka", "faust"}
+    for relay, floor in result["floor"].items():
+        assert floor["bar_to_redis_samples"] > 0 and floor["bar_to_redis_missing"] == 0, (relay, floor)
+        assert 0 < floor["bar_to_redis_ms_p50"] <= floor["bar_to_redis_ms_p99"], (relay, floor)
     assert result["machine"]["cores"] >= 1 and result["machine"]["python"]
     json.dumps(result, allow_nan=False)  # what --json writes
 
