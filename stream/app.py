@@ -37,8 +37,9 @@ def faust_app(settings: Settings) -> faust.App:
 
 def create_app(settings: Settings) -> Streams:
     from chaincast.stream.agents import fees, markets, score, txs  # the agents register themselves on this app
-    from chaincast.stream import lag
+    from chaincast.stream import lag, pauses
 
+    pauses.measure()
     app = faust_app(settings)
 
     def topic(name: str, partitions: int | None = None) -> faust.TopicT:
@@ -75,6 +76,11 @@ def create_app(settings: Settings) -> Streams:
 
     # /livez and /readyz (stream.health): the loop's heartbeat, Redis and the broker.
     HEALTH.heartbeat_timeout_s = settings.heartbeat_timeout_s
+
+    @app.task
+    async def settle_collector() -> None:  # once the worker serves: full collections skip start-up's objects
+        await streams.slots.ready.wait()
+        pauses.settle()
 
     @app.task
     async def heartbeat() -> None:

@@ -32,6 +32,8 @@ BAR_TO_REDIS = Histogram(
     "Bar close (the closing trade's batch reaching the worker) to the prediction written in Redis",
     buckets=LATENCY_BUCKETS,
 )
+GC_PAUSE = Histogram("chaincast_gc_pause_seconds", "Garbage-collector pauses of the event loop, by generation "
+                     "(2: a full collection)", ["generation"], buckets=LATENCY_BUCKETS)
 INFERENCE = Histogram("chaincast_inference_seconds", "onnxruntime inference per batch", buckets=LATENCY_BUCKETS)
 MODEL_INFO = Gauge("chaincast_model_info", "Serving model (value 1)", ["name", "version", "family"])
 MODEL_LOADED_AT = Gauge("chaincast_model_loaded_timestamp_seconds", "When the serving model was loaded", ["name"])

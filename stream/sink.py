@@ -21,7 +21,8 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
@@ -59,7 +60,7 @@ class RedisSink:
         self.maxlen = maxlen
         self.retry_budget_s = retry_budget_s
         self._client: aioredis.Redis | None = None
-        self._set_if_newer = None
+        self._set_if_newer: AsyncScript | None = None
         # (target, horizon) of the default forecaster, whose keys are cc:pred:{SYMBOL}; any other
         # forecaster's predictions go to its own keys. None: every prediction is the default's.
         self.default_forecast = default_forecast
@@ -116,19 +117,19 @@ class RedisSink:
         )
 
     async def _write(self, preds: list[Prediction]) -> int:
+        """One round trip: the script is called by its hash (EVALSHA), without redis-py's check that
+        the server holds it (``SCRIPT EXISTS``: a second round trip on every write). A server that
+        does not hold it (restarted, flushed) answers NOSCRIPT: the script is loaded and those hash
+        updates are sent again (the history entries of that round trip were written)."""
         client = self.client
+        assert self._set_if_newer is not None  # set with the client
         pipe = client.pipeline(transaction=False)
-        count = 0
         for pred in preds:
-            fields = _fields(pred)
-            flat = [x for kv in fields.items() for x in kv]
+            self._latest(pipe, pred)
             extra = self._extra(pred.target, pred.horizon)
-            await self._set_if_newer(keys=[self.keys.latest(pred.symbol, *extra)], args=[pred.bar_ts, *flat],
-                                     client=pipe)
-            pipe.xadd(self.keys.history(pred.symbol, *extra), fields, id=self.keys.history_id(pred.bar_ts, pred.horizon),
-                      maxlen=self.maxlen, approximate=True)
-            count += 1
-        if not count:
+            pipe.xadd(self.keys.history(pred.symbol, *extra), _fields(pred),
+                      id=self.keys.history_id(pred.bar_ts, pred.horizon), maxlen=self.maxlen, approximate=True)
+        if not preds:
             return 0
         results = await pipe.execute(raise_on_error=False)
         new = 0
@@ -138,10 +139,24 @@ class RedisSink:
                     raise res
             else:
                 new += 1
+        unknown = [pred for pred, res in zip(preds, results[0::2]) if isinstance(res, NoScriptError)]
         for res in results[0::2]:
-            if isinstance(res, Exception):
+            if isinstance(res, Exception) and not isinstance(res, NoScriptError):
                 raise res
+        if unknown:
+            await client.script_load(self._set_if_newer.script)
+            pipe = client.pipeline(transaction=False)
+            for pred in unknown:
+                self._latest(pipe, pred)
+            await pipe.execute()
         return new
+
+    def _latest(self, pipe: Pipeline, pred: Prediction) -> None:
+        """Queue the replacement of the latest-prediction hash, unless it holds a later bar."""
+        assert self._set_if_newer is not None  # set with the client
+        fields = _fields(pred)
+        pipe.evalsha(self._set_if_newer.sha, 1, self.keys.latest(pred.symbol, *self._extra(pred.target, pred.horizon)),
+                     pred.bar_ts, *[x for kv in fields.items() for x in kv])
 
     async def write_model(self, update: ModelUpdate) -> None:
         fields = {"version": update.version, "sha256": update.sha256, "uri": update.uri,

@@ -39,6 +39,27 @@ async def test_writes_latest_and_history_idempotently(redis_url, tmp_path):
     assert r.xlen(RedisLayout(f"{tmp_path.name}:").history("ETHUSDT")) == 1
 
 
+async def test_a_server_without_the_script_gets_it_and_loses_no_write(redis_url, tmp_path):
+    """The hash update is sent by the script's hash alone; a server that lost its scripts (restarted,
+    SCRIPT FLUSH) answers NOSCRIPT, and the sink loads the script and sends those updates again."""
+    layout = RedisLayout(f"{tmp_path.name}:")
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    sink = RedisSink(redis_url, prefix=layout.prefix, maxlen=100)
+    try:
+        for ts in (60_000, 120_000):
+            r.script_flush()
+            assert await sink.write([pred(ts), pred(ts, symbol="ETHUSDT")]) == 2
+            for symbol in ("BTCUSDT", "ETHUSDT"):
+                assert r.hget(layout.latest(symbol), "bar_ts") == str(ts)
+                assert r.xlen(layout.history(symbol)) == ts // 60_000
+        r.script_flush()
+        assert await sink.write([pred(60_000, y_hat=0.5)]) == 0  # still never replaced by an older bar
+        assert r.hget(layout.latest("BTCUSDT"), "bar_ts") == "120000"
+    finally:
+        await sink.close()
+        r.close()
+
+
 async def test_model_hash(redis_url, tmp_path):
     sink = RedisSink(redis_url, prefix=f"{tmp_path.name}:")
     update = ModelUpdate(name="m", version="v1", uri="file:///x.onnx", sha256="00", family="gru",
