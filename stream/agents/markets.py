@@ -3,8 +3,9 @@
 The worker that closes a bar forecasts it at once from the window kept next to
 the bar state (``stream.market.MarketState``: two changelogged table entries
 per market, the bar state and the window), writes the forecasts to Redis and
-``predictions``, and publishes the bar to ``bars.1m`` for the retrainer, the
-scorer and subscribers without waiting on it before the forecast.
+``predictions``, and then publishes the bar to ``bars.1m`` for the retrainer,
+the scorer and subscribers (after the forecast: the bar's send is not on its
+forecast's path).
 
 Delivery (DESIGN.md "Reliability rules"):
 - a record that cannot be used is dead-lettered with its reason; duplicates
@@ -139,6 +140,7 @@ class MarketBatch:
         self.arrived = time.perf_counter()
         self.states: dict[bytes, MarketState] = {}  # the live states this batch touched, by market key
         self.sent: list[Awaitable[Any]] = []  # broker acks to confirm before the states are recorded
+        self.closed: list[tuple[bytes, Bar]] = []  # the bars the batch closed, to publish after the forecasts
         self.ready: list[Ready] = []  # closed bars with a full window behind them
 
     async def dead_letter(self, raw: bytes | str | None, reason: str, key: bytes | None) -> None:
@@ -163,13 +165,19 @@ class MarketBatch:
         TRADES.labels(symbol).inc(len(trades) - folded.duplicates - len(folded.refused))
         for bar in folded.closed:
             bar = with_chain(bar, s.chain)
-            self.sent.append(await s.bars.send(key=key, value=bar.dumps()))  # not awaited before the forecast
-            BARS.labels(symbol).inc()
-            LAST_CLOSE.labels(symbol).set(bar.close)
+            self.closed.append((key, bar))
             # A redelivered bar (same minute as the last row) replaces it and is forecast again.
             if state.push(bar, self.markets.size) and (r := ready(bar, state.window, self.markets.window,
                                                                   self.arrived)):
                 self.ready.append(r)
+
+    async def publish(self) -> None:
+        """Send the batch's closed bars to ``bars.1m`` (after the forecasts: a bar's send is not on
+        its forecast's path; acks collected, confirmed by the write behind)."""
+        for key, bar in self.closed:
+            self.sent.append(await self.s.bars.send(key=key, value=bar.dumps()))
+            BARS.labels(bar.symbol).inc()
+            LAST_CLOSE.labels(bar.symbol).set(bar.close)
 
     async def forecast(self) -> None:
         """Forecast the ready bars, calibrate the bands, write Redis, send the predictions (acks collected)."""
@@ -244,4 +252,5 @@ def register(s: "Streams") -> None:
         for event in events:
             await batch.add(event.key, event.value)
         await batch.forecast()
+        await batch.publish()
         live.done(batch)
