@@ -32,6 +32,14 @@ BAR_TO_REDIS = Histogram(
     "Bar close (the closing trade's batch reaching the worker) to the prediction written in Redis",
     buckets=LATENCY_BUCKETS,
 )
+FORECAST_STAGE = Histogram(
+    "chaincast_forecast_stage_seconds",
+    "Where a batch's forecasts spent their time, wall clock, once per batch that forecast: queued (the newest "
+    "message's producer timestamp to the batch taken: producer, broker, fetch, hand-off to the agent; clocks of "
+    "one host), fold (the batch's decode, bar fold, window and features), inference, redis (calibration and "
+    "the Redis write)",
+    ["stage"], buckets=LATENCY_BUCKETS,
+)
 GC_PAUSE = Histogram("chaincast_gc_pause_seconds", "Garbage-collector pauses of the event loop, by generation "
                      "(2: a full collection)", ["generation"], buckets=LATENCY_BUCKETS)
 INFERENCE = Histogram("chaincast_inference_seconds", "onnxruntime inference per batch", buckets=LATENCY_BUCKETS)

@@ -35,6 +35,7 @@ WORKER_START_S = 300.0  # process start -> serving a model, on a loaded machine
 POLL_S = 0.1  # metrics polls, of the fewest series that tell the phase (see drain)
 SETTLE_S = 5.0  # fallback: predictions unchanged this long (bars all emitted) = the backlog is done
 MESSAGES = "chaincast_trade_messages_total"  # one series: cheap to poll
+STAGES = "chaincast_forecast_stage_seconds"  # where a batch's forecasts spent their time, by stage
 COUNTS = (MESSAGES, "chaincast_trades_total", "chaincast_bars_total", "chaincast_predictions_total")
 
 
@@ -85,6 +86,13 @@ class Worker:
         """The worker's metrics summed by name: only ``names`` if given (a poll during a timed phase
         then costs the worker a scrape of those alone, not of every market's every series)."""
         return scrape(self.port, timeout=2.0, names=names)
+
+    def stages(self) -> dict[str, tuple[float, float]]:
+        """The worker's forecast stages so far (``chaincast_forecast_stage_seconds``): stage -> (seconds, batches)."""
+        out: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        for name, labels, value in scrape_samples(self.port, timeout=2.0, names=[STAGES + "_sum", STAGES + "_count"]):
+            out[labels["stage"]][0 if name.endswith("_sum") else 1] += value
+        return {stage: (total, count) for stage, (total, count) in out.items()}
 
     def rss_mb(self) -> float:
         return psutil.Process(self.proc.pid).memory_info().rss / 2**20

@@ -16,7 +16,7 @@ import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 from aiokafka import AIOKafkaProducer
@@ -118,6 +118,7 @@ class Latency:
     ack_ms: list[float]  # producer send -> broker acknowledgement
     closes_sent: int
     seen: dict[tuple[str, int], tuple[float, dict[str, str]]]
+    stages_ms: dict[str, float] = field(default_factory=dict)  # the worker's own stage means, when read
 
     @property
     def p50(self) -> float:

@@ -69,6 +69,8 @@ def table(result: dict[str, Any]) -> str:
         ("  of which producer send -> ack p50", fmt(result["producer_ack_ms_p50"], " ms"), ""),
         ("  of which predict stage p50 / p99",
          f"{fmt(result['predict_stage_ms_p50'])} / {fmt(result['predict_stage_ms_p99'], ' ms')}", ""),
+        ("  worker stages, mean ms per forecasting batch",
+         ", ".join(f"{k} {v:.2f}" for k, v in (result.get("forecast_stages_ms_mean") or {}).items()) or "-", ""),
         ("model swap (announce -> loaded)", fmt(result["swap_s"], " s"), ""),
         ("worker RSS", fmt(result["worker_rss_mb"], " MB"), f"<= {goals['worker_rss_mb']:.0f} MB"),
         ("worker CPU s per million trades, 1 / 2 workers",

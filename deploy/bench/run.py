@@ -122,12 +122,27 @@ def stack_settings(stack: ExitStack, base: Settings, log_dir: Path, kafka: bool)
     return base, broker, home
 
 
+def stage_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Mean ms per forecasting batch of each stage between two reads of the worker's stage histogram.
+
+    >>> stage_means({"fold": (1.0, 10)}, {"fold": (1.5, 20), "redis": (0.2, 10)})
+    {'fold': 50.0, 'redis': 20.0}
+    """
+    out = {}
+    for stage, (total, count) in after.items():
+        total0, count0 = before.get(stage, (0.0, 0.0))
+        if count > count0:
+            out[stage] = (total - total0) / (count - count0) * 1000
+    return out
+
+
 def latency_with_swap(settings: Settings, worker: Worker, timed: Sequence, per_s: float,
                       swap_to: Any) -> tuple[Latency, float | None, float | None]:
     """Timed closes on the warm worker; halfway a second model is announced. Returns the latency,
     announce -> loaded (the worker's gauge; None if it never loaded it, logged) and announce ->
     first forecast of the new version."""
     before = worker.metrics(LOADED).get(LOADED, 0.0)
+    stages = worker.stages()
     announced: dict[str, float] = {}
 
     async def swap() -> None:
@@ -136,6 +151,7 @@ def latency_with_swap(settings: Settings, worker: Worker, timed: Sequence, per_s
 
     layout = RedisLayout.of(settings)
     lat = measure(settings, {s: layout.history(s) for s in settings.symbols}, timed, per_s, halfway=swap)
+    lat.stages_ms = stage_means(stages, worker.stages())
     deadline = time.monotonic() + SWAP_WAIT_S
     while (loaded := worker.metrics(LOADED).get(LOADED, 0.0)) <= before:
         if time.monotonic() > deadline:
@@ -240,6 +256,7 @@ def run_bench(base: Settings, plan: BenchPlan, files: dict[str, list[Path]], log
         "producer_ack_ms_p50": percentile(lat.ack_ms, 50),
         "predict_stage_ms_p50": percentile(lat.stage_ms, 50) if lat.stage_ms else None,
         "predict_stage_ms_p99": percentile(lat.stage_ms, 99) if lat.stage_ms else None,
+        "forecast_stages_ms_mean": lat.stages_ms,
         "ort_speedup_vs_torch": {f: r["speedup"] for f, r in ort.items()},
         "ort_latency_ms": {f: {"torch": r["torch_ms"], "onnxruntime": r["onnx_ms"]} for f, r in ort.items()},
         "swap_s": swap_s,

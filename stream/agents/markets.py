@@ -50,6 +50,7 @@ from chaincast.stream.metrics import (
     BARS,
     DUPLICATES,
     FORECAST,
+    FORECAST_STAGE,
     INFERENCE,
     LAST_CLOSE,
     PREDICTIONS,
@@ -67,6 +68,7 @@ log = logging.getLogger(__name__)
 SOURCE = "stream.markets"
 CHAIN_CATCH_UP_S = 30.0
 BATCH = 500  # messages per batch at most (what has arrived: stream.batches)
+QUEUED, FOLD, INFERRED, WRITTEN = (FORECAST_STAGE.labels(stage) for stage in ("queued", "fold", "inference", "redis"))
 
 
 class Markets:
@@ -138,6 +140,7 @@ class MarketBatch:
         self.s = s
         self.markets = markets
         self.arrived = time.perf_counter()
+        self.taken = time.time()  # wall clock, against the messages' producer timestamps
         self.states: dict[bytes, MarketState] = {}  # the live states this batch touched, by market key
         self.sent: list[Awaitable[Any]] = []  # broker acks to confirm before the states are recorded
         self.closed: list[tuple[bytes, Bar]] = []  # the bars the batch closed, to publish after the forecasts
@@ -184,6 +187,7 @@ class MarketBatch:
         if not self.ready:
             return
         s = self.s
+        folded = time.perf_counter()
         raw: list[Prediction] = []
         for model in s.slots.serving():  # one per forecaster (target, horizon) that has a model
             with INFERENCE.time():
@@ -192,9 +196,13 @@ class MarketBatch:
             for bar in refused:
                 await self.dead_letter(bar.dumps(), f"model_output: not finite or beyond {MAX_ABS_OUTPUT} "
                                        f"from {model.version}", bar_key(bar))
+        inferred = time.perf_counter()
         preds = self.calibrate(raw)
         await s.sink.write(preds)
         done = time.perf_counter()
+        FOLD.observe(folded - self.arrived)
+        INFERRED.observe(inferred - folded)
+        WRITTEN.observe(done - inferred)
         for p in preds:
             BAR_TO_REDIS.observe(done - self.arrived)
             PREDICTIONS.labels(p.symbol).inc()
@@ -252,5 +260,7 @@ def register(s: "Streams") -> None:
         for event in events:
             await batch.add(event.key, event.value)
         await batch.forecast()
+        if batch.ready and (newest := max(event.message.timestamp or 0.0 for event in events)) > 0:
+            QUEUED.observe(max(batch.taken - newest, 0.0))  # Faust's timestamps are seconds, the producer's
         await batch.publish()
         live.done(batch)

@@ -108,6 +108,9 @@ def test_tiny_bench_reports_every_figure(stack, tmp_path):
         assert positive(result[key]), (key, result[key])
     assert result["bar_to_redis_ms_p50"] <= result["bar_to_redis_ms_p99"]
     assert 0 < result["bar_to_redis_samples"] <= 120
+    # Where the worker's forecasts spent their time in that phase, from its own stage histogram.
+    stages = result["forecast_stages_ms_mean"]
+    assert set(stages) == {"queued", "fold", "inference", "redis"} and all(v > 0 for v in stages.values()), stages
     assert set(result["ort_speedup_vs_torch"]) == {"linear", "persistence"}
     assert all(positive(v) for v in result["ort_speedup_vs_torch"].values())
     assert result["throughput_run"]["trades"] == 20 * 300 * 4
