@@ -201,6 +201,17 @@ def overview() -> dict[str, Any]:
             quantile(0.5, f"chaincast_inference_seconds_bucket{WORKER}"),
             quantile(0.99, f"chaincast_inference_seconds_bucket{WORKER}"),
         ), unit="s"),
+        Panel("Where a forecast's time goes (worker, mean per forecasting batch)", (
+            q(f"sum by (stage) (rate(chaincast_forecast_stage_seconds_sum{WORKER}[{RATE}])) / "
+              f"sum by (stage) (rate(chaincast_forecast_stage_seconds_count{WORKER}[{RATE}]))", "{{stage}}"),
+        ), unit="s", description="queued: producer timestamp to the batch taken (broker, fetch, hand-off); fold: "
+                                 "decode, bar fold, window and features; inference; redis: calibration and the "
+                                 "Redis write"),
+        Panel("Garbage-collector pauses (worker, p99 by generation)", (
+            q(f"histogram_quantile(0.99, sum by (le, generation) "
+              f"(rate(chaincast_gc_pause_seconds_bucket{WORKER}[{RATE}])))", "generation {{generation}}"),
+        ), unit="s", description="The event loop stands still during a collection; 2 is a full one. The worker "
+                                 "freezes its start-up objects once it serves, so full collections stay short"),
         Panel("Bar to Redis latency distribution",
               (q(f"sum by (le) (rate(chaincast_bar_to_redis_seconds_bucket{WORKER}[{RATE}]))", "{{le}}"),),
               kind="heatmap", unit="s"),
