@@ -7,11 +7,15 @@ output head, so the exported ONNX graph holds everything serving needs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+CONSTANT_STD = 1e-8  # a feature whose train-split spread is at most this did not vary
 
 
 class ForecastNet(nn.Module):
@@ -36,7 +40,12 @@ class ForecastNet(nn.Module):
         """x (N, T, F), y (N,) from the train split only."""
         flat = x.reshape(-1, x.shape[-1])
         self.x_mean.copy_(flat.mean(0))
-        self.x_std.copy_(flat.std(0).clamp_min(1e-8))
+        # A feature that never varied in training (the taker buy ratio of a history without buy
+        # volume: 0.5 throughout) taught the model nothing; scaled by its ~0 spread, any live value
+        # would be millions of standard deviations out and the forecast absurd. Its scale is
+        # infinite instead: the model sees 0 for it, as in training.
+        std = flat.std(0)
+        self.x_std.copy_(torch.where(std > CONSTANT_STD, std, torch.full_like(std, math.inf)))
         # Returns are not centred: baking the train period's drift into the model is a bet, not a fit.
         self.y_center.fill_(float(y.mean()) if center_target else 0.0)
         self.y_scale.fill_(max(float(y.std()), 1e-8))

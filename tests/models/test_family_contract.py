@@ -18,6 +18,7 @@ from chaincast.models.evaluate import predict
 from chaincast.models.export import PARITY_LIMIT
 from chaincast.models.families import FAMILIES
 from chaincast.models.features import FEATURES, window_tensor
+from chaincast.models.history import BUY_VOLUME, VOLUME
 from chaincast.models.transformer import TransformerBody, TransformerConfig
 from chaincast.models.serving import Forecaster
 from chaincast.models.train import FitOptions, train
@@ -80,3 +81,26 @@ def test_transformer_every_bar_reaches_the_output() -> None:
     body(z).sum().backward()
     per_bar = z.grad.abs().sum(dim=(0, 2))  # (T,)
     assert bool((per_bar > 0).all()), f"dead positions: {torch.flatnonzero(per_bar == 0).tolist()}"
+
+
+@pytest.mark.parametrize("family", ["linear", "gru", "lstm", "transformer"])
+def test_a_feature_constant_in_training_is_ignored_when_it_varies_live(family: str, btc_slice: np.ndarray,
+                                                                       tmp_path: Path) -> None:
+    """The bundled exports carry no taker buy volume, so the buy ratio is 0.5 throughout training;
+    live trades carry their side, so it varies. Scaled by its ~0 training spread, any live value was
+    millions of deviations out: every forecast absurd and refused by the worker. The model must
+    ignore the feature it never saw vary, in torch and in the exported graph."""
+    assert np.isnan(btc_slice[:, BUY_VOLUME]).all()  # what the model is trained on: no buy volume
+    result = train([btc_slice], family, window=WINDOW, horizon=1, seed=0,
+                   options=FitOptions(max_epochs=1, max_steps_per_epoch=5))
+    onnx_bytes, card = export_checked(result)
+    entry = Registry(tmp_path / "registry").put(onnx_bytes, card)
+    model = Forecaster.load(entry.onnx_path, expected_sha256=entry.sha256)
+    live = btc_slice.copy()
+    live[:, BUY_VOLUME] = 0.7 * live[:, VOLUME]  # the side of every trade known: a 0.7 buy ratio
+    x_export, x_live = window_tensor(btc_slice, WINDOW), window_tensor(live, WINDOW)
+    assert x_export is not None and x_live is not None and not np.allclose(x_export, x_live)
+    for forecast in (lambda x: predict(result.module, x), model.predict):
+        served, trained = forecast(x_live), forecast(x_export)
+        assert np.isfinite(served).all() and np.abs(served).max() < 0.1, served  # a 1-minute log return
+        np.testing.assert_allclose(served, trained, rtol=0, atol=PARITY_LIMIT)
