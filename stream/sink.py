@@ -125,9 +125,10 @@ class RedisSink:
         assert self._set_if_newer is not None  # set with the client
         pipe = client.pipeline(transaction=False)
         for pred in preds:
-            self._latest(pipe, pred)
+            fields = _fields(pred)
+            self._latest(pipe, pred, fields)
             extra = self._extra(pred.target, pred.horizon)
-            pipe.xadd(self.keys.history(pred.symbol, *extra), _fields(pred),
+            pipe.xadd(self.keys.history(pred.symbol, *extra), fields,
                       id=self.keys.history_id(pred.bar_ts, pred.horizon), maxlen=self.maxlen, approximate=True)
         if not preds:
             return 0
@@ -147,14 +148,13 @@ class RedisSink:
             await client.script_load(self._set_if_newer.script)
             pipe = client.pipeline(transaction=False)
             for pred in unknown:
-                self._latest(pipe, pred)
+                self._latest(pipe, pred, _fields(pred))
             await pipe.execute()
         return new
 
-    def _latest(self, pipe: Pipeline, pred: Prediction) -> None:
+    def _latest(self, pipe: Pipeline, pred: Prediction, fields: dict[str, str]) -> None:
         """Queue the replacement of the latest-prediction hash, unless it holds a later bar."""
         assert self._set_if_newer is not None  # set with the client
-        fields = _fields(pred)
         pipe.evalsha(self._set_if_newer.sha, 1, self.keys.latest(pred.symbol, *self._extra(pred.target, pred.horizon)),
                      pred.bar_ts, *[x for kv in fields.items() for x in kv])
 
