@@ -20,6 +20,9 @@ from chaincast.stream.records import ModelUpdate, Prediction, forecaster_key, pa
 from chaincast.stream.redis_layout import RedisLayout
 from chaincast.stream.settings import Settings
 
+READ_TIMEOUT_S = 30.0  # a reply later than this is a hung Redis; a follow's XREAD BLOCK stays well inside it
+FOLLOW_BLOCK_MS = 5_000
+
 
 def forecaster_id(pred: Prediction) -> str:
     """The stable name of the forecaster that made ``pred``.
@@ -67,7 +70,10 @@ class ForecastReader:
     @property
     def client(self) -> aioredis.Redis:
         if self._client is None:
-            self._client = aioredis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+            # Explicit: redis-py 8 defaults to a 5 s socket timeout, which cut a follow's 5 s
+            # XREAD BLOCK whenever the server's empty reply came a moment late.
+            self._client = aioredis.Redis.from_url(self.settings.redis_url, decode_responses=True,
+                                                   socket_timeout=READ_TIMEOUT_S, socket_connect_timeout=5.0)
         return self._client
 
     async def close(self) -> None:
@@ -167,10 +173,13 @@ class ForecastReader:
             pipe.hgetall(self.layout.score(sym, *extra))
         return list(await pipe.execute())
 
-    async def follow(self, symbols: list[str] | None = None, block_ms: int = 5000,
+    async def follow(self, symbols: list[str] | None = None, block_ms: int = FOLLOW_BLOCK_MS,
                      forecasters: list[str] | None = None) -> AsyncIterator[Prediction]:
         """New forecasts as the workers write them (from now on), in history order per symbol and
-        forecaster (every served forecaster unless ``forecasters`` is given)."""
+        forecaster (every served forecaster unless ``forecasters`` is given). Each read waits
+        up to ``block_ms`` for news, which must stay below the client's ``READ_TIMEOUT_S``."""
+        if not 0 < block_ms < READ_TIMEOUT_S * 1000:
+            raise ValueError(f"block_ms must be between 0 and {READ_TIMEOUT_S * 1000:.0f}, not {block_ms}")
         keys = self.history_keys(symbols or self.settings.symbols, forecasters)
         last: dict[str, str] = {}
         for key in keys:  # start after the newest entry, so nothing between two reads is missed
