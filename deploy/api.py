@@ -47,6 +47,7 @@ FORECASTER = r"^[a-z_]{1,32}:h?[0-9]{1,4}$"
 MAX_TS = 10**15  # ms: year 33658; keeps `since` inside what a Redis stream id can hold
 WS_AUTH_TIMEOUT_S = 10.0
 CLOSE_UNAUTHORIZED = 4401  # application close codes (4000-4999): 401 as a websocket close
+CLOSE_UNAVAILABLE = 4503  # 503 as a websocket close: Redis stopped answering; reconnect later
 
 
 class Forecast(Prediction):
@@ -222,11 +223,15 @@ def create_app(settings: Settings, store: TokenStore | None = None, live_interva
         if (info := await ws_login(ws)) is None:
             return
         with contextlib.suppress(WebSocketDisconnect):
-            async for p in reader.follow():
-                if not gate.still_valid(info):  # revoked or expired while streaming
-                    await ws.close(CLOSE_UNAUTHORIZED, "token revoked or expired")
-                    return
-                await ws.send_text(Forecast.of(p).model_dump_json(by_alias=True))
+            try:
+                async for p in reader.follow():
+                    if not gate.still_valid(info):  # revoked or expired while streaming
+                        await ws.close(CLOSE_UNAUTHORIZED, "token revoked or expired")
+                        return
+                    await ws.send_text(Forecast.of(p).model_dump_json(by_alias=True))
+            except (RedisConnectionError, RedisTimeoutError) as exc:  # a close the client can read, not a torn socket
+                log.warning("Redis unreachable, closing a stream: %s", exc)
+                await ws.close(CLOSE_UNAVAILABLE, "Redis unreachable")
 
     @app.websocket("/v1/live")
     async def live(ws: WebSocket) -> None:

@@ -20,9 +20,11 @@ from hypothesis import settings as hsettings
 from websockets.asyncio.client import connect
 
 from chaincast.deploy.api import bind, create_app, serve
+from chaincast.deploy.embedded import wait_for_port
 from chaincast.deploy.tokens import TokenStore
 from chaincast.stream.records import FeePrediction, Prediction
 from chaincast.stream.sink import RedisSink
+from tests.conftest import start_persistent_redis
 from tests.deploy.conftest import require
 
 pytestmark = pytest.mark.one_broker  # the API reads Redis; the broker only carries the fixture's data
@@ -214,6 +216,41 @@ def test_stream_sends_new_forecasts_and_refuses_bad_tokens(server: Server) -> No
     assert refused["status"] == 401
     assert hello == {"ok": True, "token": "tester"}
     assert (new["symbol"], new["bar_ts"], new["forecaster"]) == ("ETHUSDT", T0 + 20 * 60_000, "log_return:h1")
+
+
+def test_a_stream_whose_redis_stops_gets_a_close_it_can_read(tmp_path: Path) -> None:
+    """Redis gone mid-stream: the socket closes with 4503 and a reason, not torn (no HTTP reply on a websocket)."""
+    from chaincast.stream.settings import Settings
+    from websockets.exceptions import ConnectionClosed
+
+    proc, port = start_persistent_redis(tmp_path / "redis")
+    settings = Settings(CHAINCAST_HOME=str(tmp_path), REDIS_URL=f"redis://127.0.0.1:{port}/0",
+                        CHAINCAST_SYMBOLS="BTCUSDT")
+    store = TokenStore.in_home(tmp_path)
+    token, _ = store.create("tester", ["read"])
+    sock, stop = bind("127.0.0.1", 0), threading.Event()
+    thread = threading.Thread(target=serve, args=(create_app(settings, store), sock, stop), daemon=True)
+    thread.start()
+    wait_for_port(sock.getsockname()[1], None, 60, "the API")
+
+    async def run() -> ConnectionClosed:
+        url = f"ws://127.0.0.1:{sock.getsockname()[1]}/v1/stream"
+        async with connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+            assert json.loads(await ws.recv())["ok"]
+            await asyncio.sleep(0.5)  # the follow is waiting on Redis
+            proc.stop()
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 60)
+        return closed.value
+
+    try:
+        closed = asyncio.run(run())
+    finally:
+        proc.stop()
+        stop.set()
+        thread.join(15)
+    assert closed.rcvd is not None, "the socket was torn, not closed"
+    assert (closed.rcvd.code, closed.rcvd.reason) == (4503, "Redis unreachable")
 
 
 def test_schemathesis_finds_no_server_errors(server: Server) -> None:
