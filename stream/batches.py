@@ -14,9 +14,11 @@ An agent that keeps its state in the worker writes it behind instead
 (``behind``, as Kafka Streams caches its stores): ``handle`` does the batch's
 work that cannot wait (the forecast into Redis), and its outputs are confirmed
 and its state recorded by a write that runs beside the next batches. Writes run
-one at a time, back to back, each covering every batch handled since the last
-began, so a backlog pays one state write for several batches, a lone record
-never waits for the previous batch's write, and an idle worker writes nothing.
+one at a time, each covering every batch handled since the last began, and
+begin at most every ``every_s`` (back to back without it), so a backlog pays one
+state write for many batches, a lone record never waits for the previous
+batch's write, and an idle worker writes nothing (what pacing saves is
+measured in deploy/BENCHMARKS.md).
 The batches a write covers are acknowledged once it completes, in order; a
 write that raises ends the worker with them unacknowledged.
 
@@ -30,6 +32,7 @@ raised.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -43,7 +46,8 @@ HELD_BATCHES = 8  # with ``behind``: batches of ``most`` handled and not yet wri
 
 
 async def each_batch(stream: "faust.StreamT", most: int, handle: Callable[[list["faust.EventT"]], Awaitable[None]],
-                     source: str, *, behind: Callable[[], Awaitable[None]] | None = None) -> None:
+                     source: str, *, behind: Callable[[], Awaitable[None]] | None = None,
+                     every_s: float = 0.0) -> None:
     """Hand ``handle`` the stream's events in batches of what has already arrived; acknowledge each once it
     returns (or, with ``behind``, once the write that covers it completes), and end the worker
     unacknowledged (as ``source``) if either raises.
@@ -59,6 +63,12 @@ async def each_batch(stream: "faust.StreamT", most: int, handle: Callable[[list[
     never reach the buffer and Faust acknowledges them; what the buffer holds is handled and
     acknowledged even when the drain is blocked, so a rebalance waiting for every event to be
     acknowledged never waits on a batch that no next event would release.
+
+    ``every_s`` paces the work that is off the latency path: with ``behind``, a write begins at
+    most every ``every_s`` (batches handled meanwhile wait for the next one, so the state of a
+    busy market is written once per interval, not once per batch); without, a batch is taken at
+    most every ``every_s`` (what arrives meanwhile joins it, up to ``most``). A paced write or
+    batch waits at most ``every_s`` more to be acknowledged.
     """
     buffer: list[faust.EventT] = []
     filled = asyncio.Event()  # the buffer holds events
@@ -79,6 +89,9 @@ async def each_batch(stream: "faust.StreamT", most: int, handle: Callable[[list[
     writing: asyncio.Future[None] | None = None  # the write under way
     written = asyncio.Event()  # set when a write completes
     handling = False
+    loop = asyncio.get_running_loop()
+    last_write = last_batch = -math.inf  # loop times the last write began, the last batch was taken
+    timer: asyncio.TimerHandle | None = None  # a paced write, due
 
     async def write(durable: Awaitable[None], events: list[faust.EventT]) -> None:
         nonlocal writing
@@ -93,13 +106,23 @@ async def each_batch(stream: "faust.StreamT", most: int, handle: Callable[[list[
         write_next()
 
     def write_next() -> None:  # between batches only: what ``behind`` takes is whole batches
-        nonlocal writing
+        nonlocal writing, last_write, timer
         if behind is None or writing is not None or handling or not held:
             return
+        if (wait := last_write + every_s - loop.time()) > 0:
+            if timer is None:
+                timer = loop.call_later(wait, write_when_due)
+            return
+        last_write = loop.time()
         events = list(held)
         held.clear()
         written.clear()
         writing = asyncio.ensure_future(write(behind(), events))
+
+    def write_when_due() -> None:
+        nonlocal timer
+        timer = None
+        write_next()
 
     acks, stream.enable_acks = stream.enable_acks, False  # acknowledged here, by batch
     stream.add_processor(add)
@@ -111,6 +134,9 @@ async def each_batch(stream: "faust.StreamT", most: int, handle: Callable[[list[
                 continue
             while len(held) >= HELD_BATCHES * most and not stream.should_stop:
                 await stream.wait_for_stopped(written)  # type: ignore[arg-type]
+            if behind is None and (wait := last_batch + every_s - loop.time()) > 0 and len(buffer) < most:
+                await stream.sleep(wait)
+            last_batch = loop.time()
             batch = list(buffer)
             buffer.clear()
             filled.clear()
@@ -128,5 +154,7 @@ async def each_batch(stream: "faust.StreamT", most: int, handle: Callable[[list[
                 held.extend(batch)
                 write_next()
     finally:
+        if timer is not None:
+            timer.cancel()
         stream.enable_acks = acks
         stream._processors.remove(add)  # noqa: SLF001

@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 SOURCE = "stream.markets"
 CHAIN_CATCH_UP_S = 30.0
 BATCH = 500  # messages per batch at most (what has arrived: stream.batches)
+WRITE_EVERY_S = 0.1  # the write behind begins at most this often (a busy market's state: once per interval)
 QUEUED, FOLD, INFERRED, WRITTEN = (FORECAST_STAGE.labels(stage) for stage in ("queued", "fold", "inference", "redis"))
 
 
@@ -252,7 +253,7 @@ def register(s: "Streams") -> None:
         except asyncio.TimeoutError:
             log.warning("chain blocks not caught up after %.0fs; bars start without them", CHAIN_CATCH_UP_S)
         await s.slots.ready.wait()  # hold trades (not drop them) until the default forecaster serves
-        await each_batch(stream, BATCH, handle, SOURCE, behind=live.behind)
+        await each_batch(stream, BATCH, handle, SOURCE, behind=live.behind, every_s=WRITE_EVERY_S)
 
     async def handle(events: list) -> None:
         TRADE_MESSAGES.inc(len(events))

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SOURCE = "stream.score"
+EVERY_S = 0.5  # a batch at most this often: scores are not on a forecast's path, and each batch writes
+# every market it touched (Redis and the changelog) once, however many bars and forecasts it held
 
 
 def register(s: "Streams") -> None:
@@ -77,7 +79,7 @@ def register(s: "Streams") -> None:
 
     @s.app.agent(both, name="score")
     async def score(stream):  # noqa: ANN001 - a faust stream
-        await each_batch(stream, 500, handle, SOURCE)
+        await each_batch(stream, 500, handle, SOURCE, every_s=EVERY_S)
 
     async def handle(events: list) -> None:
         # Batched: each market's state is written to its changelog and to Redis once per batch.

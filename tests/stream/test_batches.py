@@ -37,9 +37,12 @@ class Recorder:
         self.writes: list[list[Any]] = []  # the events each write covered
         self.acked_before_written: list[bool] = []
         self.taken_while_handling = False
+        self.handled_at: list[float] = []  # loop time each batch was handed over
+        self.written_at: list[float] = []  # loop time each write began
 
     async def handle(self, events: list[faust.EventT]) -> None:
         self.handling = True
+        self.handled_at.append(asyncio.get_running_loop().time())
         self.batches.append([e.value for e in events])
         self.unacked_in_batch.append(not any(e.message.acked for e in events))
         if len(self.batches) == OPEN_AT_BATCH:
@@ -51,6 +54,7 @@ class Recorder:
 
     def behind(self) -> Any:
         self.taken_while_handling |= self.handling
+        self.written_at.append(asyncio.get_running_loop().time())
         covered, self.since_write = self.since_write, []
         self.writes.append(covered)
 
@@ -63,12 +67,13 @@ class Recorder:
         return write()
 
 
-def agent_with(recorder: Recorder, most: int) -> Any:
+def agent_with(recorder: Recorder, most: int, every_s: float = 0.0, behind: bool = True) -> Any:
     app = faust.App("test-batches", broker="kafka://127.0.0.1:1")  # test_context never connects
 
     @app.agent(app.channel())
     async def agent(stream):  # noqa: ANN001 - a faust stream
-        await each_batch(stream, most, recorder.handle, "test", behind=recorder.behind)
+        await each_batch(stream, most, recorder.handle, "test", behind=recorder.behind if behind else None,
+                         every_s=every_s)
 
     return agent
 
@@ -122,3 +127,51 @@ def test_a_failed_write_leaves_its_messages_unacknowledged(monkeypatch: pytest.M
     assert stopped[0] == "test: changelog not acknowledged"
     assert rec.writes[0] and not any(e.message.acked for e in rec.writes[0])
     assert not any(e.message.acked for e in events)
+
+
+EVERY_S = 0.3
+
+
+async def trickle(agent: Any, n: int) -> list[Any]:
+    """``n`` messages, one every 20 ms: many batches' worth inside one pacing interval."""
+    events = []
+    for i in range(n):
+        events.append(await agent.put(i))
+        await asyncio.sleep(0.02)
+    return events
+
+
+def test_paced_writes_begin_at_most_every_interval_and_the_last_is_not_left_waiting() -> None:
+    rec = Recorder()
+    rec.gate.set()  # writes complete at once: what is measured is when they begin
+
+    async def run() -> list[Any]:
+        async with agent_with(rec, most=3, every_s=EVERY_S).test_context() as agent:
+            events = await trickle(agent, 40)  # 0.8 s of messages, then nothing: the last write is due by timer
+            await until("every message acknowledged", lambda: all(e.message.acked for e in events))
+            return events
+
+    asyncio.run(run())
+    gaps = [b - a for a, b in zip(rec.written_at, rec.written_at[1:])]
+    assert len(rec.batches) > len(rec.writes) >= 3
+    assert min(gaps) >= EVERY_S - 0.01, gaps
+    assert [e.value for w in rec.writes for e in w] == list(range(40))  # each message in one write, in order
+    assert rec.acked_before_written == [False] * len(rec.writes)
+    assert not rec.taken_while_handling
+
+
+def test_paced_batches_without_a_write_behind_gather_what_arrives_meanwhile() -> None:
+    rec = Recorder()
+
+    async def run() -> list[Any]:
+        async with agent_with(rec, most=100, every_s=EVERY_S, behind=False).test_context() as agent:
+            events = await trickle(agent, 40)
+            await until("every message acknowledged", lambda: all(e.message.acked for e in events))
+            return events
+
+    asyncio.run(run())
+    gaps = [b - a for a, b in zip(rec.handled_at, rec.handled_at[1:])]
+    assert [v for b in rec.batches for v in b] == list(range(40))
+    assert 3 <= len(rec.batches) <= 6, rec.batches  # 0.8 s of messages in batches at most every 0.3 s
+    assert min(gaps) >= EVERY_S - 0.01, gaps
+    assert all(rec.unacked_in_batch)
