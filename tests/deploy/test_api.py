@@ -4,6 +4,7 @@ httpx for the curl-like checks, schemathesis against the OpenAPI spec, headless 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import subprocess
@@ -18,11 +19,13 @@ import schemathesis
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from chaincast.deploy.api import bind, create_app, serve
 from chaincast.deploy.embedded import wait_for_port
 from chaincast.deploy.tokens import TokenStore
 from chaincast.stream.records import FeePrediction, Prediction
+from chaincast.stream.settings import Settings
 from chaincast.stream.sink import RedisSink
 from tests.conftest import start_persistent_redis
 from tests.deploy.conftest import require
@@ -64,11 +67,24 @@ class Server:
         return httpx.get(self.url + path, headers=headers, params=params, timeout=30)
 
 
+@contextlib.contextmanager
+def serving(app: object) -> Iterator[str]:
+    """The app served by uvicorn in a thread on a free port; its base URL once it listens."""
+    sock, stop = bind("127.0.0.1", 0), threading.Event()
+    thread = threading.Thread(target=serve, args=(app, sock, stop), daemon=True)
+    thread.start()
+    try:
+        wait_for_port(sock.getsockname()[1], None, 60, "the API")
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(15)
+
+
 @pytest.fixture(scope="module")
 def server(stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Twenty predictions per symbol in Redis, a model hash, a score hash, one token, the API serving them."""
     from chaincast.stream.records import ModelUpdate
-    from chaincast.stream.settings import Settings
 
     home = tmp_path_factory.mktemp("api-home")
     settings = Settings(**stack, CHAINCAST_HOME=str(home), CHAINCAST_REDIS_PREFIX="api:",
@@ -95,24 +111,17 @@ def server(stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> I
     asyncio.run(fill())
     store = TokenStore.in_home(home)
     token, _ = store.create("tester", ["read"])
-    sock = bind("127.0.0.1", 0)
-    stop = threading.Event()
-    thread = threading.Thread(target=serve, args=(create_app(settings, live_interval_s=0.2), sock, stop),
-                              daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(url + "/healthz", timeout=5).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the API did not start"
-        time.sleep(0.1)
-    yield Server(url, settings, store, token)
-    stop.set()
-    thread.join(15)
+    with serving(create_app(settings, live_interval_s=0.2)) as url:
+        deadline = time.monotonic() + 60
+        while True:  # serving, and Redis reachable through it
+            try:
+                if httpx.get(url + "/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the API did not answer /healthz"
+            time.sleep(0.1)
+        yield Server(url, settings, store, token)
 
 
 def test_no_token_bad_token_and_expired_token_get_401(server: Server) -> None:
@@ -220,21 +229,13 @@ def test_stream_sends_new_forecasts_and_refuses_bad_tokens(server: Server) -> No
 
 def test_a_stream_whose_redis_stops_gets_a_close_it_can_read(tmp_path: Path) -> None:
     """Redis gone mid-stream: the socket closes with 4503 and a reason, not torn (no HTTP reply on a websocket)."""
-    from chaincast.stream.settings import Settings
-    from websockets.exceptions import ConnectionClosed
-
     proc, port = start_persistent_redis(tmp_path / "redis")
     settings = Settings(CHAINCAST_HOME=str(tmp_path), REDIS_URL=f"redis://127.0.0.1:{port}/0",
                         CHAINCAST_SYMBOLS="BTCUSDT")
     store = TokenStore.in_home(tmp_path)
     token, _ = store.create("tester", ["read"])
-    sock, stop = bind("127.0.0.1", 0), threading.Event()
-    thread = threading.Thread(target=serve, args=(create_app(settings, store), sock, stop), daemon=True)
-    thread.start()
-    wait_for_port(sock.getsockname()[1], None, 60, "the API")
 
-    async def run() -> ConnectionClosed:
-        url = f"ws://127.0.0.1:{sock.getsockname()[1]}/v1/stream"
+    async def run(url: str) -> ConnectionClosed:
         async with connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
             assert json.loads(await ws.recv())["ok"]
             await asyncio.sleep(0.5)  # the follow is waiting on Redis
@@ -244,11 +245,10 @@ def test_a_stream_whose_redis_stops_gets_a_close_it_can_read(tmp_path: Path) -> 
         return closed.value
 
     try:
-        closed = asyncio.run(run())
+        with serving(create_app(settings, store)) as url:
+            closed = asyncio.run(run(url.replace("http", "ws") + "/v1/stream"))
     finally:
         proc.stop()
-        stop.set()
-        thread.join(15)
     assert closed.rcvd is not None, "the socket was torn, not closed"
     assert (closed.rcvd.code, closed.rcvd.reason) == (4503, "Redis unreachable")
 

@@ -153,8 +153,9 @@ def test_paced_writes_begin_at_most_every_interval_and_the_last_is_not_left_wait
 
     asyncio.run(run())
     gaps = [b - a for a, b in zip(rec.written_at, rec.written_at[1:])]
-    assert len(rec.batches) > len(rec.writes) >= 3
-    assert min(gaps) >= EVERY_S - 0.01, gaps
+    assert len(rec.writes) >= 3  # the messages took at least 0.8 s: a write per interval, and the last by timer
+    assert any(len(w) > 1 for w in rec.writes)  # a write covers what arrived in its interval
+    assert min(gaps) >= EVERY_S - 0.01, gaps  # a busy machine widens the gaps, never narrows them
     assert [e.value for w in rec.writes for e in w] == list(range(40))  # each message in one write, in order
     assert rec.acked_before_written == [False] * len(rec.writes)
     assert not rec.taken_while_handling
@@ -172,6 +173,7 @@ def test_paced_batches_without_a_write_behind_gather_what_arrives_meanwhile() ->
     asyncio.run(run())
     gaps = [b - a for a, b in zip(rec.handled_at, rec.handled_at[1:])]
     assert [v for b in rec.batches for v in b] == list(range(40))
-    assert 3 <= len(rec.batches) <= 6, rec.batches  # 0.8 s of messages in batches at most every 0.3 s
-    assert min(gaps) >= EVERY_S - 0.01, gaps
+    assert len(rec.batches) >= 3  # the messages took at least 0.8 s: a batch per interval at most
+    assert any(len(b) > 1 for b in rec.batches), rec.batches  # what arrived in an interval: one batch
+    assert min(gaps) >= EVERY_S - 0.01, gaps  # a busy machine widens the gaps, never narrows them
     assert all(rec.unacked_in_batch)
