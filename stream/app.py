@@ -37,7 +37,7 @@ def faust_app(settings: Settings) -> faust.App:
 
 def create_app(settings: Settings) -> Streams:
     from chaincast.stream.agents import fees, markets, score, txs  # the agents register themselves on this app
-    from chaincast.stream import lag, pauses
+    from chaincast.stream import heap, lag, pauses
 
     pauses.measure()
     app = faust_app(settings)
@@ -81,6 +81,10 @@ def create_app(settings: Settings) -> Streams:
     async def settle_collector() -> None:  # once the worker serves: full collections skip start-up's objects
         await streams.slots.ready.wait()
         pauses.settle()
+
+    @app.timer(heap.TRIM_EVERY_S)
+    async def trim_heap() -> None:  # a burst's freed memory back to the OS, not held in RSS for good
+        heap.trim()
 
     @app.task
     async def heartbeat() -> None:

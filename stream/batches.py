@@ -66,7 +66,8 @@ async def each_batch(stream: "faust.StreamT", most: int, handle: Callable[[list[
 
     ``every_s`` paces the work that is off the latency path: with ``behind``, a write begins at
     most every ``every_s`` (batches handled meanwhile wait for the next one, so the state of a
-    busy market is written once per interval, not once per batch); without, a batch is taken at
+    busy market is written once per interval, not once per batch), or at once when the batches
+    waiting for it are the most allowed (a backlog is never held back by the pace); without, a batch is taken at
     most every ``every_s`` (what arrives meanwhile joins it, up to ``most``). A paced write or
     batch waits at most ``every_s`` more to be acknowledged.
     """
@@ -109,10 +110,13 @@ async def each_batch(stream: "faust.StreamT", most: int, handle: Callable[[list[
         nonlocal writing, last_write, timer
         if behind is None or writing is not None or handling or not held:
             return
-        if (wait := last_write + every_s - loop.time()) > 0:
+        if (wait := last_write + every_s - loop.time()) > 0 and len(held) < HELD_BATCHES * most:
             if timer is None:
                 timer = loop.call_later(wait, write_when_due)
             return
+        if timer is not None:  # held is full: written now, not when due
+            timer.cancel()
+            timer = None
         last_write = loop.time()
         events = list(held)
         held.clear()

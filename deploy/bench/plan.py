@@ -239,8 +239,10 @@ def scan_rates(n: int, low: float = SCAN_RATES[0], high: float = SCAN_RATES[1]) 
 @dataclass(frozen=True)
 class ScanTraffic:
     """One scan size's messages: ``warmup`` fills every market's window (4-trade bars, one
-    message per market, ending with the first dense trade of the next minute, which closes the
-    last warm-up bar); ``backlog`` continues each market at its own rate (one message per
+    message per market and minute, markets interleaved as a replay sends them, ending with the
+    first dense trade of the next minute, which closes the last warm-up bar; not one message per
+    market holding all its minutes, whose batches closed tens of thousands of bars at once and left
+    that burst's memory in the RSS the scan reads, deploy/BENCHMARKS.md); ``backlog`` continues each market at its own rate (one message per
     FRAME_MS frame: one trade at 5-40 trades/s); ``closes`` open the next minutes, timed."""
 
     markets: dict[str, np.ndarray]
@@ -266,7 +268,7 @@ def scan_traffic(exchange: str, bars: Mapping[str, np.ndarray], n: int, warmup_b
         history = [t for row in rows[:warmup_bars] for t in sparse_trades(exchange, sym, row, per_bar[sym])]
         live = [t for row in rows[warmup_bars:warmup_bars + minutes] for t in dense_trades(exchange, sym, row, per_bar[sym])]
         quota = max(round(per_bar[sym] / 60 * share), 1)
-        warmup.append((key, TradeBatch(exchange=exchange, symbol=sym, trades=history + live[:1]).dumps()))
+        warmup += batches(exchange, sym, history + live[:1], 4)  # a minute per message, the last the next minute's first trade
         body = live[1:1 + quota]
         per_message = max(1, round(per_bar[sym] / 60 * FRAME_MS / 1000))
         backlog += batches(exchange, sym, body, per_message)
@@ -276,5 +278,5 @@ def scan_traffic(exchange: str, bars: Mapping[str, np.ndarray], n: int, warmup_b
         used = warmup_bars + opened
         tails[sym] = rows[used:]
         last_ts[sym] = int(rows[used - 1][TS])
-    return ScanTraffic(markets, per_bar, warmup, interleave(backlog), trades_sent, bars_closed,
+    return ScanTraffic(markets, per_bar, interleave(warmup), interleave(backlog), trades_sent, bars_closed,
                        closes(exchange, tails, last_ts, n_closes, per_bar, rest=False))

@@ -3,7 +3,8 @@
 For each size (4, 64, 512 markets by default) a fresh worker on fresh topics:
 
 1. idle: the worker is up and serving a model; its RSS is the baseline;
-2. warm-up: every market gets enough 4-trade bars to fill its forecast window
+2. warm-up: every market gets enough 4-trade bars to fill its forecast window, a minute
+   per message, markets interleaved
    (the state a market costs), then the first trade of the next minute;
 3. throughput: a backlog of trades at each market's own realistic rate
    (5-40 trades/s spread over the markets, one message per market per 20 ms

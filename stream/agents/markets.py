@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 SOURCE = "stream.markets"
 CHAIN_CATCH_UP_S = 30.0
 BATCH = 500  # messages per batch at most (what has arrived: stream.batches)
-WRITE_EVERY_S = 0.1  # the write behind begins at most this often (a busy market's state: once per interval)
+WRITE_EVERY_S = 1.0  # the write behind begins at most this often (a busy market's state: once per interval), or when the hold is full
 QUEUED, FOLD, INFERRED, WRITTEN = (FORECAST_STAGE.labels(stage) for stage in ("queued", "fold", "inference", "redis"))
 
 
@@ -125,7 +125,7 @@ class Markets:
     def done(self, batch: "MarketBatch") -> None:
         """What the batch sent and changed, for the next ``behind``."""
         self.sent += batch.sent
-        self.changed |= batch.states.keys()
+        self.changed.update(batch.states)  # in place: ``|=`` with a keys view copies the whole set per batch
 
     def drop(self) -> None:
         """Forget the states (after a rebalance, when every message is acknowledged, so every state written)."""

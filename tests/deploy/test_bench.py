@@ -76,15 +76,19 @@ def test_timed_closes_send_the_closing_trade_alone(bars):
 
 def test_scan_traffic_is_realistic_per_market(bars):
     traffic = scan_traffic("binance", bars, 16, 35, 4_000, 40, 4)
-    assert len(traffic.markets) == 16 and len(traffic.warmup) == 16
+    assert len(traffic.markets) == 16 and len(traffic.warmup) == 16 * 36  # a message per market and minute, and the closer
     assert 5 * 60 <= min(traffic.per_bar.values()) and max(traffic.per_bar.values()) <= 40 * 60
     assert traffic.backlog_trades == sum(len(TradeBatch.loads(v).trades) for _, v in traffic.backlog)
     assert abs(traffic.backlog_trades - 4_000) <= 16
     assert {len(TradeBatch.loads(v).trades) for _, v in traffic.backlog} == {1}  # one trade per 20 ms frame
-    for key, value in traffic.warmup:  # a market's ids never jump between its warm-up and its backlog
-        warm = TradeBatch.loads(value).trades
+    warm: dict[bytes, list] = {}
+    for key, value in traffic.warmup:
+        warm.setdefault(key, []).append(TradeBatch.loads(value).trades)
+    for key, messages in warm.items():
+        assert [len(m) for m in messages] == [4] * 35 + [1]  # one warm-up minute per message, in order
+        assert all(a[-1].ts_event < b[0].ts_event for a, b in zip(messages, messages[1:]))
         later = [TradeBatch.loads(v).trades[0] for k, v in traffic.backlog if k == key]
-        assert later[0].trade_id - warm[-1].trade_id == 1
+        assert later[0].trade_id - messages[-1][-1].trade_id == 1  # ids never jump from warm-up to backlog
     assert len(traffic.closes) == 40
 
 

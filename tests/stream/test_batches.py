@@ -177,3 +177,24 @@ def test_paced_batches_without_a_write_behind_gather_what_arrives_meanwhile() ->
     assert any(len(b) > 1 for b in rec.batches), rec.batches  # what arrived in an interval: one batch
     assert min(gaps) >= EVERY_S - 0.01, gaps  # a busy machine widens the gaps, never narrows them
     assert all(rec.unacked_in_batch)
+
+
+def test_a_paced_write_begins_at_once_when_the_most_batches_wait_for_it() -> None:
+    rec = Recorder()
+    rec.gate.set()
+    most, full = 2, batches.HELD_BATCHES * 2  # ``full``: the most events that wait for a write
+    n = 4 * full
+
+    async def run() -> list[Any]:
+        async with agent_with(rec, most=most, every_s=60.0).test_context() as agent:  # an interval the test never sees
+            events = [await agent.put(i) for i in range(n)]
+            await until("every full hold written", lambda: sum(e.message.acked for e in events) >= n - full)
+            return events
+
+    events = asyncio.run(run())
+    assert len(rec.writes) >= 4  # the first at once, then one per full hold: a backlog never waits for the pace
+    assert all(len(w) >= full for w in rec.writes[1:])
+    written = [e.value for w in rec.writes for e in w]
+    assert written == list(range(len(written)))  # each message in one write, in order
+    assert all(e.message.acked for w in rec.writes for e in w)
+    assert not any(e.message.acked for e in events[len(written):])  # the rest waits for its interval
