@@ -207,11 +207,14 @@ def overview() -> dict[str, Any]:
         ), unit="s", description="queued: producer timestamp to the batch taken (broker, fetch, hand-off); fold: "
                                  "decode, bar fold, window and features; inference; redis: calibration and the "
                                  "Redis write"),
-        Panel("Garbage-collector pauses (worker, p99 by generation)", (
+        Panel("Garbage-collector pauses and heap trims (worker, p99)", (
             q(f"histogram_quantile(0.99, sum by (le, generation) "
               f"(rate(chaincast_gc_pause_seconds_bucket{WORKER}[{RATE}])))", "generation {{generation}}"),
+            q(f"histogram_quantile(0.99, sum by (le) (rate(chaincast_heap_trim_seconds_bucket{WORKER}[{RATE}])))",
+              "heap trim"),
         ), unit="s", description="The event loop stands still during a collection; 2 is a full one. The worker "
-                                 "freezes its start-up objects once it serves, so full collections stay short"),
+                                 "freezes its start-up objects once it serves, so full collections stay short. "
+                                 "Every 10 s it returns freed heap to the OS (heap trim)"),
         Panel("Bar to Redis latency distribution",
               (q(f"sum by (le) (rate(chaincast_bar_to_redis_seconds_bucket{WORKER}[{RATE}]))", "{{le}}"),),
               kind="heatmap", unit="s"),
