@@ -84,7 +84,7 @@ def create_app(settings: Settings) -> Streams:
 
     @app.timer(heap.TRIM_EVERY_S)
     async def trim_heap() -> None:  # a burst's freed memory back to the OS, not held in RSS for good
-        heap.trim()
+        await asyncio.to_thread(heap.trim)  # milliseconds of heap walking: off the event loop
 
     @app.task
     async def heartbeat() -> None:

@@ -67,10 +67,11 @@ async def each_batch(stream: "faust.StreamT", most: int, handle: Callable[[list[
     ``every_s`` paces the work that is off the latency path: with ``behind``, a write begins at
     most every ``every_s`` (batches handled meanwhile wait for the next one, so the state of a
     busy market is written once per interval, not once per batch), or at once when the batches
-    waiting for it are the most allowed (a backlog is never held back by the pace); without, a batch is taken at
-    most every ``every_s`` (what arrives meanwhile joins it, up to ``most``). A paced write or
+    waiting for it are the most allowed (a backlog is never held back by the pace); without, a
+    batch is taken at most every ``every_s`` (what arrives meanwhile joins it, up to ``most``). A paced write or
     batch waits at most ``every_s`` more to be acknowledged.
     """
+    full = HELD_BATCHES * most  # events handled and waiting for a write, at most
     buffer: list[faust.EventT] = []
     filled = asyncio.Event()  # the buffer holds events
     room = asyncio.Event()  # the buffer is below ``most``: the drain may add more
@@ -110,7 +111,7 @@ async def each_batch(stream: "faust.StreamT", most: int, handle: Callable[[list[
         nonlocal writing, last_write, timer
         if behind is None or writing is not None or handling or not held:
             return
-        if (wait := last_write + every_s - loop.time()) > 0 and len(held) < HELD_BATCHES * most:
+        if (wait := last_write + every_s - loop.time()) > 0 and len(held) < full:
             if timer is None:
                 timer = loop.call_later(wait, write_when_due)
             return
@@ -136,7 +137,7 @@ async def each_batch(stream: "faust.StreamT", most: int, handle: Callable[[list[
             await stream.wait_for_stopped(filled)  # type: ignore[arg-type]
             if not buffer:
                 continue
-            while len(held) >= HELD_BATCHES * most and not stream.should_stop:
+            while len(held) >= full and not stream.should_stop:
                 await stream.wait_for_stopped(written)  # type: ignore[arg-type]
             if behind is None and (wait := last_batch + every_s - loop.time()) > 0 and len(buffer) < most:
                 await stream.sleep(wait)

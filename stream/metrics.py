@@ -43,7 +43,7 @@ FORECAST_STAGE = Histogram(
 GC_PAUSE = Histogram("chaincast_gc_pause_seconds", "Garbage-collector pauses of the event loop, by generation "
                      "(2: a full collection)", ["generation"], buckets=LATENCY_BUCKETS)
 HEAP_TRIM = Histogram("chaincast_heap_trim_seconds", "Returning the heap's freed pages to the operating system "
-                      "(stream.heap; the event loop waits meanwhile)", buckets=LATENCY_BUCKETS)
+                      "(stream.heap, in a thread beside the event loop)", buckets=LATENCY_BUCKETS)
 INFERENCE = Histogram("chaincast_inference_seconds", "onnxruntime inference per batch", buckets=LATENCY_BUCKETS)
 MODEL_INFO = Gauge("chaincast_model_info", "Serving model (value 1)", ["name", "version", "family"])
 MODEL_LOADED_AT = Gauge("chaincast_model_loaded_timestamp_seconds", "When the serving model was loaded", ["name"])

@@ -238,11 +238,13 @@ def scan_rates(n: int, low: float = SCAN_RATES[0], high: float = SCAN_RATES[1]) 
 
 @dataclass(frozen=True)
 class ScanTraffic:
-    """One scan size's messages: ``warmup`` fills every market's window (4-trade bars, one
-    message per market and minute, markets interleaved as a replay sends them, ending with the
-    first dense trade of the next minute, which closes the last warm-up bar; not one message per
-    market holding all its minutes, whose batches closed tens of thousands of bars at once and left
-    that burst's memory in the RSS the scan reads, deploy/BENCHMARKS.md); ``backlog`` continues each market at its own rate (one message per
+    """One scan size's messages.
+
+    ``warmup`` fills every market's window: 4-trade bars, a message per market and minute,
+    markets interleaved as a replay sends them, ending with the first dense trade of the next
+    minute, which closes the last warm-up bar. (One message per market holding all its minutes
+    closed tens of thousands of bars in one batch and left that burst in the RSS the scan reads,
+    deploy/BENCHMARKS.md.) ``backlog`` continues each market at its own rate (one message per
     FRAME_MS frame: one trade at 5-40 trades/s); ``closes`` open the next minutes, timed."""
 
     markets: dict[str, np.ndarray]

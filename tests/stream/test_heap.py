@@ -13,7 +13,7 @@ MB = 2**20
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc_trim is glibc's: the workers run on Linux")
 def test_trim_returns_a_bursts_freed_heap_to_the_os():
-    assert heap.MALLOC_TRIM is not None, "glibc's malloc_trim not found on Linux"
+    assert heap.malloc_trim() is not None, "glibc's malloc_trim not found on Linux"
     process = psutil.Process()
     burst = [bytes(4096) for _ in range(50_000)]  # ~200 MB of malloc'd blocks (too big for Python's small-object pools)
     pins = burst[::100]  # what outlives the burst, spread through it: free() alone keeps the holes between
