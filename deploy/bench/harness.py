@@ -36,6 +36,9 @@ POLL_S = 0.1  # metrics polls, of the fewest series that tell the phase (see dra
 SETTLE_S = 5.0  # fallback: predictions unchanged this long (bars all emitted) = the backlog is done
 MESSAGES = "chaincast_trade_messages_total"  # one series: cheap to poll
 STAGES = "chaincast_forecast_stage_seconds"  # where a batch's forecasts spent their time, by stage
+QUIET_CPU = 0.15  # settle: a worker is quiet when it used less than this share of a core ...
+QUIET_S = 1.0  # ... over this long
+SETTLE_MAX_S = 120.0  # settle gives up waiting after this long (and says how long it waited)
 COUNTS = (MESSAGES, "chaincast_trades_total", "chaincast_bars_total", "chaincast_predictions_total")
 
 
@@ -216,6 +219,26 @@ def drain(ws: list[Worker], settings: Settings, trades: int, messages: int, bars
                 partitions_by_worker=[sorted({partition_of(settings.exchange, sym, settings.partitions)
                                               for sym, n in s.items() if n > 0}) for s in by_symbol])
         time.sleep(POLL_S)
+
+
+def settle(pids: Sequence[int], timeout: float = SETTLE_MAX_S) -> float:
+    """Wait until every process is quiet (less than ``QUIET_CPU`` of a core over ``QUIET_S``); returns
+    the seconds waited. A drain ends when the last forecast is counted, but the work that follows
+    from a burst (its write behind, the scorer's catch-up) goes on after it: a timed phase that
+    begins then would be charged for it. Reads ``/proc`` only, never ``/metrics``."""
+    procs = [psutil.Process(pid) for pid in pids]
+
+    def cpu() -> list[float]:
+        return [t.user + t.system for t in (p.cpu_times() for p in procs)]
+
+    t0 = last_t = time.perf_counter()
+    last = cpu()
+    while True:
+        time.sleep(QUIET_S)
+        now, used = time.perf_counter(), cpu()
+        if all(b - a < QUIET_CPU * (now - last_t) for a, b in zip(last, used)) or now - t0 > timeout:
+            return now - t0
+        last, last_t = used, now
 
 
 def timed_backlog(ws: list[Worker], settings: Settings, messages: Sequence[tuple[bytes, bytes]], trades: int,

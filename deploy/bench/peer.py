@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 import redis
 
-from chaincast.deploy.bench.harness import POLL_S, preload
+from chaincast.deploy.bench.harness import POLL_S, preload, settle
 from chaincast.deploy.bench.latency import Latency, measure
 from chaincast.deploy.bench.plan import Close
 from chaincast.deploy.bench.peer_app import peer_prefix
@@ -97,6 +97,7 @@ def run_peer(settings: Settings, messages: Sequence[tuple[bytes, bytes]], trades
             first = json.loads(first_out.read_text())["first"]
             last = max(float(entries[0][1]["t"]) for k in keys.values() if (entries := client.xrevrange(k, count=1)))
             seconds = max(last - first, 1e-6)
+            settle([proc.pid])  # as chaincast's worker: the closes begin on a quiet process
             lat = measure(settings, keys, closes, per_s, topic=topic_in) if closes else None
         finally:
             proc.stop(timeout=15)

@@ -26,7 +26,16 @@ import numpy as np
 
 from chaincast.consumers.promotion import announce
 from chaincast.consumers.registry import ModelEntry
-from chaincast.deploy.bench.harness import WORKER_START_S, counts, drain, preload, run_settings, timed_backlog, workers
+from chaincast.deploy.bench.harness import (
+    WORKER_START_S,
+    counts,
+    drain,
+    preload,
+    run_settings,
+    settle,
+    timed_backlog,
+    workers,
+)
 from chaincast.deploy.bench.latency import measure
 from chaincast.deploy.bench.plan import BenchPlan, expected_predictions, scan_traffic
 from chaincast.stream.predict import history_size
@@ -51,13 +60,16 @@ def scan_size(base: Settings, run: str, bars: Mapping[str, np.ndarray], n: int, 
         idle_rss = worker.rss_mb()
         asyncio.run(preload(s, traffic.warmup))
         drain([worker], s, warm_trades, len(traffic.warmup), n * warmup_bars, warm_preds, TIMEOUT_S)
+        warm_settle = settle([worker.proc.pid])  # the warm-up's write behind and scoring are not the backlog's
         tput = timed_backlog([worker], s, traffic.backlog, traffic.backlog_trades, traffic.backlog_bars,
                              traffic.backlog_bars, TIMEOUT_S, baseline=counts([worker]))
+        backlog_settle = settle([worker.proc.pid])
         layout = RedisLayout.of(s)
         lat = measure(s, {m: layout.history(m) for m in traffic.markets}, traffic.closes, plan.closes_per_s)
         rss = worker.rss_mb()
     return {"symbols": n, "trades_per_s": tput.trades_per_s, "p50_ms": lat.p50, "p99_ms": lat.p99,
             "rss_mb": rss, "rss_kb_per_market": (rss - idle_rss) * 1024 / n, "idle_rss_mb": idle_rss,
+            "settle_s": {"after_warmup": warm_settle, "after_backlog": backlog_settle},
             "trades": tput.trades, "messages": tput.messages, "seconds": tput.seconds,
             "cpu_s_per_million_trades": tput.cpu_s_per_million_trades,
             "latency_samples": len(lat.e2e_ms), "latency_missing": lat.closes_sent - len(lat.e2e_ms),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -23,6 +25,7 @@ from chaincast.deploy.bench.plan import (
     scan_traffic,
     trade_messages,
 )
+from chaincast.deploy.bench.harness import settle
 from chaincast.deploy.bench.run import run_bench
 from chaincast.deploy.cli import app
 from chaincast.deploy.up import bundled_files
@@ -126,6 +129,10 @@ def test_tiny_bench_reports_every_figure(stack, tmp_path):
     for row in result["symbols_scan"]:
         for key in ("trades_per_s", "p99_ms", "rss_mb", "rss_kb_per_market"):
             assert key in row and (key == "rss_kb_per_market" or positive(row[key])), (key, row)
+        # Each timed part began on a quiet worker, and the run says how long it waited for that.
+        assert set(row["settle_s"]) == {"after_warmup", "after_backlog"} and all(
+            positive(v) for v in row["settle_s"].values()), row["settle_s"]
+    assert positive(result["latency_settle_s"])
     assert result["peer"]["name"] == "quixstreams" and positive(result["peer"]["trades_per_s"])
     assert positive(result["peer"]["bar_to_redis_ms_p99"])
     assert positive(result["ratio_vs_peer"]["throughput"])
@@ -136,6 +143,25 @@ def test_tiny_bench_reports_every_figure(stack, tmp_path):
         assert 0 < floor["bar_to_redis_ms_p50"] <= floor["bar_to_redis_ms_p99"], (relay, floor)
     assert result["machine"]["cores"] >= 1 and result["machine"]["python"]
     json.dumps(result, allow_nan=False)  # what --json writes
+
+
+def test_settle_waits_for_a_busy_process_to_go_quiet(tmp_path):
+    """A timed phase begins only once the work left over from the phase before is done: here a
+    process that burns a fixed amount of CPU, then marks it done and sleeps."""
+    done = tmp_path / "done"
+    burner = subprocess.Popen([sys.executable, "-c", (
+        "import time, pathlib\n"
+        "t = time.process_time()\n"
+        "while time.process_time() - t < 2.0: pass\n"
+        f"pathlib.Path({str(done)!r}).write_text('1')\n"
+        "time.sleep(60)\n")])
+    try:
+        waited = settle([burner.pid], timeout=60.0)
+        assert done.exists(), f"settle returned after {waited:.1f}s while the process still worked"
+        assert waited < 60.0  # and it returned because the process went quiet, not on its deadline
+    finally:
+        burner.kill()
+        burner.wait()
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path):
