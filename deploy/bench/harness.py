@@ -242,12 +242,17 @@ def settle(pids: Sequence[int], timeout: float = SETTLE_MAX_S) -> float:
 
 
 def timed_backlog(ws: list[Worker], settings: Settings, messages: Sequence[tuple[bytes, bytes]], trades: int,
-                  bars: int, predictions: int, timeout: float, baseline: dict[str, float] | None = None) -> Throughput:
+                  bars: int, predictions: int, timeout: float, baseline: dict[str, float] | None = None,
+                  preloaded: bool = False) -> Throughput:
     """Every worker up and serving first, so that all of them are in the group before the first
     message (on Kafka a worker that joins late takes partitions over mid-run); then the backlog is
-    pre-loaded while they run (batched records: faster than the workers read it) and drained."""
+    pre-loaded while they run (batched records: faster than the workers read it) and drained.
+    ``preloaded``: the backlog is already on the topic (one worker: it cannot join late, and the
+    loading producer then shares no core with it, as with the peer), only drained."""
     for w in ws:
         w.wait_for("chaincast_model_loaded_timestamp_seconds", WORKER_START_S)
+    if preloaded:
+        return drain(ws, settings, trades, len(messages), bars, predictions, timeout, baseline)
     loading = threading.Thread(target=lambda: asyncio.run(preload(settings, messages, batched=True)),
                                name="bench-preload")
     loading.start()

@@ -111,7 +111,8 @@ def test_tiny_bench_reports_every_figure(stack, tmp_path):
     assert result["broker"] == ("tansu (embedded)" if settings.embedded_broker
                                 else f"kafka at {stack['KAFKA_BOOTSTRAP_SERVERS']}")
     for key in ("trades_per_s_per_worker", "messages_per_s", "bare_faust_msgs_per_s", "bar_to_redis_ms_p50",
-                "bar_to_redis_ms_p99", "swap_s", "worker_rss_mb", "two_worker_scaling", "worker_cpu_efficiency_2v1"):
+                "bar_to_redis_ms_p99", "swap_s", "worker_rss_mb", "two_worker_scaling", "worker_cpu_efficiency_2v1",
+                "one_worker_loaded_alongside_trades_per_s"):
         assert positive(result[key]), (key, result[key])
     assert result["bar_to_redis_ms_p50"] <= result["bar_to_redis_ms_p99"]
     assert 0 < result["bar_to_redis_samples"] <= 120
