@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,7 @@ WORKER_START_S = 300.0  # process start -> serving a model, on a loaded machine
 POLL_S = 0.1  # metrics polls, of the fewest series that tell the phase (see drain)
 SETTLE_S = 5.0  # fallback: predictions unchanged this long (bars all emitted) = the backlog is done
 MESSAGES = "chaincast_trade_messages_total"  # one series: cheap to poll
+COMMIT_LAG = "chaincast_consumer_commit_lag_messages"  # per topic and partition; summed: what is left to do
 STAGES = "chaincast_forecast_stage_seconds"  # where a batch's forecasts spent their time, by stage
 QUIET_CPU = 0.15  # settle: a worker is quiet when it used less than this share of a core ...
 QUIET_S = 1.0  # ... over this long
@@ -221,11 +222,13 @@ def drain(ws: list[Worker], settings: Settings, trades: int, messages: int, bars
         time.sleep(POLL_S)
 
 
-def settle(pids: Sequence[int], timeout: float = SETTLE_MAX_S) -> float:
-    """Wait until every process is quiet (less than ``QUIET_CPU`` of a core over ``QUIET_S``); returns
-    the seconds waited. A drain ends when the last forecast is counted, but the work that follows
-    from a burst (its write behind, the scorer's catch-up) goes on after it: a timed phase that
-    begins then would be charged for it. Reads ``/proc`` only, never ``/metrics``."""
+def settle(pids: Sequence[int], timeout: float = SETTLE_MAX_S, behind: Callable[[], float] | None = None) -> float:
+    """Wait until every process is quiet (less than ``QUIET_CPU`` of a core over ``QUIET_S``) and
+    ``behind()`` (what is still to do, if told) is 0; returns the seconds waited. A drain ends when
+    the last forecast is counted, but the work a burst leaves (its write behind, the scorer's
+    catch-up) goes on after it: a timed phase that began then would be charged for it. Quiet
+    alone is not enough: the scorer works through a lag in paced batches, at a share of a core
+    that can pass for quiet (``settle_workers`` asks the workers' commit lag too)."""
     procs = [psutil.Process(pid) for pid in pids]
 
     def cpu() -> list[float]:
@@ -236,9 +239,17 @@ def settle(pids: Sequence[int], timeout: float = SETTLE_MAX_S) -> float:
     while True:
         time.sleep(QUIET_S)
         now, used = time.perf_counter(), cpu()
-        if all(b - a < QUIET_CPU * (now - last_t) for a, b in zip(last, used)) or now - t0 > timeout:
+        quiet = all(b - a < QUIET_CPU * (now - last_t) for a, b in zip(last, used))
+        if (quiet and (behind is None or behind() <= 0)) or now - t0 > timeout:
             return now - t0
         last, last_t = used, now
+
+
+def settle_workers(ws: list[Worker], timeout: float = SETTLE_MAX_S) -> float:
+    """``settle`` for chaincast workers: quiet, and nothing left uncommitted on any topic they read
+    (``chaincast_consumer_commit_lag_messages``, sampled by the worker every ``stream.lag.INTERVAL_S``)."""
+    return settle([w.proc.pid for w in ws], timeout,
+                  behind=lambda: sum(w.metrics(COMMIT_LAG).get(COMMIT_LAG, 0.0) for w in ws))
 
 
 def timed_backlog(ws: list[Worker], settings: Settings, messages: Sequence[tuple[bytes, bytes]], trades: int,

@@ -41,7 +41,7 @@ from chaincast.deploy.bench.harness import (
     broker_name,
     preload,
     run_settings,
-    settle,
+    settle_workers,
     timed_backlog,
     workers,
 )
@@ -213,7 +213,7 @@ def run_bench(base: Settings, plan: BenchPlan, files: dict[str, list[Path]], log
             tput = timed_backlog([worker], one, messages, n_trades, n_bars, n_preds, TIMEOUT_S, preloaded=True)
             echo(f"[one] {tput.trades_per_s:,.0f} trades/s ({tput.messages_per_s:,.0f} msg/s) over "
                  f"{tput.seconds:.1f}s; RSS {tput.rss_mb[0]:.0f} MB; {tput.cpu_s_per_million_trades:.1f} CPU s/M trades")
-            settled = settle([worker.proc.pid])  # the backlog's write behind and scoring are not the closes'
+            settled = settle_workers([worker])  # the backlog's write behind and scoring are not the closes'
             lat, swap_s, swap_first = latency_with_swap(one, worker, timed, plan.closes_per_s, swap_to)
             echo(f"[latency] {len(lat.e2e_ms)} closes: p50 {lat.p50:.1f} ms, p99 {lat.p99:.1f} ms; swap {swap_s} s")
         ceiling = bare_faust(one, messages, log_dir, TIMEOUT_S, plan.ceiling_messages)

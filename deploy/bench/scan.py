@@ -32,7 +32,7 @@ from chaincast.deploy.bench.harness import (
     drain,
     preload,
     run_settings,
-    settle,
+    settle_workers,
     timed_backlog,
     workers,
 )
@@ -60,10 +60,10 @@ def scan_size(base: Settings, run: str, bars: Mapping[str, np.ndarray], n: int, 
         idle_rss = worker.rss_mb()
         asyncio.run(preload(s, traffic.warmup))
         drain([worker], s, warm_trades, len(traffic.warmup), n * warmup_bars, warm_preds, TIMEOUT_S)
-        warm_settle = settle([worker.proc.pid])  # the warm-up's write behind and scoring are not the backlog's
+        warm_settle = settle_workers([worker])  # the warm-up's write behind and scoring are not the backlog's
         tput = timed_backlog([worker], s, traffic.backlog, traffic.backlog_trades, traffic.backlog_bars,
                              traffic.backlog_bars, TIMEOUT_S, baseline=counts([worker]))
-        backlog_settle = settle([worker.proc.pid])
+        backlog_settle = settle_workers([worker])
         layout = RedisLayout.of(s)
         lat = measure(s, {m: layout.history(m) for m in traffic.markets}, traffic.closes, plan.closes_per_s)
         rss = worker.rss_mb()

@@ -165,6 +165,19 @@ def test_settle_waits_for_a_busy_process_to_go_quiet(tmp_path):
         burner.wait()
 
 
+def test_settle_waits_until_nothing_is_left_to_do():
+    """Quiet is not enough: a worker's scorer works through its lag in paced batches, at a share of
+    a core that passes for quiet. Here the process is idle and what is left goes 5, 2, 0."""
+    left = iter([5.0, 2.0, 0.0])
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        settle([sleeper.pid], timeout=60.0, behind=lambda: next(left))
+        assert next(left, None) is None, "settle returned before what was left reached 0"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
 def test_bad_arguments_are_one_line_errors(tmp_path):
     runner = CliRunner()
     missing = runner.invoke(app, ["bench", "--data", str(tmp_path / "nope.csv.gz")])
