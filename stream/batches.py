@@ -68,8 +68,8 @@ async def each_batch(stream: "faust.StreamT", most: int, handle: Callable[[list[
     most every ``every_s`` (batches handled meanwhile wait for the next one, so the state of a
     busy market is written once per interval, not once per batch), or at once when the batches
     waiting for it are the most allowed (a backlog is never held back by the pace); without, a
-    batch is taken at most every ``every_s`` (what arrives meanwhile joins it, up to ``most``). A paced write or
-    batch waits at most ``every_s`` more to be acknowledged.
+    batch is taken at most every ``every_s`` (what arrives meanwhile joins it, up to ``most``).
+    A paced write or batch waits at most ``every_s`` more to be acknowledged.
     """
     full = HELD_BATCHES * most  # events handled and waiting for a write, at most
     buffer: list[faust.EventT] = []

@@ -43,6 +43,12 @@ SETTLE_MAX_S = 120.0  # settle gives up waiting after this long (and says how lo
 COUNTS = (MESSAGES, "chaincast_trades_total", "chaincast_bars_total", "chaincast_predictions_total")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads) so far, from ``/proc``."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
 def run_settings(base: Settings, run: str, symbols: Sequence[str], home: Path) -> Settings:
     """Fresh topics, consumer group and Redis prefix for one run, so runs never see each other."""
     suffix = f"bench-{run}"
@@ -103,8 +109,7 @@ class Worker:
 
     def cpu_s(self) -> float:
         """User + system CPU seconds of the worker process (all its threads) so far."""
-        times = psutil.Process(self.proc.pid).cpu_times()
-        return times.user + times.system
+        return cpu_s(self.proc.pid)
 
     def trades_by_symbol(self) -> dict[str, float]:
         out: dict[str, float] = defaultdict(float)
@@ -229,16 +234,11 @@ def settle(pids: Sequence[int], timeout: float = SETTLE_MAX_S, behind: Callable[
     catch-up) goes on after it: a timed phase that began then would be charged for it. Quiet
     alone is not enough: the scorer works through a lag in paced batches, at a share of a core
     that can pass for quiet (``settle_workers`` asks the workers' commit lag too)."""
-    procs = [psutil.Process(pid) for pid in pids]
-
-    def cpu() -> list[float]:
-        return [t.user + t.system for t in (p.cpu_times() for p in procs)]
-
     t0 = last_t = time.perf_counter()
-    last = cpu()
+    last = [cpu_s(pid) for pid in pids]
     while True:
         time.sleep(QUIET_S)
-        now, used = time.perf_counter(), cpu()
+        now, used = time.perf_counter(), [cpu_s(pid) for pid in pids]
         quiet = all(b - a < QUIET_CPU * (now - last_t) for a, b in zip(last, used))
         if (quiet and (behind is None or behind() <= 0)) or now - t0 > timeout:
             return now - t0

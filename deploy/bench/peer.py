@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 import redis
 
-from chaincast.deploy.bench.harness import POLL_S, preload, settle
+from chaincast.deploy.bench.harness import POLL_S, cpu_s, preload, settle
 from chaincast.deploy.bench.latency import Latency, measure
 from chaincast.deploy.bench.plan import Close
 from chaincast.deploy.bench.peer_app import peer_prefix
@@ -85,14 +85,12 @@ def run_peer(settings: Settings, messages: Sequence[tuple[bytes, bytes]], trades
                     raise RuntimeError(f"the {NAME} peer exited; see {log_dir}/peer.log")
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the {NAME} peer did not make {bars} bars within {timeout:.0f}s")
-                cpu = ps.cpu_times()
                 if not first_out.exists():
-                    cpu0 = cpu.user + cpu.system
+                    cpu0 = cpu_s(proc.pid)
                 elif sum(client.xlen(k) for k in keys.values()) >= bars:
                     break
                 time.sleep(POLL_S)
-            cpu = ps.cpu_times()
-            cpu_s = cpu.user + cpu.system - cpu0
+            used = cpu_s(proc.pid) - cpu0
             rss = ps.memory_info().rss / 2**20
             first = json.loads(first_out.read_text())["first"]
             last = max(float(entries[0][1]["t"]) for k in keys.values() if (entries := client.xrevrange(k, count=1)))
@@ -102,7 +100,7 @@ def run_peer(settings: Settings, messages: Sequence[tuple[bytes, bytes]], trades
         finally:
             proc.stop(timeout=15)
             client.close()
-    return PeerResult(trades / seconds, seconds, bars, rss, cpu_s / trades * 1e6, lat)
+    return PeerResult(trades / seconds, seconds, bars, rss, used / trades * 1e6, lat)
 
 
 def ratios(chaincast: Mapping[str, float], peer: PeerResult) -> dict[str, float | None]:
